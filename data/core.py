@@ -1,0 +1,160 @@
+"""What every loader returns: in-memory datasets of (x, y) pairs and the DataInfo describing them."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+NO_LABEL = -1  # y of every item of a dataset without labels (num_classes is None then)
+
+
+def derived_seed(*key: int) -> int:
+    """A 63-bit seed from integer keys via numpy's SeedSequence (so (seed, epoch) pairs never collide)."""
+    return int(np.random.SeedSequence([int(k) for k in key]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class AffineMap:
+    """x -> scale * x + shift (picklable, unlike a lambda); the data <-> model-space scalers."""
+
+    def __init__(self, scale: float, shift: float):
+        self.scale = float(scale)
+        self.shift = float(shift)
+
+    def __call__(self, x):
+        return x * self.scale + self.shift
+
+    def __repr__(self) -> str:
+        return f"AffineMap(scale={self.scale}, shift={self.shift})"
+
+
+class ArrayDataset(Dataset):
+    """Items (x[i], y[i]) held in memory; discrete data are stored as levels k and returned as lo + (hi - lo) k/(n_bins - 1).
+
+    Random horizontal flips (random_flip=True, image tensors (N, C, H, W) only) are drawn from torch's global RNG,
+    unless `set_epoch(epoch)` has been called: then item i of that epoch is flipped iff a bit drawn from
+    (flip_seed, epoch) says so, which makes the augmentation a pure function of (flip_seed, epoch, i).
+    """
+
+    def __init__(self, data: torch.Tensor, labels: torch.Tensor, n_bins: int | None = None,
+                 data_range: tuple[float, float] = (0.0, 1.0), random_flip: bool = False, flip_seed: int = 0):
+        if len(data) != len(labels):
+            raise ValueError(f"got {len(data)} items but {len(labels)} labels")
+        if random_flip and data.ndim != 4:
+            raise ValueError(f"random_flip needs images of shape (N, C, H, W), got data of shape {tuple(data.shape)}")
+        self.data = data
+        self.labels = labels.to(torch.int64)
+        self.n_bins = n_bins
+        self.random_flip = random_flip
+        self.flip_seed = flip_seed
+        self.epoch: int | None = None
+        self._flips: torch.Tensor | None = None
+        if n_bins is None:
+            self.data = data.to(torch.float32)
+            self._table = None
+        else:
+            if data.dtype.is_floating_point:
+                raise ValueError("discrete data must be stored as integer levels 0..n_bins-1")
+            lo, hi = data_range
+            levels = torch.arange(n_bins, dtype=torch.float64) / (n_bins - 1)
+            self._table = (lo + (hi - lo) * levels).to(torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the flips of this epoch deterministic: a pure function of (flip_seed, epoch, index)."""
+        self.epoch = int(epoch)
+        if self.random_flip:
+            gen = torch.Generator().manual_seed(derived_seed(self.flip_seed, self.epoch))
+            self._flips = torch.rand(len(self), generator=gen) < 0.5
+
+    def _flip(self, i: int) -> bool:
+        if not self.random_flip:
+            return False
+        if self._flips is not None:
+            return bool(self._flips[i])
+        return bool(torch.rand(()) < 0.5)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = self.data[i]
+        if self._table is not None:
+            x = self._table[x.long()]
+        if self._flip(i):
+            x = x.flip(-1)
+        return x, int(self.labels[i])
+
+
+@dataclasses.dataclass
+class DataInfo:
+    """A dataset ready for training: train/test items (x, y) in model space and what samplers and likelihoods need.
+
+    Discrete data (n_bins levels) map level k to lo + (hi - lo) k/(n_bins - 1), (lo, hi) = data_range; continuous
+    data (n_bins None) are used as they are and data_range is the training set's (min, max).
+    scaler / inverse_scaler map [0, 1] data to model space and back (the identity for continuous data).
+    `mixture` is the exact sde_lib.GaussianMixture the data were drawn from, when there is one (gmm8);
+    `classes` the class names, label i being classes[i], when the data name them (image_folder).
+    """
+
+    name: str
+    train: ArrayDataset
+    test: ArrayDataset
+    shape: tuple[int, ...]
+    n_bins: int | None
+    data_range: tuple[float, float]
+    num_classes: int | None
+    is_image: bool
+    scaler: AffineMap
+    inverse_scaler: AffineMap
+    mixture: object | None = None
+    classes: list[str] | None = None
+
+
+def discrete_info(name: str, train_levels: torch.Tensor, train_labels: torch.Tensor, test_levels: torch.Tensor,
+                  test_labels: torch.Tensor, n_bins: int, num_classes: int | None, options) -> DataInfo:
+    """DataInfo for integer images (N, C, H, W) with levels 0..n_bins-1, scaled to [-1, 1] or [0, 1] (options.centered)."""
+    lo, hi = (-1.0, 1.0) if options.centered else (0.0, 1.0)
+    train = ArrayDataset(train_levels, train_labels, n_bins, (lo, hi), options.random_flip, options.seed)
+    test = ArrayDataset(test_levels, test_labels, n_bins, (lo, hi))
+    return DataInfo(name=name, train=train, test=test, shape=tuple(train_levels.shape[1:]), n_bins=n_bins,
+                    data_range=(lo, hi), num_classes=num_classes, is_image=True,
+                    scaler=AffineMap(hi - lo, lo), inverse_scaler=AffineMap(1.0 / (hi - lo), -lo / (hi - lo)))
+
+
+def continuous_info(name: str, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+                    test_y: torch.Tensor, num_classes: int | None, options, mixture=None) -> DataInfo:
+    """DataInfo for real-valued data used as they are; images (N, C, H, W) may be flipped, vectors never."""
+    is_image = train_x.ndim == 4
+    flip = options.random_flip and is_image
+    train = ArrayDataset(train_x, train_y, random_flip=flip, flip_seed=options.seed)
+    test = ArrayDataset(test_x, test_y)
+    data_range = (float(train.data.min()), float(train.data.max()))
+    return DataInfo(name=name, train=train, test=test, shape=tuple(train_x.shape[1:]), n_bins=None,
+                    data_range=data_range, num_classes=num_classes, is_image=is_image,
+                    scaler=AffineMap(1.0, 0.0), inverse_scaler=AffineMap(1.0, 0.0), mixture=mixture)
+
+
+def holdout_split(n: int, test_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, test) indices: a fixed permutation (seed 0, whatever config.seed) holds out round(n * test_fraction) items.
+
+    The split never depends on config.seed, so test losses of different runs are comparable.
+    """
+    if n < 2:
+        raise ValueError(f"need at least 2 items to hold out a test set, got {n}")
+    n_test = min(max(1, round(n * test_fraction)), n - 1)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    return perm[n_test:].sort().values, perm[:n_test].sort().values
+
+
+def labels_or_none(labels, n: int) -> tuple[torch.Tensor, int | None]:
+    """(labels as int64, num_classes) from non-negative integer labels; (all NO_LABEL, None) when labels is None."""
+    if labels is None:
+        return torch.full((n,), NO_LABEL, dtype=torch.int64), None
+    labels = np.asarray(labels)
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},) to match the {n} items, got {labels.shape}")
+    if labels.dtype.kind not in "iu" or (n and labels.min() < 0):
+        raise ValueError(f"labels must be non-negative integers (class indices), got dtype {labels.dtype}"
+                         + (f" with minimum {labels.min()}" if labels.dtype.kind in "iu" else ""))
+    return torch.from_numpy(labels.astype(np.int64)), int(labels.max()) + 1 if n else None
