@@ -1,0 +1,14 @@
+"""Score networks (MLP, DDPM++/NCSN++ U-Net), parameterisations of the score, DSM losses and EMA."""
+from .ema import EMAAverage, create_ema
+from .embeddings import ACTIVATIONS, EMBEDDINGS, GaussianFourierEmbedding, SinusoidalEmbedding
+from .losses import T_SAMPLINGS, WEIGHTINGS, dsm_loss
+from .mlp import MLP
+from .parameterization import NOISE_INPUTS, PARAMETERIZATIONS, ScoreFn, get_score_fn
+from .registry import MODELS, get_model
+from .unet import UNet
+
+__all__ = [
+    "MLP", "UNet", "MODELS", "get_model", "ScoreFn", "get_score_fn", "PARAMETERIZATIONS", "NOISE_INPUTS",
+    "dsm_loss", "WEIGHTINGS", "T_SAMPLINGS", "create_ema", "EMAAverage", "ACTIVATIONS", "EMBEDDINGS",
+    "SinusoidalEmbedding", "GaussianFourierEmbedding",
+]

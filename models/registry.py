@@ -1,0 +1,36 @@
+"""Name -> network constructor registry, with presets of the published configurations."""
+from __future__ import annotations
+
+import functools
+import inspect
+
+from torch import nn
+
+from .mlp import MLP
+from .unet import UNet
+
+# DDPM++ cont. and NCSN++ cont. of Song et al. 2021 for CIFAR-10 (NCSN++ here without FIR resampling and
+# progressive pyramids); any argument can still be overridden.
+MODELS = {
+    "mlp": MLP,
+    "unet": UNet,
+    "ddpmpp": functools.partial(UNet, embedding="sinusoidal"),
+    "ncsnpp": functools.partial(UNet, embedding="fourier"),
+}
+
+
+def _accepted(constructor) -> set[str]:
+    return set(inspect.signature(constructor).parameters)
+
+
+def get_model(name: str, **kwargs) -> nn.Module:
+    """The network registered under `name` (case-insensitive), built with the given keyword arguments."""
+    key = name.lower() if isinstance(name, str) else name
+    if key not in MODELS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")
+    constructor = MODELS[key]
+    unknown = sorted(set(kwargs) - _accepted(constructor))
+    if unknown:
+        raise ValueError(f"unknown arguments {unknown} for model {name!r}; it accepts: "
+                         f"{', '.join(sorted(_accepted(constructor)))}")
+    return constructor(**kwargs)
