@@ -33,7 +33,7 @@ def read_idx(path: str) -> np.ndarray:
     data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
         raise ValueError(f"{path} is truncated or corrupt: header says shape {dims}, found {data.size} bytes of data")
-    return data.reshape(dims)
+    return data.reshape(dims).copy()  # frombuffer's view is read-only; torch wants writable arrays
 
 
 def load_mnist(options) -> DataInfo:
