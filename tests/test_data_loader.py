@@ -1,0 +1,106 @@
+import ml_collections
+import pytest
+import torch
+
+import data
+
+
+def digits(random_flip=True, seed=0):
+    config = ml_collections.ConfigDict({"data": {"dataset": "digits", "random_flip": random_flip}, "seed": seed})
+    return data.get_dataset(config)
+
+
+def take(loader, n):
+    return [next(loader) for _ in range(n)]
+
+
+def test_resuming_gives_the_batches_of_an_unbroken_run():
+    # 1500 digits in batches of 64: 23 steps per epoch, so 60 steps cross two epoch boundaries.
+    straight = take(data.infinite_loader(digits().train, 64, seed=3), 60)
+    first = data.infinite_loader(digits().train, 64, seed=3)
+    take(first, 31)
+    # A new process: fresh dataset objects, the loader rebuilt from the checkpointed state.
+    resumed = data.infinite_loader(digits().train, 64, seed=3)
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.step == 31
+    for (x, y), (x_ref, y_ref) in zip(take(resumed, 29), straight[31:]):
+        assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
+    same_as_start_step = take(data.infinite_loader(digits().train, 64, seed=3, start_step=31), 29)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(same_as_start_step, straight[31:]))
+    x, y = straight[0]
+    assert x.shape == (64, 1, 8, 8) and x.dtype == torch.float32 and y.shape == (64,) and y.dtype == torch.int64
+
+
+def test_each_epoch_is_a_permutation_without_the_last_partial_batch():
+    loader = data.infinite_loader(digits(random_flip=False).train, 64, seed=0)
+    assert loader.steps_per_epoch == 23
+    epochs = [torch.cat([loader.indices(s) for s in range(e * 23, (e + 1) * 23)]) for e in range(3)]
+    for idx in epochs:
+        assert len(idx) == 23 * 64 and len(idx.unique()) == 23 * 64 and idx.max() < 1500
+    assert not torch.equal(epochs[0], epochs[1])
+    assert torch.equal(epochs[1], data.epoch_permutation(1500, 0, 1)[:23 * 64])
+    assert not torch.equal(data.infinite_loader(digits().train, 64, seed=1).indices(0), loader.indices(0))
+
+
+def test_flips_are_a_function_of_seed_epoch_and_index():
+    info = digits()
+    train, raw = info.train, digits(random_flip=False).train
+    asymmetric = [i for i in range(len(raw)) if not torch.equal(raw[i][0], raw[i][0].flip(-1))]
+    flips = {}
+    for epoch in (0, 1):
+        train.set_epoch(epoch)
+        flips[epoch] = torch.tensor([torch.equal(train[i][0], raw[i][0].flip(-1)) for i in asymmetric])
+        for i in asymmetric[:50]:
+            assert torch.equal(train[i][0], raw[i][0]) or torch.equal(train[i][0], raw[i][0].flip(-1))
+    # Fair coin per item: the flipped share has SE sqrt(0.25/n) < 0.013 for n > 1400; allow 4 SE. Epochs differ.
+    assert abs(flips[0].double().mean() - 0.5) < 0.052
+    assert (flips[0] != flips[1]).double().mean() > 0.4
+    other_seed = digits(seed=1).train
+    other_seed.set_epoch(0)
+    assert not all(torch.equal(other_seed[i][0], train[i][0]) for i in asymmetric[:50])
+    train.set_epoch(0)
+    assert torch.equal(torch.tensor([torch.equal(train[i][0], raw[i][0].flip(-1)) for i in asymmetric]), flips[0])
+    # The test set is never flipped.
+    assert all(torch.equal(info.test[i][0], digits(random_flip=False).test[i][0]) for i in range(50))
+
+
+def test_without_set_epoch_flips_follow_the_global_torch_rng():
+    train, raw = digits().train, digits(random_flip=False).train
+    i = next(i for i in range(len(raw)) if not torch.equal(raw[i][0], raw[i][0].flip(-1)))
+    torch.manual_seed(0)
+    first = torch.stack([train[i][0] for _ in range(40)])
+    torch.manual_seed(0)
+    assert torch.equal(torch.stack([train[i][0] for _ in range(40)]), first)
+    flipped = torch.tensor([torch.equal(x, raw[i][0].flip(-1)) for x in first])
+    # 40 fair coins: both outcomes occur except with probability 2^-39.
+    assert flipped.any() and not flipped.all()
+
+
+def test_loader_errors():
+    train = digits().train
+    with pytest.raises(ValueError, match="at most 1500"):
+        data.infinite_loader(train, 2000, seed=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        data.infinite_loader(train, 0, seed=0)
+    with pytest.raises(ValueError, match="start_step"):
+        data.infinite_loader(train, 10, seed=0, start_step=-1)
+    loader = data.infinite_loader(train, 10, seed=0)
+    with pytest.raises(ValueError, match="seed 1 and batch size 10"):
+        loader.load_state_dict({"step": 5, "seed": 1, "batch_size": 10})
+    with pytest.raises(ValueError, match="random_flip needs images"):
+        data.ArrayDataset(torch.zeros(4, 2), torch.zeros(4), random_flip=True)
+
+
+def test_registry_names_and_config_errors():
+    assert data.available() == sorted(["digits", "swissroll", "moons", "circles", "checkerboard", "gmm8", "mnist",
+                                       "cifar10", "image_folder", "array"])
+    with pytest.raises(ValueError, match="unknown dataset 'cifar100'; available: array, checkerboard, cifar10, circles, digits, gmm8, image_folder, mnist, moons, swissroll$"):
+        data.get_dataset(ml_collections.ConfigDict({"data": {"dataset": "cifar100"}}))
+    with pytest.raises(ValueError, match="config.data.dataset"):
+        data.get_dataset(ml_collections.ConfigDict({"data": {"image_size": 8}}))
+    with pytest.raises(ValueError, match="num_channels must be 1 .* or 3"):
+        data.get_dataset(ml_collections.ConfigDict({"data": {"dataset": "digits", "num_channels": 2}}))
+    with pytest.raises(ValueError, match="test_fraction"):
+        data.get_dataset(ml_collections.ConfigDict({"data": {"dataset": "array", "test_fraction": 1.0}}))
+    options = data.DataOptions.from_config(ml_collections.ConfigDict({"data": {"dataset": "GMM8"}}))
+    assert options == data.DataOptions(dataset="gmm8", **data.DEFAULTS, seed=0)
