@@ -1,0 +1,85 @@
+"""Shared defaults for every config; a config changes only what differs. Field names follow score_sde_pytorch."""
+import ml_collections
+
+
+def get_default_configs() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 42                    # seeds data order, parameter init, noise, snapshots
+    config.device = "auto"              # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
+
+    config.sde = sde = ml_collections.ConfigDict()
+    sde.name = "vpsde"                  # vpsde | subvpsde | vesde | cosine
+    sde.beta_min = 0.1                  # VP / sub-VP: beta(0)
+    sde.beta_max = 20.0                 # VP / sub-VP: beta(1)
+    sde.sigma_min = 0.01                # VE: sigma(0)
+    sde.sigma_max = 50.0                # VE: sigma(1), about the largest distance between data points
+    sde.s = 0.008                       # cosine: offset s of Nichol & Dhariwal's schedule
+
+    config.data = data = ml_collections.ConfigDict()
+    data.dataset = "digits"             # digits | moons | swissroll | circles | checkerboard | gmm8 | mnist | cifar10 | image_folder | array
+    data.image_size = 8                 # pixels (height = width) for image datasets
+    data.num_channels = 1               # 1 (grey) or 3 (RGB)
+    data.centered = True                # True: data scaled to [-1, 1]; False: [0, 1]
+    data.random_flip = False            # random horizontal flips of training images
+    data.path = ""                      # root folder (mnist, cifar10, image_folder) or .npy/.npz file (array)
+    data.download = False               # let torchvision download mnist/cifar10 into data.path
+    data.num_samples = 20000            # size of the generated training set of the 2-D toys
+
+    config.model = model = ml_collections.ConfigDict()
+    model.name = "unet"                 # unet | mlp (vector data always uses mlp)
+    model.parameterization = "eps"      # eps | score | x0 | v | edm
+    model.ema_rate = 0.999              # EMA decay per step (with warm-up (1+n)/(10+n))
+    model.nf = 32                       # base channels of the UNet
+    model.ch_mult = (1, 2)              # channel multiplier per resolution
+    model.num_res_blocks = 1            # residual blocks per resolution
+    model.attn_resolutions = ()         # resolutions (pixels) with self-attention
+    model.dropout = 0.0                 # dropout probability in residual blocks
+    model.resblock_updown = True        # BigGAN-style residual up/down-sampling
+    model.skip_rescale = True           # rescale skip connections by 1/sqrt(2)
+    model.embedding_type = "sinusoidal"  # sinusoidal (of t, VP-type) | fourier (of log sigma, VE-type)
+    model.fourier_scale = 16.0          # std of the Gaussian Fourier features
+    model.mlp_width = 256               # MLP hidden width (vector data)
+    model.mlp_depth = 3                 # MLP hidden layers (vector data)
+
+    config.training = training = ml_collections.ConfigDict()
+    training.batch_size = 128           # examples per step
+    training.n_iters = 4000             # total optimisation steps
+    training.snapshot_freq = 1000       # steps between checkpoint + sample snapshot
+    training.log_freq = 50              # steps between log lines / metrics.jsonl rows
+    training.eval_freq = 500            # steps between test-loss evaluations
+    training.keep_checkpoints = 3       # newest checkpoints kept in <workdir>/checkpoints
+    training.weighting = "eps"          # eps (lambda = beta_bar^2) | likelihood (g^2) | likelihood_is | edm
+    training.t_sampling = "stratified"  # uniform | stratified | antithetic draws of t across the batch
+    training.eps = 1e-5                 # smallest t in the loss
+    training.snapshot_samples = 64      # samples drawn for each snapshot (0: none)
+    training.progress = True            # tqdm progress bar
+
+    config.optim = optim = ml_collections.ConfigDict()
+    optim.optimizer = "Adam"            # Adam | AdamW
+    optim.lr = 2e-4                     # peak learning rate
+    optim.beta1 = 0.9                   # Adam beta1
+    optim.eps = 1e-8                    # Adam epsilon
+    optim.weight_decay = 0.0            # (decoupled for AdamW)
+    optim.warmup = 500                  # linear learning-rate warm-up steps
+    optim.grad_clip = 1.0               # max gradient norm (<= 0: no clipping)
+
+    config.sampling = sampling = ml_collections.ConfigDict()
+    sampling.solver = "dpm_solver"      # any name of solvers.available()
+    sampling.steps = 20                 # solver steps (NFE depends on the solver)
+    sampling.eps = 1e-3                 # smallest t the sampler reaches
+    sampling.snr = 0.16                 # pc: Langevin signal-to-noise ratio
+    sampling.corrector_steps = 1        # pc: Langevin steps per predictor step
+    sampling.num_samples = 64           # samples written by --mode sample
+    sampling.batch_size = 64            # samples per solver call
+
+    config.eval = evaluate = ml_collections.ConfigDict()
+    evaluate.batch_size = 256           # test points per likelihood / test-loss batch
+    evaluate.num_samples = 0            # test points for bits/dim (0: the whole test split)
+    evaluate.divergence = "rademacher"  # exact | rademacher | gaussian
+    evaluate.n_probes = 1               # Hutchinson probes per point
+    evaluate.method = "rk45"            # ODE solver of the likelihood
+    evaluate.rtol = 1e-5                # ODE relative tolerance
+    evaluate.atol = 1e-5                # ODE absolute tolerance
+    evaluate.eps = 1e-5                 # smallest t of the likelihood ODE
+    evaluate.dequant_repeats = 1        # fresh uniform dequantisations of the test set (score_sde: 5)
+    return config

@@ -1,0 +1,39 @@
+"""Resolve a config name (configs/NAME.py) or a path to a config file."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import ml_collections
+
+CONFIG_DIR = Path(__file__).resolve().parent
+_NOT_CONFIGS = {"__init__", "registry", "default", "cifar10_base"}
+
+
+def available() -> list[str]:
+    """Names of the bundled configs."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in _NOT_CONFIGS)
+
+
+def config_path(name_or_path: str) -> Path:
+    """configs/<name>.py for a bundled name, else the given path; ValueError listing names if neither exists."""
+    p = Path(name_or_path)
+    if p.suffix == ".py" or p.parent != Path("."):
+        if not p.is_file():
+            raise ValueError(f"config file {name_or_path} does not exist")
+        return p
+    if name_or_path not in available():
+        raise ValueError(f"unknown config {name_or_path!r}; available: {', '.join(available())} "
+                         "(or pass a path to a .py file defining get_config())")
+    return CONFIG_DIR / f"{name_or_path}.py"
+
+
+def load_config(name_or_path: str) -> ml_collections.ConfigDict:
+    """The ConfigDict returned by get_config() of a bundled config name or a config file path."""
+    path = config_path(name_or_path)
+    spec = importlib.util.spec_from_file_location(f"scoresde_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"config file {path} does not define get_config()")
+    return module.get_config()

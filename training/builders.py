@@ -1,0 +1,62 @@
+"""From a config to the objects of a run: device, SDE, network, optimiser, score function."""
+from __future__ import annotations
+
+import torch
+
+import models
+import sde_lib
+
+_SDE_FIELDS = {"vpsde": ("beta_min", "beta_max"), "subvpsde": ("beta_min", "beta_max"),
+               "vesde": ("sigma_min", "sigma_max"), "cosine": ("s",)}
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+def get_device(name: str = "auto") -> torch.device:
+    """'auto' is CUDA when available, else CPU; anything else is passed to torch.device."""
+    if name in ("", "auto", None):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"invalid device {name!r}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device=cpu")
+    return device
+
+
+def build_sde(config) -> sde_lib.SDE:
+    """The SDE named by config.sde.name with its parameters from config.sde."""
+    name = config.sde.name.lower()
+    if name not in _SDE_FIELDS:
+        raise ValueError(f"unknown SDE {config.sde.name!r}; available: {', '.join(sorted(_SDE_FIELDS))}")
+    return sde_lib.get_sde(name, **{k: config.sde[k] for k in _SDE_FIELDS[name] if k in config.sde})
+
+
+def build_model(config, shape, num_classes=None) -> torch.nn.Module:
+    """A UNet for images (C, H, W) and an MLP for vector data, configured from config.model."""
+    m = config.model
+    if len(shape) == 1:
+        return models.get_model("mlp", dim=shape[0], width=m.mlp_width, depth=m.mlp_depth,
+                                embedding=m.embedding_type, num_classes=num_classes)
+    if m.name == "mlp":
+        raise ValueError(f"model.name='mlp' is for vector data, but this dataset has images of shape {tuple(shape)}; "
+                         "use model.name='unet'")
+    return models.get_model(m.name, in_channels=shape[0], image_size=shape[-1], ch=m.nf, ch_mult=tuple(m.ch_mult),
+                            num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions),
+                            dropout=m.dropout, resblock_updown=m.resblock_updown, skip_rescale=m.skip_rescale,
+                            embedding=m.embedding_type, num_classes=num_classes)
+
+
+def build_optimizer(config, params) -> torch.optim.Optimizer:
+    """Adam/AdamW with config.optim's learning rate, betas, eps and weight decay."""
+    o = config.optim
+    key = o.optimizer.lower()
+    if key not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {o.optimizer!r}; available: Adam, AdamW")
+    return OPTIMIZERS[key](params, lr=o.lr, betas=(o.beta1, 0.999), eps=o.eps, weight_decay=o.weight_decay)
+
+
+def learning_rate(config, step: int) -> float:
+    """Linear warm-up to optim.lr over optim.warmup steps, then constant (Song et al.)."""
+    warmup = config.optim.warmup
+    return config.optim.lr * min(1.0, (step + 1) / warmup) if warmup > 0 else config.optim.lr

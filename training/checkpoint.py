@@ -1,0 +1,118 @@
+"""Checkpoints: written atomically, the last k kept, loaded strictly with errors a user can act on."""
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .io import atomic_write
+
+CHECKPOINT_DIR = "checkpoints"
+_PATTERN = re.compile(r"^checkpoint_(\d+)\.pt$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, or does not match the configured network."""
+
+
+def checkpoint_dir(workdir) -> Path:
+    return Path(workdir) / CHECKPOINT_DIR
+
+
+def list_checkpoints(workdir) -> list[Path]:
+    """Checkpoints in the workdir, oldest first (by step)."""
+    d = checkpoint_dir(workdir)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _PATTERN.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(workdir) -> Path | None:
+    """The newest checkpoint in the workdir, or None."""
+    found = list_checkpoints(workdir)
+    return found[-1] if found else None
+
+
+def rng_state() -> dict:
+    """Every random-number state that training consumes: python, numpy, torch CPU and CUDA."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what rng_state() returned."""
+    random.setstate(_as_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def save_checkpoint(workdir, step: int, state: dict, keep: int = 3) -> Path:
+    """Write checkpoint_<step>.pt atomically and delete all but the newest `keep` checkpoints."""
+    path = checkpoint_dir(workdir) / f"checkpoint_{step}.pt"
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    if keep > 0:
+        for old in list_checkpoints(workdir)[:-keep]:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Load a checkpoint file, with a clear error if it is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"checkpoint {path} is not readable ({type(e).__name__}: {e}); "
+                              "delete it to fall back to the previous one") from None
+
+
+def find_checkpoint(workdir, checkpoint=None) -> Path:
+    """The checkpoint to use: `checkpoint` (a path or a step number) if given, else the latest in the workdir."""
+    if checkpoint not in (None, ""):
+        p = Path(str(checkpoint))
+        if str(checkpoint).isdigit():
+            p = checkpoint_dir(workdir) / f"checkpoint_{int(checkpoint)}.pt"
+        if not p.is_file():
+            raise CheckpointError(f"checkpoint {p} does not exist")
+        return p
+    latest = latest_checkpoint(workdir)
+    if latest is None:
+        raise CheckpointError(f"no checkpoint in {checkpoint_dir(workdir)}; train first "
+                              f"(python main.py --mode train --workdir {workdir}) or pass --workdir/--checkpoint")
+    return latest
+
+
+def load_module_state(module: torch.nn.Module, state_dict: dict, what: str, path) -> None:
+    """load_state_dict(strict=True), turning a mismatch into a CheckpointError that names the differences."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
+    if missing or unexpected or shapes:
+        details = "; ".join(f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                            for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                                ("shape differs", shapes)) if keys)
+        raise CheckpointError(f"the {what} in {path} does not match the configured network ({details}); "
+                              "use the config it was trained with, or another --workdir")
+    module.load_state_dict(state_dict, strict=True)

@@ -1,0 +1,239 @@
+"""The training loop: denoising score matching with warm-up, clipping, EMA, exact resume and clean preemption."""
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import ml_collections
+import numpy as np
+import torch
+from absl import logging
+from tqdm.auto import tqdm
+
+import data as data_lib
+import models
+import solvers
+
+from . import checkpoint as ckpt
+from .builders import build_model, build_optimizer, build_sde, get_device, learning_rate
+from .images import save_samples
+from .io import atomic_write_text
+from .metrics import MetricsLogger
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class TrainResult(NamedTuple):
+    step: int
+    loss: float
+    checkpoint: Path | None
+    interrupted: bool
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA) global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class _StopFlag:
+    """Turns SIGINT/SIGTERM into a flag the loop checks once per step, so a preempted run saves and exits."""
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    """Everything a run owns; `state_dict` is exactly what a checkpoint holds."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir):
+        self.config = config
+        self.workdir = Path(workdir)
+        self.device = get_device(config.device)
+        seed_everything(config.seed)
+        self.data = data_lib.get_dataset(config)
+        self.sde = build_sde(config)
+        self.model = build_model(config, self.data.shape, self.data.num_classes).to(self.device)
+        self.ema = models.create_ema(self.model, decay=config.model.ema_rate)
+        self.optimizer = build_optimizer(config, self.model.parameters())
+        self.step = 0
+        self._check_names()
+
+    def _check_names(self) -> None:
+        c = self.config
+        if c.model.parameterization not in models.PARAMETERIZATIONS:
+            raise ValueError(f"unknown model.parameterization {c.model.parameterization!r}; "
+                             f"available: {', '.join(models.PARAMETERIZATIONS)}")
+        if c.training.weighting not in models.WEIGHTINGS:
+            raise ValueError(f"unknown training.weighting {c.training.weighting!r}; "
+                             f"available: {', '.join(models.WEIGHTINGS)}")
+        if c.training.snapshot_samples > 0 and c.sampling.solver not in solvers.available():
+            raise ValueError(f"unknown sampling.solver {c.sampling.solver!r}; "
+                             f"available: {', '.join(solvers.available())}")
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"step": self.step, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "rng": ckpt.rng_state(),
+                "config": self.config.to_json()}
+
+    def load_state_dict(self, state: dict, path) -> None:
+        ckpt.load_module_state(self.model, state["model"], "network", path)
+        ckpt.load_module_state(self.ema, state["ema"], "EMA network", path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        ckpt.set_rng_state(state["rng"])
+        self.step = int(state["step"])
+
+    def save(self) -> Path:
+        return ckpt.save_checkpoint(self.workdir, self.step, self.state_dict(),
+                                    keep=self.config.training.keep_checkpoints)
+
+    def resume(self) -> Path | None:
+        """Load the newest checkpoint in the workdir, if any."""
+        path = ckpt.latest_checkpoint(self.workdir)
+        if path is not None:
+            self.load_state_dict(ckpt.load_checkpoint(path, map_location=self.device), path)
+            logging.info("resumed from %s (step %d)", path, self.step)
+        return path
+
+    # --- one step -------------------------------------------------------------------------------
+    def loss(self, model, x, y, generator=None) -> torch.Tensor:
+        c = self.config
+        return models.dsm_loss(model, self.sde, x, parameterization=c.model.parameterization,
+                               weighting=c.training.weighting, eps=c.training.eps,
+                               t_sampling=c.training.t_sampling, class_labels=y, generator=generator)
+
+    def train_step(self, x, y) -> tuple[float, float]:
+        """One optimiser step; returns (loss, gradient norm). Raises TrainingDivergedError on a non-finite loss."""
+        self.model.train()
+        loss = self.loss(self.model, x, y)
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(
+                f"loss is {loss.item()} at step {self.step + 1}; the last good checkpoint is "
+                f"{ckpt.latest_checkpoint(self.workdir)}. Lower optim.lr, keep optim.grad_clip > 0, or check the data.")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.config.optim.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.config, self.step)
+        self.optimizer.step()
+        self.ema.update_parameters(self.model)
+        self.step += 1
+        return loss.item(), grad_norm.item()
+
+    # --- evaluation and snapshots ---------------------------------------------------------------
+    @torch.no_grad()
+    def test_loss(self, max_batches: int = 10) -> float:
+        """Mean DSM loss of the EMA network over (up to max_batches of) the test split, with fixed noise."""
+        gen = torch.Generator(self.device).manual_seed(self.config.seed + 1)
+        loader = torch.utils.data.DataLoader(self.data.test, batch_size=self.config.eval.batch_size)
+        total, count = 0.0, 0
+        self.ema.module.eval()
+        for i, (x, y) in enumerate(loader):
+            if i == max_batches:
+                break
+            x, y = x.to(self.device), self._labels(y)
+            total += self.loss(self.ema.module, x, y, generator=gen).item() * len(x)
+            count += len(x)
+        return total / max(count, 1)
+
+    def _labels(self, y):
+        return y.to(self.device) if self.data.num_classes else None
+
+    @torch.no_grad()
+    def snapshot(self) -> Path | None:
+        """Samples from the EMA network with the configured fast solver, saved as PNG + npz."""
+        c = self.config
+        n = c.training.snapshot_samples
+        if n <= 0:
+            return None
+        gen = torch.Generator(self.device).manual_seed(c.seed + self.step)
+        model = self.ema.module.eval()
+        score_fn = models.get_score_fn(model, self.sde, c.model.parameterization)
+        result = solvers.sample(self.sde, score_fn, (n, *self.data.shape), solver=c.sampling.solver,
+                                steps=c.sampling.steps, eps=c.sampling.eps, generator=gen)
+        x = self.data.inverse_scaler(result.x.float()).cpu()
+        path = self.workdir / "snapshots" / f"step_{self.step}.png"
+        reference = None if self.data.is_image else self.data.inverse_scaler(
+            torch.stack([self.data.test[i][0] for i in range(min(len(self.data.test), 2000))]))
+        save_samples(x, path, self.data.is_image, reference=reference, title=f"step {self.step}")
+        return path
+
+    # --- the loop -------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        c = self.config
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.resume()
+        if self.step == 0:
+            atomic_write_text(self.workdir / "config.json", c.to_json(indent=2))
+        metrics = MetricsLogger(self.workdir, resume_step=self.step)
+        batches = data_lib.infinite_loader(self.data.train, c.training.batch_size, c.seed, start_step=self.step)
+        loss, last_ckpt, saved_step, stopped = float("nan"), ckpt.latest_checkpoint(self.workdir), self.step, None
+        bar = tqdm(total=c.training.n_iters, initial=self.step, disable=not c.training.progress,
+                   desc="train", dynamic_ncols=True)
+        t_log, s_log = time.perf_counter(), self.step
+        try:
+            with _StopFlag() as stop:
+                while self.step < c.training.n_iters:
+                    x, y = next(batches)
+                    loss, grad_norm = self.train_step(x.to(self.device), self._labels(y))
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}")
+                    if self.step % c.training.log_freq == 0:
+                        rate = (self.step - s_log) / (time.perf_counter() - t_log)
+                        t_log, s_log = time.perf_counter(), self.step
+                        lr = self.optimizer.param_groups[0]["lr"]
+                        metrics.log(self.step, loss=loss, grad_norm=grad_norm, lr=lr, it_per_s=rate)
+                        logging.info("step %d: loss %.5f, grad norm %.3f, lr %.2e, %.1f it/s",
+                                     self.step, loss, grad_norm, lr, rate)
+                    if self.step % c.training.eval_freq == 0:
+                        test_loss = self.test_loss()
+                        metrics.log(self.step, test_loss=test_loss)
+                        logging.info("step %d: test loss %.5f", self.step, test_loss)
+                    if self.step % c.training.snapshot_freq == 0 or self.step == c.training.n_iters:
+                        last_ckpt, saved_step = self.save(), self.step
+                        self.snapshot()
+                    if stop.signal is not None:
+                        stopped = stop.signal
+                        if saved_step != self.step:
+                            last_ckpt, saved_step = self.save(), self.step
+                        logging.info("%s received: saved %s at step %d, exiting", stopped, last_ckpt, self.step)
+                        break
+        finally:
+            bar.close()
+            metrics.close()
+        return TrainResult(self.step, loss, last_ckpt, stopped is not None)
+
+
+def train(config: ml_collections.ConfigDict, workdir) -> TrainResult:
+    """Train (or resume training) the configured model in `workdir`; see Trainer."""
+    return Trainer(config, workdir).run()
+
+
+def config_of_checkpoint(path) -> ml_collections.ConfigDict:
+    """The config a checkpoint was trained with."""
+    return ml_collections.ConfigDict(json.loads(ckpt.load_checkpoint(path)["config"]))
