@@ -1,0 +1,201 @@
+import math
+
+import pytest
+import torch
+
+import likelihood
+from sde_lib import GaussianMixture, SubVPSDE, VESDE, VPSDE
+
+EPS = 1e-5
+SDES = [VPSDE(), SubVPSDE(), VESDE()]
+SDE_IDS = ["vp", "subvp", "ve"]
+
+
+def make_mixture(dim: int) -> GaussianMixture:
+    """Three well-separated, correlated components in `dim` dimensions (smallest variance 0.05)."""
+    gen = torch.Generator().manual_seed(dim)
+    means = 1.5 * torch.randn(3, dim, generator=gen, dtype=torch.float64)
+    a = 0.3 * torch.randn(3, dim, dim, generator=gen, dtype=torch.float64)
+    covs = a @ a.transpose(1, 2) + 0.05 * torch.eye(dim, dtype=torch.float64)
+    return GaussianMixture([0.2, 0.3, 0.5], means, covs)
+
+
+def corrected_truth(mix, sde, x, z):
+    """log p_eps(x) as the ODE with the prior N(0, prior_std^2 I) in place of p_T computes it."""
+    return mix.log_prob(x, sde, EPS) + sde.prior_logp(z.to(torch.float64)) - mix.log_prob(z, sde, sde.T)
+
+
+@pytest.mark.parametrize("dim", [2, 5])
+@pytest.mark.parametrize("sde", SDES, ids=SDE_IDS)
+def test_exact_divergence_matches_the_mixture_density(sde, dim):
+    mix = make_mixture(dim)
+    x = mix.sample(16, generator=torch.Generator().manual_seed(1))
+    res = likelihood.log_likelihood(sde, mix.score_fn(sde), x, divergence="exact", rtol=1e-6, atol=1e-6, eps=EPS)
+    assert res.logp.shape == (16,) and res.z.shape == x.shape and res.nfe > 0
+    # dopri5's local error control at rtol = atol = 1e-6 gives ~1e-5 nats here; the requirement is 1e-3.
+    assert float((res.logp - corrected_truth(mix, sde, x, res.z)).abs().mean()) <= 1e-3
+    # The prior correction matters: without it VE is off by more than the tolerance would allow.
+    if isinstance(sde, VESDE):
+        assert float((res.logp - mix.log_prob(x, sde, EPS)).abs().mean()) > 1e-3
+
+
+def test_log_snr_clock_solves_the_same_ode():
+    mix, sde = make_mixture(5), SubVPSDE()
+    x = mix.sample(16, generator=torch.Generator().manual_seed(2))
+    res = likelihood.log_likelihood(sde, mix.score_fn(sde), x, divergence="exact", rtol=1e-6, atol=1e-6,
+                                    time_variable="log_snr")
+    # Same accuracy requirement as in t: 1e-3 nats per sample on average.
+    assert float((res.logp - corrected_truth(mix, sde, x, res.z)).abs().mean()) <= 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["rademacher", "gaussian"])
+def test_hutchinson_is_unbiased_and_its_spread_shrinks_with_probes(kind):
+    mix, sde = make_mixture(5), VPSDE()
+    n = 400
+    x = mix.sample(n, generator=torch.Generator().manual_seed(3))
+    score_fn = mix.score_fn(sde)
+    exact = likelihood.log_likelihood(sde, score_fn, x, divergence="exact").logp
+    diffs = {}
+    for n_probes in (1, 4):
+        gen = torch.Generator().manual_seed(10 + n_probes)
+        est = likelihood.log_likelihood(sde, score_fn, x, divergence=kind, n_probes=n_probes, generator=gen).logp
+        diffs[n_probes] = est - exact
+    for d in diffs.values():
+        # Unbiased: the mean difference is within 4 standard errors of 0 (solver error ~1e-4 nats is negligible).
+        assert abs(float(d.mean())) <= 4 * float(d.std()) / math.sqrt(n)
+    # Averaging 4 independent probes divides the standard deviation by 2. The ratio of two sample standard
+    # deviations from n = 400 has a relative standard error of about sqrt((kurtosis - 1) / (4 n)) ~ 5-8% for
+    # these heavy-ish tailed quadratic forms; 0.35..0.65 is about 3 of those either side.
+    ratio = float(diffs[4].std() / diffs[1].std())
+    assert 0.35 <= ratio <= 0.65
+    assert float(diffs[1].std()) > 0.05  # the estimator really is noisy, so the checks above have teeth
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sde", [VPSDE(), VESDE()], ids=["vp", "ve"])
+def test_latents_follow_p_T_and_decode_inverts_encode(sde):
+    mix = make_mixture(2)
+    n = 1000
+    x = mix.sample(n, generator=torch.Generator().manual_seed(4))
+    score_fn = mix.score_fn(sde)
+    z = likelihood.log_likelihood(sde, score_fn, x, generator=torch.Generator().manual_seed(5)).z
+    a, b = float(sde.alpha_bar(torch.tensor(sde.T))), float(sde.beta_bar(torch.tensor(sde.T)))
+    data_mean = (mix.weights[:, None] * mix.means).sum(0)
+    data_second = (mix.weights[:, None, None] * (mix.covs + mix.means[:, :, None] * mix.means[:, None, :])).sum(0)
+    cov_t = a**2 * (data_second - torch.outer(data_mean, data_mean)) + b**2 * torch.eye(2, dtype=torch.float64)
+    # z ~ p_T = N(a mean, a^2 Cov + b^2 I) up to the flow's exactness. Standard errors: mean sqrt(var/n),
+    # covariance entries ~ var sqrt(2/n); tolerances are 4.5 of them.
+    scale = float(cov_t.diagonal().max())
+    torch.testing.assert_close(z.mean(0), a * data_mean, atol=4.5 * math.sqrt(scale / n), rtol=0)
+    torch.testing.assert_close(torch.cov(z.T), cov_t, atol=4.5 * scale * math.sqrt(2 / n), rtol=0)
+    # Round trip on a subset at a tight tolerance: the x -> z -> x error is of the order of the tolerances
+    # (times the flow's condition number, ~10 here).
+    x_small = x[:32]
+    z_small = likelihood.log_likelihood(sde, score_fn, x_small, rtol=1e-8, atol=1e-8,
+                                        generator=torch.Generator().manual_seed(6)).z
+    x_back = likelihood.decode(sde, score_fn, z_small, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(x_back, x_small, atol=1e-5, rtol=0)
+
+
+class IntervalGuard:
+    """The exact score, raising if the solver ever evaluates it outside [eps, T]."""
+
+    def __init__(self, mix, sde):
+        self.score_fn = mix.score_fn(sde)
+        self.sde = sde
+        self.t_seen = []
+
+    def __call__(self, x, t):
+        if (t < EPS).any() or (t > self.sde.T).any():
+            raise AssertionError(f"score evaluated outside [eps, T] at t={t.min().item()!r}..{t.max().item()!r}")
+        self.t_seen.append(float(t[0]))
+        return self.score_fn(x, t)
+
+
+INTERVAL_CASES = [(sde, tv, "rk45") for sde in SDES for tv in ("t", "log_snr")] + \
+                 [(VESDE(), "log_snr", "rk23"), (VPSDE(), "t", "dopri8")]
+
+
+@pytest.mark.parametrize("sde,time_variable,method", INTERVAL_CASES)
+def test_solver_never_leaves_the_interval(sde, time_variable, method):
+    # Without step_t dopri5 steps past T; without an explicit first step the initial-step heuristic's
+    # trial point lands past the end of the log-SNR interval (t_of_log_snr returns NaN there).
+    mix = make_mixture(2)
+    x = mix.sample(8, generator=torch.Generator().manual_seed(7))
+    guard = IntervalGuard(mix, sde)
+    res = likelihood.log_likelihood(sde, guard, x, method=method, time_variable=time_variable, eps=EPS)
+    z = likelihood.decode(sde, guard, res.z, method=method, time_variable=time_variable, eps=EPS)
+    # Both ends are reached (to float64 round-off of the clock), so the guard is not vacuous.
+    assert min(guard.t_seen) == pytest.approx(EPS, rel=1e-9) and max(guard.t_seen) == pytest.approx(sde.T, rel=1e-12)
+    assert torch.isfinite(z).all()
+
+
+class CountingMLP(torch.nn.Module):
+    """A small float32 network used as an eps-predictor; counts forward passes and backward passes."""
+
+    def __init__(self, dim):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(dim + 1, 32), torch.nn.SiLU(), torch.nn.Dropout(0.5),
+                                       torch.nn.Linear(32, dim))
+        self.forwards = 0
+        self.backwards = 0
+
+    def forward(self, x, t):
+        self.forwards += 1
+        out = self.net(torch.cat([x, t[:, None]], 1))
+        if out.requires_grad:
+            out.register_hook(self._count_backward)
+        return out
+
+    def _count_backward(self, grad):
+        self.backwards += 1
+
+
+def test_one_forward_and_one_vjp_per_evaluation_under_no_grad_in_eval_mode():
+    sde, dim = VPSDE(), 3
+    model = CountingMLP(dim).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    def score_fn(x, t):
+        return -model(x, t) / sde.beta_bar(t.double()).to(x.dtype)[:, None]
+
+    x = torch.rand(8, dim) * 2 - 1
+    with torch.no_grad():
+        res = likelihood.log_likelihood(sde, score_fn, x, generator=torch.Generator().manual_seed(0))
+    assert res.z.dtype == torch.float32 and res.logp.dtype == torch.float64
+    assert torch.isfinite(res.logp).all()
+    assert model.forwards == res.nfe and model.backwards == res.nfe
+    # Eval mode makes the network deterministic (dropout off), so a second solve reproduces the first exactly.
+    again = likelihood.log_likelihood(sde, score_fn, x, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(again.logp, res.logp, rtol=0, atol=0)
+
+
+def test_bad_input_gives_clear_errors():
+    mix, sde = make_mixture(2), VPSDE()
+    score_fn = mix.score_fn(sde)
+    x = mix.sample(4, generator=torch.Generator().manual_seed(8))
+    bad = x.clone()
+    bad[2, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN or inf \(samples \[2\]\)"):
+        likelihood.log_likelihood(sde, score_fn, bad)
+    with pytest.raises(ValueError, match="shaped like x"):
+        likelihood.log_likelihood(sde, lambda x, t: score_fn(x, t)[:, :1], x)
+    with pytest.raises(ValueError, match="non-finite"):
+        likelihood.log_likelihood(sde, lambda x, t: score_fn(x, t) * float("nan"), x)
+    with pytest.raises(ValueError, match="differentiably"):
+        likelihood.log_likelihood(sde, lambda x, t: score_fn(x, t).detach(), x)
+    with pytest.raises(RuntimeError, match=r"step limit \(max_steps=3\).*relax the tolerances \(rtol=1e-05"):
+        likelihood.log_likelihood(sde, score_fn, x, max_steps=3)
+    with pytest.raises(ValueError, match="available: exact, rademacher, gaussian"):
+        likelihood.log_likelihood(sde, score_fn, x, divergence="hutchinson")
+    with pytest.raises(ValueError, match="available: rk45"):
+        likelihood.log_likelihood(sde, score_fn, x, method="RK45")
+    with pytest.raises(ValueError, match="available: t, log_snr"):
+        likelihood.decode(sde, score_fn, x, time_variable="lambda")
+    with pytest.raises(ValueError, match="eps must be in"):
+        likelihood.log_likelihood(sde, score_fn, x, eps=0.0)
+    with pytest.raises(ValueError, match="batch dimension"):
+        likelihood.log_likelihood(sde, score_fn, x[0])
