@@ -20,7 +20,8 @@ class InfiniteLoader:
     """Iterator over (x, y) batches from `start_step` on; `step` is the index of the next batch (checkpoint it).
 
     Datasets with `set_epoch` (ArrayDataset) are told each epoch, making their random flips a function of the
-    epoch too; items are fetched in this process (the datasets live in memory).
+    epoch too. Batches are fetched in this process (the datasets live in memory), in one call to
+    `dataset.get_batch(indices)` where the dataset has it, else item by item and collated.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int, start_step: int = 0):
@@ -50,8 +51,11 @@ class InfiniteLoader:
     def batch(self, step: int):
         """Batch `step` as collated (x, y)."""
         idx = self.indices(step)
-        if hasattr(self.dataset, "set_epoch"):
+        # Another user of the dataset may have moved its epoch, so check on every batch (cheap when unchanged).
+        if hasattr(self.dataset, "set_epoch") and getattr(self.dataset, "epoch", None) != self._epoch:
             self.dataset.set_epoch(self._epoch)
+        if hasattr(self.dataset, "get_batch"):
+            return self.dataset.get_batch(idx)
         return default_collate([self.dataset[int(i)] for i in idx])
 
     def __iter__(self) -> "InfiniteLoader":

@@ -104,3 +104,18 @@ def test_registry_names_and_config_errors():
         data.get_dataset(ml_collections.ConfigDict({"data": {"dataset": "array", "test_fraction": 1.0}}))
     options = data.DataOptions.from_config(ml_collections.ConfigDict({"data": {"dataset": "GMM8"}}))
     assert options == data.DataOptions(dataset="gmm8", **data.DEFAULTS, seed=0)
+
+
+def test_batches_equal_the_items_and_plain_datasets_work():
+    train = digits().train
+    loader = data.infinite_loader(train, 32, seed=5, start_step=50)   # epoch 1 of 46-step epochs
+    x, y = next(loader)
+    items = [train[int(i)] for i in loader.indices(50)]
+    assert train.epoch == 1
+    assert torch.equal(x, torch.stack([item[0] for item in items]))
+    assert y.tolist() == [item[1] for item in items]
+    plain = torch.utils.data.TensorDataset(torch.arange(10.0)[:, None], torch.arange(10))
+    plain_loader = data.infinite_loader(plain, 5, seed=0)
+    xs = torch.cat([next(plain_loader)[0] for _ in range(2)])
+    # One epoch of a dataset without get_batch: every item once, collated by torch.
+    assert sorted(xs.squeeze(1).tolist()) == list(range(10))
