@@ -153,7 +153,8 @@ class ScoreFn:
         y = as_labels(y, x.shape[0], x.device)
         s = self._score(x, c, y)
         if self.guidance_scale and y is not None:
-            s = (1.0 + self.guidance_scale) * s - self.guidance_scale * self._score(x, c, None)
+            null = torch.full_like(y, self.model.num_classes)
+            s = (1.0 + self.guidance_scale) * s - self.guidance_scale * self._score(x, c, null)
         return s
 
     def _score(self, x: Tensor, c: Coefficients, y: Tensor | None) -> Tensor:

@@ -25,6 +25,15 @@ PARAMS = [("eps", {}), ("x0", {}), ("v", {}), ("score", {}), ("score", {"scale_b
 PARAM_IDS = ["eps", "x0", "v", "score", "score_scaled", "edm"]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensors: intra-op threads cost more in synchronisation than they save on a loaded CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class OptimalGaussian(nn.Module):
     """The Bayes-optimal network output for N(mu, s2 I) data, from the definitions of each parameterisation.
 
@@ -160,7 +169,7 @@ def test_importance_sampled_likelihood_loss_has_the_same_expectation_with_less_v
     assert_mc_close(importance, expected)
     se = math.sqrt(plain.var() / n + importance.var() / n)
     assert abs(float(plain.mean() - importance.mean())) < 4 * se
-    # Measured ratio ~ 30 (the plain estimator's g^2/beta_bar^2 ~ 1/t spike); 10 leaves room for MC noise.
+    # Measured variance ratio 17 here (480 at eps = 1e-5): the plain estimator has the g^2/beta_bar^2 ~ 1/t spike.
     assert plain.var() > 10 * importance.var()
 
 
