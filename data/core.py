@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from sde_lib import GaussianMixture
+
 NO_LABEL = -1  # y of every item of a dataset without labels (num_classes is None then)
 
 
@@ -30,7 +32,7 @@ class AffineMap:
 
 
 class ArrayDataset(Dataset):
-    """Items (x[i], y[i]) held in memory; discrete data are stored as levels k and returned as lo + (hi - lo) k/(n_bins - 1).
+    """Items (x[i], y[i]) held in memory; discrete data are stored as levels k, returned as lo + (hi - lo) k/(n_bins-1).
 
     Random horizontal flips (random_flip=True, image tensors (N, C, H, W) only) are drawn from torch's global RNG,
     unless `set_epoch(epoch)` has been called: then item i of that epoch is flipped iff a bit drawn from
@@ -81,7 +83,7 @@ class ArrayDataset(Dataset):
     def _values(self, x: torch.Tensor) -> torch.Tensor:
         if self._table is None:
             return x
-        # index_select on the flat levels: plain advanced indexing with a (C, H, W) index is ~100x slower.
+        # index_select on the flat levels: advanced indexing with a (C, H, W) index is far slower on CPU.
         return self._table.index_select(0, x.flatten().long()).view(x.shape)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
@@ -120,13 +122,13 @@ class DataInfo:
     is_image: bool
     scaler: AffineMap
     inverse_scaler: AffineMap
-    mixture: object | None = None
+    mixture: GaussianMixture | None = None
     classes: list[str] | None = None
 
 
 def discrete_info(name: str, train_levels: torch.Tensor, train_labels: torch.Tensor, test_levels: torch.Tensor,
                   test_labels: torch.Tensor, n_bins: int, num_classes: int | None, options) -> DataInfo:
-    """DataInfo for integer images (N, C, H, W) with levels 0..n_bins-1, scaled to [-1, 1] or [0, 1] (options.centered)."""
+    """DataInfo for integer images (N, C, H, W) with levels 0..n_bins-1 in [-1, 1] or [0, 1] (options.centered)."""
     lo, hi = (-1.0, 1.0) if options.centered else (0.0, 1.0)
     train = ArrayDataset(train_levels, train_labels, n_bins, (lo, hi), options.random_flip, options.seed)
     test = ArrayDataset(test_levels, test_labels, n_bins, (lo, hi))
@@ -149,7 +151,7 @@ def continuous_info(name: str, train_x: torch.Tensor, train_y: torch.Tensor, tes
 
 
 def holdout_split(n: int, test_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, test) indices: a fixed permutation (seed 0, whatever config.seed) holds out round(n * test_fraction) items.
+    """(train, test) indices: a fixed permutation (seed 0, whatever config.seed) holds out round(n test_fraction) items.
 
     The split never depends on config.seed, so test losses of different runs are comparable.
     """

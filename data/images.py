@@ -8,7 +8,7 @@ MODES = {1: "L", 3: "RGB"}
 
 
 def fit_image(image: Image.Image, image_size: int | None, num_channels: int) -> np.ndarray:
-    """The image converted to num_channels, its shorter side resized to image_size and centre-cropped: uint8 (C, S, S)."""
+    """The image in num_channels, shorter side resized to image_size, centre-cropped: uint8 (C, S, S)."""
     image = image.convert(MODES[num_channels])
     if image_size is not None and image.size != (image_size, image_size):
         w, h = image.size
@@ -23,7 +23,7 @@ def fit_image(image: Image.Image, image_size: int | None, num_channels: int) -> 
 
 
 def fit_images(images: np.ndarray, image_size: int | None, num_channels: int | None) -> np.ndarray:
-    """uint8 images (N, C, H, W) with C in {1, 3}, fitted like `fit_image`; returned as they are when they already fit."""
+    """uint8 images (N, C, H, W), C in {1, 3}, fitted like `fit_image`; returned as they are when they already fit."""
     n, c, h, w = images.shape
     num_channels = num_channels or c
     if c == num_channels and (image_size is None or h == w == image_size):

@@ -62,7 +62,7 @@ TOYS = {"swissroll": swissroll, "moons": moons, "circles": circles, "checkerboar
 
 
 def load_toy(options) -> DataInfo:
-    """DataInfo for the toy options.dataset: num_samples training points from config.seed, num_test_samples fixed ones."""
+    """DataInfo for the toy options.dataset: num_samples points from config.seed, num_test_samples fixed ones."""
     sample = TOYS[options.dataset]
     train_x, train_y = sample(options.num_samples, _rng(options.seed, _TRAIN_KEY))
     test_x, test_y = sample(options.num_test_samples, _rng(_TEST_KEY))
