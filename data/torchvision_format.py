@@ -27,7 +27,7 @@ def read_idx(path: str) -> np.ndarray:
     with opener(path, "rb") as f:
         raw = f.read()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != _IDX_UBYTE:
-        raise ValueError(f"{path} is not an idx file of unsigned bytes (magic 0x0000 08 ndim expected)")
+        raise ValueError(f"{path} is not an idx file of unsigned bytes (it must start with bytes 0x00 0x00 0x08 <ndim>)")
     ndim = raw[3]
     dims = tuple(int(d) for d in np.frombuffer(raw, ">i4", count=ndim, offset=4))
     data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
