@@ -13,7 +13,7 @@ from torch import nn
 
 from sde_lib import SDE, as_time, expand_as
 
-from .parameterization import ScoreFn, as_labels
+from .parameterization import ScoreFn, as_labels, network_attr
 
 Tensor = torch.Tensor
 
@@ -110,7 +110,7 @@ def _drop_labels(model: nn.Module, y: Tensor | None, p: float, generator) -> Ten
         raise ValueError(f"label_dropout must be in [0, 1), got {p}")
     if p == 0.0:
         return y
-    num_classes = getattr(model, "num_classes", None)
+    num_classes = network_attr(model, "num_classes")
     if y is None or num_classes is None:
         raise ValueError("label_dropout > 0 needs class_labels and a network built with num_classes")
     drop = torch.rand(y.shape, generator=generator, device=y.device) < p

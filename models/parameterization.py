@@ -99,11 +99,21 @@ def _lookup(table: dict, kind: str, name: str):
     return table[name]
 
 
+def network_attr(model: nn.Module, name: str):
+    """An attribute of the network itself, looking through wrappers (DataParallel/DDP/AveragedModel .module, torch.compile)."""
+    while not hasattr(model, name):
+        inner = [getattr(model, w) for w in ("module", "_orig_mod") if isinstance(getattr(model, w, None), nn.Module)]
+        if not inner:
+            return None
+        model = inner[0]
+    return getattr(model, name)
+
+
 def default_noise_input(model: nn.Module, parameterization: str) -> str:
     """EDM's c_noise for the EDM parameterisation, log sigma for Fourier-feature networks, t otherwise."""
     if parameterization == "edm":
         return "edm"
-    return "log_sigma" if getattr(model, "embedding", None) == "fourier" else "t"
+    return "log_sigma" if network_attr(model, "embedding") == "fourier" else "t"
 
 
 def as_labels(y, n: int, device) -> Tensor | None:
@@ -136,7 +146,8 @@ class ScoreFn:
                              f"got {sigma_data}")
         if guidance_scale < 0:
             raise ValueError(f"guidance_scale must be non-negative, got {guidance_scale}")
-        if guidance_scale and getattr(model, "num_classes", None) is None:
+        self.num_classes = network_attr(model, "num_classes")
+        if guidance_scale and self.num_classes is None:
             raise ValueError("guidance_scale > 0 needs a class-conditional network (built with num_classes)")
         self.model, self.sde, self.parameterization = model, sde, parameterization
         self.class_labels = class_labels
@@ -153,7 +164,7 @@ class ScoreFn:
         y = as_labels(y, x.shape[0], x.device)
         s = self._score(x, c, y)
         if self.guidance_scale and y is not None:
-            null = torch.full_like(y, self.model.num_classes)
+            null = torch.full_like(y, self.num_classes)
             s = (1.0 + self.guidance_scale) * s - self.guidance_scale * self._score(x, c, null)
         return s
 

@@ -220,6 +220,16 @@ def test_ema_follows_the_warmup_recursion_and_averages_buffers():
         models.create_ema(net, decay=1.5)
 
 
+def test_score_fn_sees_through_wrappers_to_the_networks_embedding():
+    net = randomise_zero_init(models.MLP(2, width=16, depth=2, embedding="fourier", num_classes=3))
+    ema = models.create_ema(net)
+    ema.update_parameters(net)
+    x, t, sde = torch.randn(4, 2), torch.rand(4), VESDE()
+    wrapped = models.get_score_fn(ema, sde, class_labels=1, guidance_scale=1.0)
+    assert wrapped.noise_input == "log_sigma"          # from the wrapped network's Fourier embedding
+    torch.testing.assert_close(wrapped(x, t), models.get_score_fn(net, sde, class_labels=1, guidance_scale=1.0)(x, t))
+
+
 def test_score_fn_errors_list_valid_names():
     net = models.MLP(2)
     with pytest.raises(ValueError, match="unknown parameterization 'noise'; available: edm, eps, score, v, x0"):
