@@ -168,7 +168,10 @@ class UNet(nn.Module):
         hs = [h]
         for block in self.down:
             h = block(h, temb)
-            if not isinstance(block, AttnBlock):
+            # The skip connection carries the output of the attention that follows a residual block, if any.
+            if isinstance(block, AttnBlock):
+                hs[-1] = h
+            else:
                 hs.append(h)
         for block in self.mid:
             h = block(h, temb)
