@@ -120,9 +120,9 @@ def as_labels(y, n: int, device) -> Tensor | None:
     """Class labels as a long tensor (N,): an int is broadcast, None stays None."""
     if y is None:
         return None
-    if isinstance(y, int):
-        return torch.full((n,), y, dtype=torch.long, device=device)
     y = torch.as_tensor(y, device=device)
+    if y.ndim == 0:
+        return y.long().expand(n)
     if y.shape != (n,):
         raise ValueError(f"class_labels must be an int or have shape ({n},) to match the batch; got shape {tuple(y.shape)}")
     return y.long()
