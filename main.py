@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 import configs
@@ -12,9 +12,6 @@ import configs
 MODES = ("train", "sample", "likelihood", "eval")
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", str(configs.registry.CONFIG_DIR / "vpsde.py"),
-                                "Config name (configs/NAME.py) or path; override fields with --config.a.b=value.",
-                                lock_config=True)
 flags.DEFINE_string("mode", "train", f"One of {', '.join(MODES)}.")
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, samples); default runs/<config name>.")
 flags.DEFINE_integer("seed", None, "Random seed (default: config.seed).")
@@ -186,15 +183,23 @@ def entry() -> None:
         argv, config_name = _resolve_config_argument(sys.argv)
     except ValueError as e:
         sys.exit(f"error: {e}")
+    try:
+        # ml_collections applies --config.a.b=value overrides while defining the flag, so a bad field fails here.
+        config_flags.DEFINE_config_file(
+            "config", str(configs.registry.CONFIG_DIR / "vpsde.py"),
+            "Config name (configs/NAME.py) or path; override fields with --config.a.b=value.", lock_config=True)
+        argv = FLAGS(argv)
+    except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
+        if isinstance(e, (KeyError, AttributeError)):
+            sys.exit(f"error: unknown config field {str(e).strip(chr(34) + chr(39))!r} in a --config.* override; "
+                     "see configs/default.py for the fields")
+        sys.exit(f"error: {e}")
     logging.set_verbosity(logging.INFO)
-
-    def guarded(argv_):
-        try:
-            main(argv_, config_name)
-        except (ValueError, FileNotFoundError, CheckpointError, TrainingDivergedError) as e:
-            sys.exit(f"error: {e}")
-
-    app.run(guarded, argv=argv)
+    logging.use_absl_handler()
+    try:
+        main(argv, config_name)
+    except (ValueError, FileNotFoundError, CheckpointError, TrainingDivergedError) as e:
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

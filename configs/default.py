@@ -1,5 +1,6 @@
 """Shared defaults for every config; a config changes only what differs. Field names follow score_sde_pytorch."""
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def get_default_configs() -> ml_collections.ConfigDict:
@@ -17,13 +18,14 @@ def get_default_configs() -> ml_collections.ConfigDict:
 
     config.data = data = ml_collections.ConfigDict()
     data.dataset = "digits"             # digits | moons | swissroll | circles | checkerboard | gmm8 | mnist | cifar10 | image_folder | array
-    data.image_size = 8                 # pixels (height = width) for image datasets
-    data.num_channels = 1               # 1 (grey) or 3 (RGB)
+    data.image_size = placeholder(int)  # pixels (height = width); None: the dataset's own (digits 8, mnist 28, ...)
+    data.num_channels = placeholder(int)  # 1 (grey) or 3 (RGB); None: the dataset's own
     data.centered = True                # True: data scaled to [-1, 1]; False: [0, 1]
     data.random_flip = False            # random horizontal flips of training images
     data.path = ""                      # root folder (mnist, cifar10, image_folder) or .npy/.npz file (array)
     data.download = False               # let torchvision download mnist/cifar10 into data.path
     data.num_samples = 20000            # size of the generated training set of the 2-D toys
+    data.test_fraction = 0.1            # share of image_folder / array items held out as the test set
 
     config.model = model = ml_collections.ConfigDict()
     model.name = "unet"                 # unet | mlp (vector data always uses mlp)
@@ -38,6 +40,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     model.skip_rescale = True           # rescale skip connections by 1/sqrt(2)
     model.embedding_type = "sinusoidal"  # sinusoidal (of t, VP-type) | fourier (of log sigma, VE-type)
     model.fourier_scale = 16.0          # std of the Gaussian Fourier features
+    model.conditional = False           # feed class labels to the network (datasets with labels only)
     model.mlp_width = 256               # MLP hidden width (vector data)
     model.mlp_depth = 3                 # MLP hidden layers (vector data)
 

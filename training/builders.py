@@ -33,18 +33,26 @@ def build_sde(config) -> sde_lib.SDE:
 
 
 def build_model(config, shape, num_classes=None) -> torch.nn.Module:
-    """A UNet for images (C, H, W) and an MLP for vector data, configured from config.model."""
+    """A UNet for images (C, H, W) and an MLP for vector data, configured from config.model.
+
+    The network takes class labels only when config.model.conditional is set (and the data have labels).
+    """
     m = config.model
+    if m.conditional and not num_classes:
+        raise ValueError("model.conditional=True needs a dataset with class labels; this one has none")
+    num_classes = num_classes if m.conditional else None
+    common = dict(embedding=m.embedding_type, num_classes=num_classes)
+    if m.embedding_type == "fourier":
+        common["embedding_scale"] = m.fourier_scale
     if len(shape) == 1:
-        return models.get_model("mlp", dim=shape[0], width=m.mlp_width, depth=m.mlp_depth,
-                                embedding=m.embedding_type, num_classes=num_classes)
+        return models.get_model("mlp", dim=shape[0], width=m.mlp_width, depth=m.mlp_depth, **common)
     if m.name == "mlp":
         raise ValueError(f"model.name='mlp' is for vector data, but this dataset has images of shape {tuple(shape)}; "
                          "use model.name='unet'")
     return models.get_model(m.name, in_channels=shape[0], image_size=shape[-1], ch=m.nf, ch_mult=tuple(m.ch_mult),
                             num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions),
                             dropout=m.dropout, resblock_updown=m.resblock_updown, skip_rescale=m.skip_rescale,
-                            embedding=m.embedding_type, num_classes=num_classes)
+                            **common)
 
 
 def build_optimizer(config, params) -> torch.optim.Optimizer:

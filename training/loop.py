@@ -162,7 +162,7 @@ class Trainer:
         return total / max(count, 1)
 
     def _labels(self, y):
-        return y.to(self.device) if self.data.num_classes else None
+        return y.to(self.device) if self.config.model.conditional else None
 
     @torch.no_grad()
     def snapshot(self) -> Path | None:
