@@ -56,6 +56,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     training.eps = 1e-5                 # smallest t in the loss
     training.snapshot_samples = 64      # samples drawn for each snapshot (0: none)
     training.progress = True            # tqdm progress bar
+    training.p_uncond = 0.1             # conditional models: probability of training on the null label (classifier-free guidance)
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.optimizer = "Adam"            # Adam | AdamW
@@ -74,6 +75,25 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.corrector_steps = 1        # pc: Langevin steps per predictor step
     sampling.num_samples = 64           # samples written by --mode sample
     sampling.batch_size = 64            # samples per solver call
+    sampling.class_label = ""           # conditional sampling: a label "3" or a list "0,1,2" cycled over each batch
+    sampling.guidance = 0.0             # classifier-free guidance weight omega (0: the plain conditional score)
+    sampling.classifier_scale = 0.0     # classifier guidance scale gamma (0: off; needs --mode train_classifier)
+
+    config.classifier = classifier = ml_collections.ConfigDict()
+    classifier.nf = 32                  # base channels of the image classifier (encoder half of a U-Net)
+    classifier.ch_mult = (1, 2)         # channel multiplier per resolution of the image classifier
+    classifier.width = 128              # hidden width of the vector-data classifier
+    classifier.depth = 3                # hidden layers of the vector-data classifier
+    classifier.lr = 3e-4                # Adam learning rate
+    classifier.batch_size = 128         # examples per step
+    classifier.n_iters = 2000           # total optimisation steps
+    classifier.log_freq = 100           # steps between log lines
+    classifier.snapshot_freq = 500      # steps between checkpoints in <workdir>/classifier
+
+    config.inpainting = inpainting = ml_collections.ConfigDict()
+    inpainting.method = "repaint"       # replacement | repaint
+    inpainting.steps = 100              # reverse Euler-Maruyama steps
+    inpainting.resample = 10            # repaint: steps per grid interval (re-noise and repeat); NFE = steps * resample
 
     config.eval = evaluate = ml_collections.ConfigDict()
     evaluate.batch_size = 256           # test points per likelihood / test-loss batch

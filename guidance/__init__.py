@@ -1,0 +1,12 @@
+"""Conditional and controllable generation at the score level: classifier-free and classifier guidance, inpainting."""
+from .classifier import ClassifierLogits, ConvClassifier, MLPClassifier, build_classifier, classifier_loss
+from .inpaint import INPAINTERS, inpaint
+from .labels import batch_labels, check_labels, parse_labels
+from .scores import ClassifierFreeGuidance, ClassifierGuidance
+from .train import ClassifierResult, load_classifier, noisy_accuracy, train_classifier
+
+__all__ = [
+    "ClassifierFreeGuidance", "ClassifierGuidance", "ClassifierLogits", "MLPClassifier", "ConvClassifier",
+    "build_classifier", "classifier_loss", "train_classifier", "load_classifier", "noisy_accuracy",
+    "ClassifierResult", "inpaint", "INPAINTERS", "batch_labels", "check_labels", "parse_labels",
+]

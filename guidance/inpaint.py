@@ -1,0 +1,135 @@
+"""Inpainting / imputation with an unconditional score: sample the missing entries given the observed ones.
+
+Both methods run the reverse SDE with Euler-Maruyama on a uniform grid T = t_0 > ... > t_n = eps and, after
+every step to t_{i+1}, overwrite the observed entries by a fresh forward-noised copy alpha_bar x_obs + beta_bar z
+(the replacement method of Song et al. 2021, Appendix I). RePaint (Lugmayr et al. 2022) then re-noises the merged
+x back to t_i with the forward transition p(x_{t_i} | x_{t_{i+1}}) and repeats the step, `resample` times in all,
+which lets the missing entries harmonise with the observed ones and removes most of the replacement bias.
+"""
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from sde_lib import SDE, expand_as
+
+from solvers import SampleResult
+
+Tensor = torch.Tensor
+
+
+def _noise(x: Tensor, generator) -> Tensor:
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def check_observation(x_obs: Tensor, mask: Tensor) -> Tensor:
+    """The mask as a float tensor shaped like x_obs (1 = observed, 0 = to sample); ValueError if it does not fit."""
+    if not isinstance(x_obs, Tensor) or not isinstance(mask, Tensor):
+        raise TypeError("x_obs and mask must be torch tensors")
+    try:
+        mask = torch.broadcast_to(mask.to(x_obs.device), x_obs.shape)
+    except RuntimeError:
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the observations "
+                         f"{tuple(x_obs.shape)}; give one mask per item or one for all (e.g. (C, H, W))") from None
+    if not ((mask == 0) | (mask == 1)).all():
+        raise ValueError("mask entries must be 0 (missing: to sample) or 1 (observed)")
+    if not torch.isfinite(x_obs[mask.bool()]).all():
+        raise ValueError("observed entries (mask = 1) must be finite; mark NaN entries as missing in the mask")
+    return mask.to(x_obs.dtype)
+
+
+def inpaint(sde: SDE, score_fn, x_obs: Tensor, mask: Tensor, *, method: str = "repaint", steps: int = 100,
+            resample: int = 10, eps: float = 1e-3, generator: torch.Generator | None = None,
+            progress: bool = False) -> SampleResult:
+    """Sample x with x[mask = 1] = x_obs[mask = 1] and the rest from p(x_missing | x_observed); returns (x, nfe).
+
+    method: "replacement" (one step per grid interval) or "repaint" (`resample` steps per interval, NFE
+    steps * resample). x_obs: (N, ...) in model space (its missing entries are ignored, NaN allowed there);
+    mask: 0/1, shaped like x_obs or broadcastable to it.
+    """
+    if method not in INPAINTERS:
+        raise ValueError(f"unknown inpainting method {method!r}; available: {', '.join(INPAINTERS)}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if isinstance(resample, bool) or not isinstance(resample, int) or resample < 1:
+        raise ValueError(f"resample must be an integer >= 1 (1: no resampling), got {resample!r}")
+    if not 0.0 < eps < sde.T:
+        raise ValueError(f"eps must be in (0, T) = (0, {sde.T}), got eps={eps}")
+    mask = check_observation(x_obs, mask)
+    x_obs = torch.where(mask.bool(), x_obs, torch.zeros_like(x_obs))
+    if generator is None:
+        generator = torch.Generator(device=x_obs.device).manual_seed(torch.seed() % 2**63)
+    return INPAINTERS[method](sde, score_fn, x_obs, mask, steps=steps, resample=resample, eps=eps,
+                              generator=generator, progress=progress)
+
+
+class _Inpainter:
+    """The shared loop: reverse Euler-Maruyama steps, each followed by replacing the observed entries."""
+
+    def __init__(self, sde: SDE, score_fn, x_obs: Tensor, mask: Tensor, generator):
+        self.sde = sde
+        self.reverse = sde.reverse(score_fn, eta=1.0)
+        self.x_obs, self.mask, self.generator = x_obs, mask, generator
+        self.nfe = 0
+
+    def step(self, x: Tensor, t: Tensor, s: Tensor, last: bool) -> Tensor:
+        """x_s = x_t - drift dt + g sqrt(dt) z, dt = t - s (the last step returns the mean, without noise)."""
+        self.nfe += 1
+        dt = t - s
+        x_s = x - expand_as(dt.expand(x.shape[0]), x) * self.reverse.drift(x, t)
+        if not last:
+            g = self.reverse.diffusion(x, t)
+            x_s = x_s + expand_as(g * dt.sqrt().to(x.dtype), x) * _noise(x, self.generator)
+        return x_s
+
+    def replace(self, x: Tensor, s: Tensor, last: bool) -> Tensor:
+        """Observed entries <- alpha_bar(s) x_obs + beta_bar(s) z (x_obs itself after the last step)."""
+        if last:
+            known = self.x_obs
+        else:
+            a, b = self.sde.alpha_bar(s).to(x.dtype), self.sde.beta_bar(s).to(x.dtype)
+            known = a * self.x_obs + b * _noise(x, self.generator)
+        return self.mask * known + (1.0 - self.mask) * x
+
+    def renoise(self, x: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        """A draw of p(x_t | x_s) = N(a x_s, v I) for s < t (sde.transition): back up one step."""
+        a, v = self.sde.transition(s, t)
+        return a.to(x.dtype) * x + v.clamp(min=0).sqrt().to(x.dtype) * _noise(x, self.generator)
+
+    def run(self, ts: Tensor, resample: int, progress: bool) -> Tensor:
+        x = self.sde.prior_sampling(self.x_obs.shape, generator=self.generator, device=self.x_obs.device,
+                                    dtype=self.x_obs.dtype)
+        x = self.replace(x, ts[0], last=False)
+        for i in tqdm(range(len(ts) - 1), desc="inpainting", leave=False, disable=not progress):
+            last = i == len(ts) - 2
+            for r in range(1 if last else resample):
+                if r > 0:
+                    x = self.renoise(x, ts[i + 1], ts[i])
+                x = self.replace(self.step(x, ts[i], ts[i + 1], last), ts[i + 1], last)
+        return x
+
+
+def _run(sde, score_fn, x_obs, mask, *, steps, resample, eps, generator, progress) -> SampleResult:
+    ts = torch.linspace(sde.T, eps, steps + 1, dtype=torch.float64)
+    painter = _Inpainter(sde, score_fn, x_obs, mask, generator)
+    with torch.no_grad():
+        x = painter.run(ts, resample, progress)
+    return SampleResult(x, painter.nfe)
+
+
+def replacement(sde, score_fn, x_obs, mask, *, steps, eps, generator, progress, **_) -> SampleResult:
+    """Song et al.'s replacement method: one reverse step per interval, observed entries re-noised after each."""
+    return _run(sde, score_fn, x_obs, mask, steps=steps, resample=1, eps=eps, generator=generator,
+                progress=progress)
+
+
+def repaint(sde, score_fn, x_obs, mask, *, steps, resample, eps, generator, progress) -> SampleResult:
+    """RePaint: the replacement step repeated `resample` times per interval, re-noising to t_i in between."""
+    return _run(sde, score_fn, x_obs, mask, steps=steps, resample=resample, eps=eps, generator=generator,
+                progress=progress)
+
+
+INPAINTERS = {
+    "replacement": replacement,
+    "repaint": repaint,
+}

@@ -1,0 +1,99 @@
+"""Training the noise-conditional classifier on forward-noised data (`python main.py --mode train_classifier`)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from absl import logging
+
+import data as data_lib
+from training import build_sde, get_device
+from training import checkpoint as ckpt
+from training.loop import seed_everything
+
+from .classifier import build_classifier, classifier_loss
+
+CLASSIFIER_DIR = "classifier"  # under the run's workdir: <workdir>/classifier/checkpoints/checkpoint_<step>.pt
+
+
+class ClassifierResult(NamedTuple):
+    step: int
+    loss: float
+    test_accuracy: float
+    checkpoint: Path
+
+
+def classifier_dir(workdir) -> Path:
+    return Path(workdir) / CLASSIFIER_DIR
+
+
+@torch.no_grad()
+def noisy_accuracy(classifier, sde, dataset, device, t: float, batch_size: int = 256, max_items: int = 2000,
+                   seed: int = 0) -> float:
+    """Accuracy of argmax classifier(x_t, t) on (up to max_items of) `dataset` at one noise level t."""
+    gen = torch.Generator(device).manual_seed(seed)
+    idx = torch.arange(min(len(dataset), max_items))
+    correct = 0
+    for chunk in idx.split(batch_size):
+        x, y = dataset.get_batch(chunk)
+        x, y = x.to(device), y.to(device)
+        tt = torch.full((len(x),), t, dtype=torch.float64, device=device)
+        mean, std = sde.marginal_prob(x, tt)
+        xt = mean + std.reshape(-1, *[1] * (x.ndim - 1)) * torch.randn(x.shape, generator=gen, device=device)
+        correct += int((classifier(xt, tt.to(x.dtype)).argmax(1) == y).sum())
+    return correct / len(idx)
+
+
+def train_classifier(config, workdir) -> ClassifierResult:
+    """Train (or resume) the classifier of config.classifier on the configured dataset; checkpoints in <workdir>/classifier."""
+    c = config.classifier
+    device = get_device(config.device)
+    seed_everything(config.seed)
+    info = data_lib.get_dataset(config)
+    sde = build_sde(config)
+    net = build_classifier(config, info.shape, info.num_classes).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=c.lr)
+    out = classifier_dir(workdir)
+    step, path = 0, ckpt.latest_checkpoint(out)
+    if path is not None:
+        state = ckpt.load_checkpoint(path, map_location=device)
+        ckpt.load_module_state(net, state["classifier"], "classifier", path)
+        optimizer.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+        logging.info("resumed the classifier from %s (step %d)", path, step)
+    batches = data_lib.infinite_loader(info.train, c.batch_size, config.seed, start_step=step)
+    loss = math.nan
+    while step < c.n_iters:
+        x, y = next(batches)
+        net.train()
+        loss_t = classifier_loss(net, sde, x.to(device), y.to(device), eps=config.training.eps)
+        if not torch.isfinite(loss_t):
+            raise ValueError(f"the classifier loss is {loss_t.item()} at step {step + 1}; lower classifier.lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss_t.backward()
+        optimizer.step()
+        step, loss = step + 1, loss_t.item()
+        if step % c.log_freq == 0:
+            logging.info("classifier step %d: cross-entropy %.4f", step, loss)
+        if step % c.snapshot_freq == 0 or step == c.n_iters:
+            path = ckpt.save_checkpoint(out, step, {"step": step, "classifier": net.state_dict(),
+                                                    "optimizer": optimizer.state_dict(),
+                                                    "config": config.to_json()}, keep=1)
+    net.eval()
+    accuracy = noisy_accuracy(net, sde, info.test, device, t=0.1 * sde.T, seed=config.seed)
+    return ClassifierResult(step, loss, accuracy, path)
+
+
+def load_classifier(config, workdir, shape, num_classes, device) -> torch.nn.Module:
+    """The newest classifier checkpoint of a run (trained by --mode train_classifier), in eval mode on `device`."""
+    out = classifier_dir(workdir)
+    path = ckpt.latest_checkpoint(out)
+    if path is None:
+        raise ckpt.CheckpointError(f"no classifier checkpoint in {ckpt.checkpoint_dir(out)}; train one first "
+                                   f"(python main.py --mode train_classifier --workdir {workdir})")
+    net = build_classifier(config, shape, num_classes)
+    ckpt.load_module_state(net, ckpt.load_checkpoint(path)["classifier"], "classifier", path)
+    logging.info("loaded the classifier %s", path)
+    return net.to(device).eval()
