@@ -24,13 +24,13 @@ class LikelihoodResult(NamedTuple):
     nfe: int
 
 
-def _check_common(sde: SDE, x: Tensor, eps: float, n_probes: int = 1) -> None:
+def _check_common(sde: SDE, x: Tensor, eps: float, n_probes: int = 1, name: str = "x") -> None:
     if not isinstance(x, Tensor) or x.ndim < 2 or not x.is_floating_point():
-        raise ValueError("x must be a floating-point tensor of shape (N, ...) with a batch dimension first, got "
+        raise ValueError(f"{name} must be a floating-point tensor of shape (N, ...) with a batch dimension first, got "
                          f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
     if not torch.isfinite(x).all():
         bad = (~torch.isfinite(x)).reshape(x.shape[0], -1).any(1).nonzero().flatten().tolist()
-        raise ValueError(f"x contains NaN or inf (samples {bad[:10]}); clean the data before computing likelihoods")
+        raise ValueError(f"{name} contains NaN or inf (samples {bad[:10]}); clean the input before integrating the ODE")
     if not 0.0 < eps < sde.T:
         raise ValueError(f"eps must be in (0, T={sde.T:g}), got eps={eps}")
     if not (isinstance(n_probes, int) and n_probes >= 1):
@@ -73,7 +73,7 @@ def decode(sde: SDE, score_fn, z: Tensor, *, rtol: float = 1e-5, atol: float = 1
            eps: float = 1e-5, time_variable: str = "t", state_dtype: torch.dtype | None = None,
            max_steps: int = 10_000) -> Tensor:
     """x(eps) from x(T) = z along the probability-flow ODE dx/dt = f x - g^2 score / 2 (inverse of the encoder)."""
-    _check_common(sde, z, eps)
+    _check_common(sde, z, eps, name="z")
     clock = get_clock(time_variable, sde, eps)
     dtype = _state_dtype(z, state_dtype)
     dynamics = FlowDynamics(sde, score_fn, clock, z.shape, z.dtype)

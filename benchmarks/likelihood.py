@@ -1,0 +1,165 @@
+"""Likelihood benchmark: this library's ODE likelihood against score_sde_pytorch's recipe, in the same run.
+
+The reference re-implements score_sde_pytorch's `likelihood.get_likelihood_fn`: scipy `solve_ivp` RK45 on a
+flattened float64 numpy state, and per evaluation one forward pass for the drift plus a second forward pass
+and a backward pass for the Hutchinson divergence of the drift.
+
+  python benchmarks/likelihood.py              # MLP, small U-Net, and the equal-accuracy study on a mixture
+  python benchmarks/likelihood.py --quick      # smaller batches, for a smoke test
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from scipy import integrate
+
+# This script shares its name with the package it measures: drop its own folder from the import path.
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+import likelihood  # noqa: E402
+import models  # noqa: E402
+from sde_lib import GaussianMixture, SubVPSDE, VPSDE  # noqa: E402
+
+
+# --- score_sde_pytorch's recipe (reference) ----------------------------------------------------------------
+class ScoreSDEReference:
+    """score_sde_pytorch's likelihood: solve_ivp RK45 over numpy, separate drift and divergence passes."""
+
+    def __init__(self, sde, score_fn, divergence="rademacher"):
+        self.sde = sde
+        self.reverse = sde.reverse(score_fn, eta=0.0)
+        self.divergence = divergence
+
+    def drift(self, x, t):
+        return self.reverse.drift(x, t)
+
+    def div(self, x, t, probe):
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            drift = self.drift(x, t)
+            if self.divergence == "exact":
+                return likelihood.exact_divergence(drift, x)
+            grad, = torch.autograd.grad((drift * probe).sum(), x)
+        return (grad * probe).reshape(x.shape[0], -1).sum(1)
+
+    def __call__(self, x, rtol=1e-5, atol=1e-5, eps=1e-5, generator=None):
+        shape, n = x.shape, x.shape[0]
+        probe = (torch.randint(0, 2, shape, generator=generator) * 2 - 1).to(x.dtype)
+
+        def ode_func(t, state):
+            sample = torch.from_numpy(state[:-n].reshape(shape)).to(x.dtype)
+            vec_t = torch.full((n,), t, dtype=torch.float64)
+            drift = self.drift(sample, vec_t).detach().double().numpy().reshape(-1)
+            logp_grad = self.div(sample, vec_t, probe).detach().double().numpy().reshape(-1)
+            return np.concatenate([drift, logp_grad])
+
+        init = np.concatenate([x.detach().double().numpy().reshape(-1), np.zeros(n)])
+        sol = integrate.solve_ivp(ode_func, (eps, self.sde.T), init, rtol=rtol, atol=atol, method="RK45")
+        zp = sol.y[:, -1]
+        z = torch.from_numpy(zp[:-n].reshape(shape))
+        return self.sde.prior_logp(z) + torch.from_numpy(zp[-n:]), z, sol.nfev
+
+
+# --- helpers ------------------------------------------------------------------------------------------------
+def timed(fn, repeats):
+    """(result of the last call, best wall time over `repeats` calls): the minimum is robust to machine load."""
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return out, best
+
+
+def random_network(name, sde, **kwargs):
+    """A fixed random eps-network in eval mode; zero-initialised output layers get small weights so the ODE is not trivial."""
+    torch.manual_seed(0)
+    net = models.get_model(name, **kwargs).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+        if p.ndim > 1 and not p.any():
+            torch.nn.init.normal_(p, std=0.05)
+    return models.get_score_fn(net, sde, parameterization="eps")
+
+
+def row(label, impl, clock, nfe, seconds, ratio):
+    return f"| {label} | {impl} | {clock} | {nfe} | {1e3 * seconds / nfe:.2f} | {seconds:.2f} | {ratio} |"
+
+
+def network_rows(label, sde, score_fn, x, rtol, repeats):
+    """Equal tolerance: both implementations with Rademacher probes at the same rtol = atol."""
+    reference = ScoreSDEReference(sde, score_fn)
+    (_, _, ref_nfe), ref_s = timed(lambda: reference(x, rtol=rtol, atol=rtol, generator=torch.Generator().manual_seed(0)),
+                                repeats)
+    rows = [row(label, "score_sde recipe", "t", ref_nfe, ref_s, "1.00")]
+    for clock in ("t", "log_snr"):
+        res, s = timed(lambda: likelihood.log_likelihood(sde, score_fn, x, rtol=rtol, atol=rtol, time_variable=clock,
+                                                         generator=torch.Generator().manual_seed(0)), repeats)
+        rows.append(row(label, "scoresde", clock, res.nfe, s, f"{s / ref_s:.2f}"))
+    return rows
+
+
+def mixture_rows(sde, dim, n, repeats):
+    """Equal accuracy on a Gaussian mixture (exact divergence in both, error against the exact density)."""
+    gen = torch.Generator().manual_seed(dim)
+    means = 1.5 * torch.randn(3, dim, generator=gen, dtype=torch.float64)
+    a = 0.3 * torch.randn(3, dim, dim, generator=gen, dtype=torch.float64)
+    mix = GaussianMixture([0.2, 0.3, 0.5], means, a @ a.transpose(1, 2) + 0.05 * torch.eye(dim, dtype=torch.float64))
+    score_fn = mix.score_fn(sde)
+    x = mix.sample(n, generator=gen).float()
+
+    def error(logp, z):
+        truth = mix.log_prob(x, sde, 1e-5) + sde.prior_logp(z.double()) - mix.log_prob(z, sde, sde.T)
+        return float((logp - truth).abs().mean())
+
+    reference = ScoreSDEReference(sde, score_fn, divergence="exact")
+    (ref_logp, ref_z, ref_nfe), ref_s = timed(lambda: reference(x, rtol=1e-5, atol=1e-5), repeats)
+    target = error(ref_logp, ref_z)
+    rows = [row(f"mixture D={dim}", "score_sde recipe, tol 1e-5", "t", ref_nfe, ref_s, f"1.00 (err {target:.1e})")]
+    for clock in ("t", "log_snr"):
+        for tol in (1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6):
+            res, s = timed(lambda: likelihood.log_likelihood(sde, score_fn, x, divergence="exact", rtol=tol, atol=tol,
+                                                             time_variable=clock), repeats)
+            err = error(res.logp, res.z)
+            if err <= target:
+                rows.append(row(f"mixture D={dim}", f"scoresde, tol {tol:g}", clock, res.nfe, s,
+                                f"{s / ref_s:.2f} (err {err:.1e})"))
+                break
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small batches (smoke test)")
+    parser.add_argument("--rtol", type=float, default=1e-5, help="rtol = atol for the network rows (score_sde: 1e-5)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed repeats; the best is reported")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is steadiest on a shared machine)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    sde = VPSDE()
+    n_mlp, n_img = (16, 2) if args.quick else (64, 4)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, rtol = atol = {args.rtol:g} for networks\n")
+    print("| case | implementation | time variable | NFE | ms / eval | total s | time vs score_sde |")
+    print("|---|---|---|---|---|---|---|")
+    mlp = random_network("mlp", sde, dim=32, width=256, depth=3)
+    x_mlp = torch.randn(n_mlp, 32, generator=torch.Generator().manual_seed(1)).clamp(-1, 1)
+    for line in network_rows(f"MLP D=32, N={n_mlp}", sde, mlp, x_mlp, args.rtol, args.repeats):
+        print(line, flush=True)
+    unet = random_network("unet", sde, in_channels=1, image_size=16, ch=16, ch_mult=(1, 2), num_res_blocks=1,
+                          attn_resolutions=(), dropout=0.0)
+    x_img = torch.rand(n_img, 1, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    for line in network_rows(f"U-Net 1x16x16, N={n_img}", sde, unet, x_img, args.rtol, args.repeats):
+        print(line, flush=True)
+    for mixture_sde in (VPSDE(), SubVPSDE()):
+        for line in mixture_rows(mixture_sde, 2, 64, args.repeats):
+            print(line.replace("mixture", f"mixture {type(mixture_sde).__name__}"), flush=True)
+
+
+if __name__ == "__main__":
+    main()
