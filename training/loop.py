@@ -124,7 +124,8 @@ class Trainer:
         c = self.config
         return models.dsm_loss(model, self.sde, x, parameterization=c.model.parameterization,
                                weighting=c.training.weighting, eps=c.training.eps,
-                               t_sampling=c.training.t_sampling, class_labels=y, generator=generator)
+                               t_sampling=c.training.t_sampling, class_labels=y, generator=generator,
+                               label_dropout=c.training.p_uncond if y is not None else 0.0)
 
     def train_step(self, x, y) -> tuple[float, float]:
         """One optimiser step; returns (loss, gradient norm). Raises TrainingDivergedError on a non-finite loss."""
