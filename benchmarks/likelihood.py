@@ -78,7 +78,7 @@ def timed(fn, repeats):
 
 
 def random_network(name, sde, **kwargs):
-    """A fixed random eps-network in eval mode; zero-initialised output layers get small weights so the ODE is not trivial."""
+    """A fixed random eps-network in eval mode (zero-initialised output layers get small weights: a non-trivial ODE)."""
     torch.manual_seed(0)
     net = models.get_model(name, **kwargs).eval()
     for p in net.parameters():
@@ -95,8 +95,8 @@ def row(label, impl, clock, nfe, seconds, ratio):
 def network_rows(label, sde, score_fn, x, rtol, repeats):
     """Equal tolerance: both implementations with Rademacher probes at the same rtol = atol."""
     reference = ScoreSDEReference(sde, score_fn)
-    (_, _, ref_nfe), ref_s = timed(lambda: reference(x, rtol=rtol, atol=rtol, generator=torch.Generator().manual_seed(0)),
-                                repeats)
+    probe_gen = torch.Generator().manual_seed(0)
+    (_, _, ref_nfe), ref_s = timed(lambda: reference(x, rtol=rtol, atol=rtol, generator=probe_gen), repeats)
     rows = [row(label, "score_sde recipe", "t", ref_nfe, ref_s, "1.00")]
     for clock in ("t", "log_snr"):
         res, s = timed(lambda: likelihood.log_likelihood(sde, score_fn, x, rtol=rtol, atol=rtol, time_variable=clock,

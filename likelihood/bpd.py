@@ -35,9 +35,10 @@ def bin_offset(n_bins: int | None, data_range=(-1.0, 1.0)) -> float:
 
 
 def bits_per_dim(logp: Tensor, x_shape, *, data_range=(-1.0, 1.0), n_bins: int | None = 256) -> Tensor:
-    """bits/dim = -logp / (D ln 2) - log2((hi - lo) / n_bins) per sample, D = prod(x_shape[1:]) (no offset if n_bins is None).
+    """bits/dim = -logp / (D ln 2) - log2((hi - lo) / n_bins) per sample, D = prod(x_shape[1:]).
 
-    logp is the log-density (nats) of the dequantised data in model space, x_shape the data batch's shape (N, ...).
+    logp is the log-density (nats) of the dequantised data in model space, x_shape the data batch's shape
+    (N, ...). With n_bins None (continuous data) there is no offset: -logp / (D ln 2).
     """
     x_shape = tuple(x_shape)
     if len(x_shape) < 2 or x_shape[0] != logp.shape[0] or logp.ndim != 1:
