@@ -30,6 +30,7 @@ def get_cifar10_config():
     training.eval_freq = 1000
     training.snapshot_samples = 64
 
+    config.optim.lr = 2e-4
     config.optim.warmup = 5000
     config.sampling.steps = 1000
     config.sampling.batch_size = 256
