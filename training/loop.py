@@ -21,7 +21,8 @@ import models
 import solvers
 
 from . import checkpoint as ckpt
-from .builders import build_model, build_optimizer, build_sde, get_device, learning_rate
+from . import distributed, precision
+from .builders import build_model, build_optimizer, build_sde, learning_rate
 from .images import save_samples
 from .io import atomic_write_text
 from .metrics import MetricsLogger
@@ -67,12 +68,18 @@ class _StopFlag:
 
 
 class Trainer:
-    """Everything a run owns; `state_dict` is exactly what a checkpoint holds."""
+    """Everything a run owns; `state_dict` is exactly what a checkpoint holds.
+
+    Under torchrun it trains data-parallel (see training.distributed): rank 0 alone writes the workdir.
+    """
 
     def __init__(self, config: ml_collections.ConfigDict, workdir):
         self.config = config
         self.workdir = Path(workdir)
-        self.device = get_device(config.device)
+        self.dist = distributed.setup(config)
+        self.device = self.dist.device
+        precision.set_tf32(config.allow_tf32)
+        self.scaler = precision.grad_scaler(config.precision, self.device)
         seed_everything(config.seed)
         self.data = data_lib.get_dataset(config)
         self.sde = build_sde(config)
@@ -81,6 +88,19 @@ class Trainer:
         self.optimizer = build_optimizer(config, self.model.parameters())
         self.step = 0
         self._check_names()
+        self.network = self._training_network()
+
+    def _training_network(self) -> torch.nn.Module:
+        """self.model as the loss calls it: DDP across ranks, compiled and autocast as configured."""
+        c = self.config
+        net = self.model
+        if self.dist.distributed:
+            b = distributed.local_batch_size(c.training.batch_size, self.dist)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+            net = precision.autocast_network(precision.maybe_compile(net, c.compile), c.precision, self.device)
+            return distributed.LocalRows(net, self.dist.rank * b, (self.dist.rank + 1) * b)
+        return precision.autocast_network(precision.maybe_compile(net, c.compile), c.precision, self.device)
 
     def _check_names(self) -> None:
         c = self.config
@@ -96,55 +116,102 @@ class Trainer:
 
     # --- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"step": self.step, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "rng": ckpt.rng_state(),
-                "config": self.config.to_json()}
+        state = {"step": self.step, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "rng": ckpt.rng_state(),
+                 "config": self.config.to_json()}
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def load_state_dict(self, state: dict, path) -> None:
         ckpt.load_module_state(self.model, state["model"], "network", path)
         ckpt.load_module_state(self.ema, state["ema"], "EMA network", path)
         self.optimizer.load_state_dict(state["optimizer"])
         ckpt.set_rng_state(state["rng"])
+        if self.scaler.is_enabled() and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
 
     def save(self) -> Path:
-        return ckpt.save_checkpoint(self.workdir, self.step, self.state_dict(),
-                                    keep=self.config.training.keep_checkpoints)
-
-    def resume(self) -> Path | None:
-        """Load the newest checkpoint in the workdir, if any."""
-        path = ckpt.latest_checkpoint(self.workdir)
-        if path is not None:
-            self.load_state_dict(ckpt.load_checkpoint(path, map_location=self.device), path)
-            logging.info("resumed from %s (step %d)", path, self.step)
+        """Rank 0 writes the checkpoint (atomically) while the other ranks wait; returns its path on every rank."""
+        path = ckpt.checkpoint_dir(self.workdir) / f"checkpoint_{self.step}.pt"
+        if self.dist.is_main:
+            path = ckpt.save_checkpoint(self.workdir, self.step, self.state_dict(),
+                                        keep=self.config.training.keep_checkpoints)
+        self.dist.barrier()
         return path
 
+    def resume(self) -> Path | None:
+        """Load the newest checkpoint in the workdir, if any; under torchrun rank 0 reads it and sends it to all."""
+        if not self.dist.distributed:
+            path = ckpt.latest_checkpoint(self.workdir)
+            if path is not None:
+                self.load_state_dict(ckpt.load_checkpoint(path, map_location=self.device), path)
+                logging.info("resumed from %s (step %d)", path, self.step)
+            return path
+        path, state, error = self.dist.broadcast(self._read_latest() if self.dist.is_main else None)
+        if error is not None:
+            raise error
+        if path is not None:
+            self.load_state_dict(state, path)
+            logging.info("resumed from %s (step %d) on %d processes", path, self.step, self.dist.world_size)
+        return path
+
+    def _read_latest(self) -> tuple:
+        """(path, state, error) of the newest checkpoint; errors travel as values, so that a rank that failed
+        alone does not leave the others waiting in the broadcast."""
+        path = ckpt.latest_checkpoint(self.workdir)
+        try:
+            return path, None if path is None else ckpt.load_checkpoint(path), None
+        except ckpt.CheckpointError as e:
+            return path, None, e
+
     # --- one step -------------------------------------------------------------------------------
-    def loss(self, model, x, y, generator=None) -> torch.Tensor:
+    def loss(self, model, x, y, generator=None, reduce="mean") -> torch.Tensor:
         c = self.config
         return models.dsm_loss(model, self.sde, x, parameterization=c.model.parameterization,
                                weighting=c.training.weighting, eps=c.training.eps,
                                t_sampling=c.training.t_sampling, class_labels=y, generator=generator,
-                               label_dropout=c.training.p_uncond if y is not None else 0.0)
+                               label_dropout=c.training.p_uncond if y is not None else 0.0, reduce=reduce)
+
+    def _sharded_loss(self, x, y) -> torch.Tensor:
+        """This rank's mean loss over its rows of the global batch, with the global batch's random numbers."""
+        net, n = self.network, self.config.training.batch_size
+        gen = distributed.loss_generator(self.config.seed, self.step, self.device)
+        y = None if y is None else distributed.pad_rows(y, net.lo, n)
+        losses = self.loss(net, distributed.pad_rows(x, net.lo, n), y, generator=gen, reduce="none")
+        return losses[net.lo:net.hi].mean()
 
     def train_step(self, x, y) -> tuple[float, float]:
-        """One optimiser step; returns (loss, gradient norm). Raises TrainingDivergedError on a non-finite loss."""
+        """One optimiser step; returns (loss, gradient norm). Raises TrainingDivergedError on a non-finite loss.
+
+        Under torchrun x, y are this rank's rows of the global batch and the returned loss is the global mean.
+        """
         self.model.train()
-        loss = self.loss(self.model, x, y)
-        if not torch.isfinite(loss):
+        if self.dist.distributed:
+            distributed.seed_rank_step(self.config.seed, self.step, self.dist.rank)
+            loss = self._sharded_loss(x, y)
+            value = self.dist.sum([loss.item()])[0] / self.dist.world_size
+        else:
+            loss = self.loss(self.network, x, y)
+            value = loss.item()
+        if not math.isfinite(value):
             raise TrainingDivergedError(
-                f"loss is {loss.item()} at step {self.step + 1}; the last good checkpoint is "
+                f"loss is {value} at step {self.step + 1}; the last good checkpoint is "
                 f"{ckpt.latest_checkpoint(self.workdir)}. Lower optim.lr, keep optim.grad_clip > 0, or check the data.")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
         clip = self.config.optim.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.config, self.step)
-        self.optimizer.step()
+        # With float16 the scaler skips steps whose gradients overflowed (and lowers the scale).
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.ema.update_parameters(self.model)
         self.step += 1
-        return loss.item(), grad_norm.item()
+        return value, grad_norm.item()
 
     # --- evaluation and snapshots ---------------------------------------------------------------
     @torch.no_grad()
@@ -173,7 +240,7 @@ class Trainer:
         if n <= 0:
             return None
         gen = torch.Generator(self.device).manual_seed(c.seed + self.step)
-        model = self.ema.module.eval()
+        model = precision.autocast_network(self.ema.module.eval(), c.precision, self.device)
         score_fn = models.get_score_fn(model, self.sde, c.model.parameterization)
         result = solvers.sample(self.sde, score_fn, (n, *self.data.shape), solver=c.sampling.solver,
                                 steps=c.sampling.steps, eps=c.sampling.eps, generator=gen)
@@ -185,16 +252,24 @@ class Trainer:
         return path
 
     # --- the loop -------------------------------------------------------------------------------
+    def _batches(self):
+        c, start = self.config, self.step
+        if self.dist.distributed:
+            return distributed.ShardedLoader(self.data.train, c.training.batch_size, c.seed, self.dist, start)
+        return data_lib.infinite_loader(self.data.train, c.training.batch_size, c.seed, start_step=start)
+
     def run(self) -> TrainResult:
         c = self.config
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        main = self.dist.is_main
+        if main:
+            self.workdir.mkdir(parents=True, exist_ok=True)
         self.resume()
-        if self.step == 0:
+        if self.step == 0 and main:
             atomic_write_text(self.workdir / "config.json", c.to_json(indent=2))
-        metrics = MetricsLogger(self.workdir, resume_step=self.step)
-        batches = data_lib.infinite_loader(self.data.train, c.training.batch_size, c.seed, start_step=self.step)
+        metrics = MetricsLogger(self.workdir, resume_step=self.step) if main else None
+        batches = self._batches()
         loss, last_ckpt, saved_step, stopped = float("nan"), ckpt.latest_checkpoint(self.workdir), self.step, None
-        bar = tqdm(total=c.training.n_iters, initial=self.step, disable=not c.training.progress,
+        bar = tqdm(total=c.training.n_iters, initial=self.step, disable=not (c.training.progress and main),
                    desc="train", dynamic_ncols=True)
         t_log, s_log = time.perf_counter(), self.step
         try:
@@ -204,7 +279,11 @@ class Trainer:
                     loss, grad_norm = self.train_step(x.to(self.device), self._labels(y))
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4f}")
-                    if self.step % c.training.log_freq == 0:
+                    # Every rank must leave the loop at the same step, whichever of them got the signal.
+                    stop_now = stop.signal is not None
+                    if self.dist.distributed:
+                        stop_now = self.dist.sum([float(stop_now)])[0] > 0
+                    if self.step % c.training.log_freq == 0 and main:
                         rate = (self.step - s_log) / (time.perf_counter() - t_log)
                         t_log, s_log = time.perf_counter(), self.step
                         lr = self.optimizer.param_groups[0]["lr"]
@@ -212,21 +291,26 @@ class Trainer:
                         logging.info("step %d: loss %.5f, grad norm %.3f, lr %.2e, %.1f it/s",
                                      self.step, loss, grad_norm, lr, rate)
                     if self.step % c.training.eval_freq == 0:
-                        test_loss = self.test_loss()
-                        metrics.log(self.step, test_loss=test_loss)
-                        logging.info("step %d: test loss %.5f", self.step, test_loss)
+                        if main:
+                            test_loss = self.test_loss()
+                            metrics.log(self.step, test_loss=test_loss)
+                            logging.info("step %d: test loss %.5f", self.step, test_loss)
+                        self.dist.barrier()
                     if self.step % c.training.snapshot_freq == 0 or self.step == c.training.n_iters:
                         last_ckpt, saved_step = self.save(), self.step
-                        self.snapshot()
-                    if stop.signal is not None:
-                        stopped = stop.signal
+                        if main:
+                            self.snapshot()
+                        self.dist.barrier()
+                    if stop_now:
+                        stopped = stop.signal or "a signal to another rank"
                         if saved_step != self.step:
                             last_ckpt, saved_step = self.save(), self.step
                         logging.info("%s received: saved %s at step %d, exiting", stopped, last_ckpt, self.step)
                         break
         finally:
             bar.close()
-            metrics.close()
+            if metrics is not None:
+                metrics.close()
         return TrainResult(self.step, loss, last_ckpt, stopped is not None)
 
 
