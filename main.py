@@ -1,4 +1,4 @@
-"""Command line: python main.py --mode train|sample|likelihood|eval --config NAME_OR_PATH [--config.a.b=value ...]."""
+"""Command line: python main.py --mode MODE --config NAME_OR_PATH [--config.a.b=value ...], MODE one of MODES below."""
 from __future__ import annotations
 
 import sys
@@ -9,7 +9,7 @@ from ml_collections import config_flags
 
 import configs
 
-MODES = ("train", "sample", "likelihood", "eval")
+MODES = ("train", "sample", "likelihood", "eval", "train_classifier", "inpaint")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("mode", "train", f"One of {', '.join(MODES)}.")
@@ -28,6 +28,15 @@ flags.DEFINE_float("rtol", None, "Adaptive ODE relative tolerance (rk45 sampler,
 flags.DEFINE_float("atol", None, "Adaptive ODE absolute tolerance (rk45 sampler, likelihood).")
 flags.DEFINE_string("divergence", None, "likelihood: exact | rademacher | gaussian.")
 flags.DEFINE_integer("dequant_repeats", None, "likelihood: fresh uniform dequantisations of the test set.")
+flags.DEFINE_string("class_label", None, "sample/inpaint: a class label (3) or a list (0,1,2) cycled over each batch.")
+flags.DEFINE_float("guidance", None, "Classifier-free guidance weight omega (conditional models; default "
+                   "config.sampling.guidance).")
+flags.DEFINE_float("classifier_scale", None, "Classifier guidance scale gamma, with the classifier of "
+                   "--mode train_classifier (default config.sampling.classifier_scale).")
+flags.DEFINE_string("input", None, "inpaint: .npy/.npz observations, scaled like the samples (images in [0, 1]).")
+flags.DEFINE_string("mask", None, "inpaint: .npy/.npz 0/1 mask (1 = observed); default the input's 'mask' or its NaNs.")
+flags.DEFINE_string("inpaint_method", None, "inpaint: replacement | repaint (default config.inpainting.method).")
+flags.DEFINE_integer("resample", None, "inpaint: RePaint steps per interval (default config.inpainting.resample).")
 
 
 class UsageError(ValueError):
@@ -55,21 +64,28 @@ def _flag(name, default):
     return default if value is None else value
 
 
-def _load_for_inference(config, workdir: Path):
-    """(data, sde, EMA score_fn, device) from the chosen checkpoint of a run, with the run's own config."""
+def _load_for_inference(config, workdir: Path, autocast: bool = False):
+    """(data, sde, EMA score_fn, device) from the chosen checkpoint of a run, with the run's own config.
+
+    autocast runs the network in config.precision (sampling); without it, in float32 (the likelihood ODE).
+    Under torchrun every rank loads the checkpoint onto its own device.
+    """
     import data as data_lib
     import models
     import training
     from training import checkpoint as ckpt
+    from training import distributed, precision
     path = ckpt.find_checkpoint(workdir, FLAGS.checkpoint)
     state = ckpt.load_checkpoint(path)
-    device = training.get_device(config.device)
+    device = distributed.setup(config).device
     info = data_lib.get_dataset(config)
     sde = training.build_sde(config)
     model = training.build_model(config, info.shape, info.num_classes)
     ema = models.create_ema(model, decay=config.model.ema_rate)
     ckpt.load_module_state(ema, state["ema"], "EMA network", path)
     network = ema.module.to(device).eval()
+    if autocast:
+        network = precision.autocast_network(network, config.precision, device)
     logging.info("loaded the EMA weights of %s (step %d)", path, state["step"])
     return info, sde, models.get_score_fn(network, sde, config.model.parameterization), device
 
@@ -88,6 +104,7 @@ def sample(config, workdir: Path) -> None:
     import solvers
     import torch
     from tqdm.auto import tqdm
+    from training import distributed
     from training.images import save_npz, save_samples
     name = _flag("solver", config.sampling.solver)
     if name not in solvers.available():
@@ -105,24 +122,33 @@ def sample(config, workdir: Path) -> None:
     num, batch = _flag("num_samples", config.sampling.num_samples), _flag("batch_size", config.sampling.batch_size)
     if num < 1 or batch < 1:
         raise UsageError("--num_samples and --batch_size must be positive")
-    info, sde, score_fn, device = _load_for_inference(config, workdir)
-    gen = torch.Generator(device).manual_seed(config.seed)
+    info, sde, score_fn, device = _load_for_inference(config, workdir, autocast=True)
+    score_fn = _guided(config, workdir, info, score_fn, device)
+    # Under torchrun each rank draws a contiguous shard with its own seed; rank 0 gathers them and writes once.
+    ctx = distributed.setup(config)
+    shard = ctx.shard(num)
+    gen = torch.Generator(device).manual_seed(ctx.seed(config.seed))
     chunks, nfe, start = [], 0, time.perf_counter()
-    for i in tqdm(range(0, num, batch), desc=f"sampling ({name})", disable=num <= batch):
-        result = solvers.sample(sde, score_fn, (min(batch, num - i), *info.shape), solver=name, steps=steps,
+    for i in tqdm(range(shard.start, shard.stop, batch), desc=f"sampling ({name})",
+                  disable=len(shard) <= batch or not ctx.is_main):
+        result = solvers.sample(sde, score_fn, (min(batch, shard.stop - i), *info.shape), solver=name, steps=steps,
                                 eps=config.sampling.eps, generator=gen, device=device, **options)
         chunks.append(info.inverse_scaler(result.x.float()).cpu())
         nfe += result.nfe
+    parts = ctx.gather((torch.cat(chunks) if chunks else torch.empty(0, *info.shape), nfe, len(chunks)))
+    if not ctx.is_main:
+        return
     elapsed = time.perf_counter() - start
-    x = torch.cat(chunks)
+    x = torch.cat([p[0] for p in parts])
+    nfe, n_batches = sum(p[1] for p in parts), sum(p[2] for p in parts)
     stem = workdir / "samples" / f"{name}_{steps if steps is not None else 'adaptive'}_seed{config.seed}"
     save_npz(stem.with_suffix(".npz"), samples=x.numpy())
     reference = None if info.is_image else info.inverse_scaler(torch.stack([info.test[i][0] for i in
                                                                            range(min(len(info.test), 2000))]))
-    save_samples(x, stem.with_suffix(".png"), info.is_image, reference=reference, title=f"{name}, NFE {nfe // len(chunks)}")
+    save_samples(x, stem.with_suffix(".png"), info.is_image, reference=reference, title=f"{name}, NFE {nfe // n_batches}")
     if not np.isfinite(x.numpy()).all():
         raise ValueError("the samples contain NaN/inf; try more --steps or another --solver")
-    print(f"{num} samples with {name}: NFE {nfe // len(chunks)} per batch, {elapsed:.2f} s "
+    print(f"{num} samples with {name}: NFE {nfe // n_batches} per batch, {elapsed:.2f} s "
           f"({1000 * elapsed / num:.2f} ms/sample); wrote {stem}.png and {stem}.npz")
 
 
@@ -131,6 +157,7 @@ def likelihood(config, workdir: Path) -> None:
 
     import likelihood as lik
     import torch
+    from training import distributed
     from training.io import atomic_write_json
     num = _flag("num_samples", config.eval.num_samples)
     batch = _flag("batch_size", config.eval.batch_size)
@@ -139,19 +166,89 @@ def likelihood(config, workdir: Path) -> None:
     if divergence not in lik.DIVERGENCES:
         raise UsageError(f"unknown --divergence {divergence!r}; available: {', '.join(lik.DIVERGENCES)}")
     info, sde, score_fn, device = _load_for_inference(config, workdir)
-    test = info.test if num <= 0 else torch.utils.data.Subset(info.test, range(min(num, len(info.test))))
+    # Under torchrun each rank solves for its own contiguous shard of the test points, with its own seed and the
+    # plain network: a DDP-wrapped one would synchronise inside the adaptive solve, whose step counts differ.
+    ctx = distributed.setup(config)
+    test = torch.utils.data.Subset(info.test, ctx.shard(len(info.test) if num <= 0 else min(num, len(info.test))))
     batches = ((x.to(device), y) for x, y in torch.utils.data.DataLoader(test, batch_size=batch))
-    gen = torch.Generator(device).manual_seed(config.seed)
-    result = lik.evaluate_bits_per_dim(
-        sde, score_fn, batches, n_bins=info.n_bins, data_range=info.data_range, repeats=repeats, progress=True,
-        generator=gen, divergence=divergence, n_probes=config.eval.n_probes, method=config.eval.method,
-        rtol=_flag("rtol", config.eval.rtol), atol=_flag("atol", config.eval.atol), eps=config.eval.eps)
+    gen = torch.Generator(device).manual_seed(ctx.seed(config.seed))
+    result = None if len(test) == 0 else lik.evaluate_bits_per_dim(
+        sde, score_fn, batches, n_bins=info.n_bins, data_range=info.data_range, repeats=repeats,
+        progress=ctx.is_main, generator=gen, divergence=divergence, n_probes=config.eval.n_probes,
+        method=config.eval.method, rtol=_flag("rtol", config.eval.rtol), atol=_flag("atol", config.eval.atol),
+        eps=config.eval.eps)
+    results = ctx.gather(result)
+    if not ctx.is_main:
+        return
+    result = results[0] if len(results) == 1 else distributed.merge_bits_per_dim(results)
     report = {"bits_per_dim": result.mean, "stderr": result.stderr, "num_samples": result.count,
               "mean_nfe": result.nfe, "dequant_repeats": repeats, "divergence": divergence,
               "rtol": _flag("rtol", config.eval.rtol), "atol": _flag("atol", config.eval.atol)}
     atomic_write_json(workdir / "likelihood.json", report)
     print(f"bits/dim: {result.mean:.4f} ± {result.stderr:.4f} ({result.count} samples, mean NFE {result.nfe:.0f})")
     logging.info("wrote %s", json.dumps(report))
+
+
+def _guided(config, workdir: Path, info, score_fn, device):
+    """score_fn conditioned on --class_label, with classifier-free (--guidance) and classifier (--classifier_scale) guidance."""
+    import guidance
+    text = _flag("class_label", config.sampling.class_label)
+    omega = _flag("guidance", config.sampling.guidance)
+    gamma = _flag("classifier_scale", config.sampling.classifier_scale)
+    if not str(text).strip():
+        if omega or gamma:
+            raise UsageError("--guidance and --classifier_scale need --class_label (e.g. --class_label=3 or 0,1,2)")
+        return score_fn
+    labels = guidance.parse_labels(text)
+    guidance.check_labels(labels, info.num_classes)
+    if config.model.conditional:
+        score_fn = guidance.ClassifierFreeGuidance(score_fn.score, labels, omega)
+    elif omega:
+        raise UsageError("--guidance (classifier-free) needs a conditional model; train one with "
+                         "--config.model.conditional=True, or use --classifier_scale")
+    elif not gamma:
+        raise UsageError("this model is unconditional: --class_label needs classifier guidance "
+                         "(--classifier_scale > 0, after --mode train_classifier)")
+    if gamma:
+        net = guidance.load_classifier(config, workdir, info.shape, info.num_classes, device)
+        score_fn = guidance.ClassifierGuidance(score_fn, guidance.ClassifierLogits(net), labels, gamma)
+    return score_fn
+
+
+def train_classifier(config, workdir: Path) -> None:
+    import guidance
+    result = guidance.train_classifier(config, workdir)
+    print(f"classifier at step {result.step}, cross-entropy {result.loss:.4f}, test accuracy "
+          f"{result.test_accuracy:.3f} at t = 0.1 T; checkpoint {result.checkpoint}")
+
+
+def inpaint(config, workdir: Path) -> None:
+    import guidance
+    import torch
+    from training.images import save_npz, save_samples
+    if not FLAGS.input:
+        raise UsageError(f"--mode inpaint needs --input=FILE: {guidance.io.ACCEPTED}")
+    method = _flag("inpaint_method", config.inpainting.method)
+    if method not in guidance.INPAINTERS:
+        raise UsageError(f"unknown --inpaint_method {method!r}; available: {', '.join(guidance.INPAINTERS)}")
+    steps, resample = _flag("steps", config.inpainting.steps), _flag("resample", config.inpainting.resample)
+    batch = _flag("batch_size", config.sampling.batch_size)
+    info, sde, score_fn, device = _load_for_inference(config, workdir)
+    x, mask = guidance.read_observation(FLAGS.input, FLAGS.mask, info.shape)
+    score_fn = _guided(config, workdir, info, score_fn, device)
+    x, mask = info.scaler(x).to(device), torch.broadcast_to(mask.to(device), x.shape)
+    gen = torch.Generator(device).manual_seed(config.seed)
+    chunks, nfe = [], 0
+    for i in range(0, len(x), batch):
+        result = guidance.inpaint(sde, score_fn, x[i:i + batch], mask[i:i + batch], method=method, steps=steps,
+                                  resample=resample, eps=config.sampling.eps, generator=gen)
+        chunks.append(info.inverse_scaler(result.x.float()).cpu())
+        nfe += result.nfe
+    out = torch.cat(chunks)
+    stem = workdir / "inpaint" / f"{method}_{steps}_seed{config.seed}"
+    save_npz(stem.with_suffix(".npz"), samples=out.numpy(), mask=mask.cpu().numpy())
+    save_samples(out, stem.with_suffix(".png"), info.is_image, title=f"{method}, NFE {nfe // len(chunks)}")
+    print(f"inpainted {len(out)} items with {method}: NFE {nfe // len(chunks)} per batch; wrote {stem}.png and {stem}.npz")
 
 
 def evaluate(config, workdir: Path) -> None:
@@ -174,11 +271,12 @@ def main(argv, config_name: str) -> None:
     if FLAGS.device is not None:
         config.device = FLAGS.device
     workdir = Path(FLAGS.workdir or Path("runs") / config_name)
-    {"train": train, "sample": sample, "likelihood": likelihood, "eval": evaluate}[FLAGS.mode](config, workdir)
+    {"train": train, "sample": sample, "likelihood": likelihood, "eval": evaluate,
+     "train_classifier": train_classifier, "inpaint": inpaint}[FLAGS.mode](config, workdir)
 
 
 def entry() -> None:
-    from training import CheckpointError, TrainingDivergedError
+    from training import CheckpointError, TrainingDivergedError, distributed
     try:
         argv, config_name = _resolve_config_argument(sys.argv)
     except ValueError as e:
@@ -200,6 +298,8 @@ def entry() -> None:
         main(argv, config_name)
     except (ValueError, FileNotFoundError, CheckpointError, TrainingDivergedError) as e:
         sys.exit(f"error: {e}")
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Conditional and controllable generation at the score level: classifier-free and classifier guidance, inpainting."""
 from .classifier import ClassifierLogits, ConvClassifier, MLPClassifier, build_classifier, classifier_loss
 from .inpaint import INPAINTERS, inpaint
+from . import io
+from .io import read_observation
 from .labels import batch_labels, check_labels, parse_labels
 from .scores import ClassifierFreeGuidance, ClassifierGuidance
 from .train import ClassifierResult, load_classifier, noisy_accuracy, train_classifier
@@ -8,5 +10,5 @@ from .train import ClassifierResult, load_classifier, noisy_accuracy, train_clas
 __all__ = [
     "ClassifierFreeGuidance", "ClassifierGuidance", "ClassifierLogits", "MLPClassifier", "ConvClassifier",
     "build_classifier", "classifier_loss", "train_classifier", "load_classifier", "noisy_accuracy",
-    "ClassifierResult", "inpaint", "INPAINTERS", "batch_labels", "check_labels", "parse_labels",
+    "ClassifierResult", "inpaint", "INPAINTERS", "read_observation", "batch_labels", "check_labels", "parse_labels",
 ]
