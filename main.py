@@ -64,21 +64,28 @@ def _flag(name, default):
     return default if value is None else value
 
 
-def _load_for_inference(config, workdir: Path):
-    """(data, sde, EMA score_fn, device) from the chosen checkpoint of a run, with the run's own config."""
+def _load_for_inference(config, workdir: Path, autocast: bool = False):
+    """(data, sde, EMA score_fn, device) from the chosen checkpoint of a run, with the run's own config.
+
+    autocast runs the network in config.precision (sampling); without it, in float32 (the likelihood ODE).
+    Under torchrun every rank loads the checkpoint onto its own device.
+    """
     import data as data_lib
     import models
     import training
     from training import checkpoint as ckpt
+    from training import distributed, precision
     path = ckpt.find_checkpoint(workdir, FLAGS.checkpoint)
     state = ckpt.load_checkpoint(path)
-    device = training.get_device(config.device)
+    device = distributed.setup(config).device
     info = data_lib.get_dataset(config)
     sde = training.build_sde(config)
     model = training.build_model(config, info.shape, info.num_classes)
     ema = models.create_ema(model, decay=config.model.ema_rate)
     ckpt.load_module_state(ema, state["ema"], "EMA network", path)
     network = ema.module.to(device).eval()
+    if autocast:
+        network = precision.autocast_network(network, config.precision, device)
     logging.info("loaded the EMA weights of %s (step %d)", path, state["step"])
     return info, sde, models.get_score_fn(network, sde, config.model.parameterization), device
 
@@ -86,8 +93,9 @@ def _load_for_inference(config, workdir: Path):
 def train(config, workdir: Path) -> None:
     import training
     result = training.train(config, workdir)
-    print(f"{'stopped' if result.interrupted else 'finished'} at step {result.step}, loss {result.loss:.5f}; "
-          f"checkpoint {result.checkpoint}")
+    if training.distributed.setup(config).is_main:
+        print(f"{'stopped' if result.interrupted else 'finished'} at step {result.step}, loss {result.loss:.5f}; "
+              f"checkpoint {result.checkpoint}")
 
 
 def sample(config, workdir: Path) -> None:
@@ -97,6 +105,7 @@ def sample(config, workdir: Path) -> None:
     import solvers
     import torch
     from tqdm.auto import tqdm
+    from training import distributed
     from training.images import save_npz, save_samples
     name = _flag("solver", config.sampling.solver)
     if name not in solvers.available():
@@ -114,25 +123,33 @@ def sample(config, workdir: Path) -> None:
     num, batch = _flag("num_samples", config.sampling.num_samples), _flag("batch_size", config.sampling.batch_size)
     if num < 1 or batch < 1:
         raise UsageError("--num_samples and --batch_size must be positive")
-    info, sde, score_fn, device = _load_for_inference(config, workdir)
+    info, sde, score_fn, device = _load_for_inference(config, workdir, autocast=True)
     score_fn = _guided(config, workdir, info, score_fn, device)
-    gen = torch.Generator(device).manual_seed(config.seed)
+    # Under torchrun each rank draws a contiguous shard with its own seed; rank 0 gathers them and writes once.
+    ctx = distributed.setup(config)
+    shard = ctx.shard(num)
+    gen = torch.Generator(device).manual_seed(ctx.seed(config.seed))
     chunks, nfe, start = [], 0, time.perf_counter()
-    for i in tqdm(range(0, num, batch), desc=f"sampling ({name})", disable=num <= batch):
-        result = solvers.sample(sde, score_fn, (min(batch, num - i), *info.shape), solver=name, steps=steps,
+    for i in tqdm(range(shard.start, shard.stop, batch), desc=f"sampling ({name})",
+                  disable=len(shard) <= batch or not ctx.is_main):
+        result = solvers.sample(sde, score_fn, (min(batch, shard.stop - i), *info.shape), solver=name, steps=steps,
                                 eps=config.sampling.eps, generator=gen, device=device, **options)
         chunks.append(info.inverse_scaler(result.x.float()).cpu())
         nfe += result.nfe
+    parts = ctx.gather((torch.cat(chunks) if chunks else torch.empty(0, *info.shape), nfe, len(chunks)))
+    if not ctx.is_main:
+        return
     elapsed = time.perf_counter() - start
-    x = torch.cat(chunks)
+    x = torch.cat([p[0] for p in parts])
+    nfe, n_batches = sum(p[1] for p in parts), sum(p[2] for p in parts)
     stem = workdir / "samples" / f"{name}_{steps if steps is not None else 'adaptive'}_seed{config.seed}"
     save_npz(stem.with_suffix(".npz"), samples=x.numpy())
     reference = None if info.is_image else info.inverse_scaler(torch.stack([info.test[i][0] for i in
                                                                            range(min(len(info.test), 2000))]))
-    save_samples(x, stem.with_suffix(".png"), info.is_image, reference=reference, title=f"{name}, NFE {nfe // len(chunks)}")
+    save_samples(x, stem.with_suffix(".png"), info.is_image, reference=reference, title=f"{name}, NFE {nfe // n_batches}")
     if not np.isfinite(x.numpy()).all():
         raise ValueError("the samples contain NaN/inf; try more --steps or another --solver")
-    print(f"{num} samples with {name}: NFE {nfe // len(chunks)} per batch, {elapsed:.2f} s "
+    print(f"{num} samples with {name}: NFE {nfe // n_batches} per batch, {elapsed:.2f} s "
           f"({1000 * elapsed / num:.2f} ms/sample); wrote {stem}.png and {stem}.npz")
 
 
@@ -141,6 +158,7 @@ def likelihood(config, workdir: Path) -> None:
 
     import likelihood as lik
     import torch
+    from training import distributed
     from training.io import atomic_write_json
     num = _flag("num_samples", config.eval.num_samples)
     batch = _flag("batch_size", config.eval.batch_size)
@@ -149,13 +167,21 @@ def likelihood(config, workdir: Path) -> None:
     if divergence not in lik.DIVERGENCES:
         raise UsageError(f"unknown --divergence {divergence!r}; available: {', '.join(lik.DIVERGENCES)}")
     info, sde, score_fn, device = _load_for_inference(config, workdir)
-    test = info.test if num <= 0 else torch.utils.data.Subset(info.test, range(min(num, len(info.test))))
+    # Under torchrun each rank solves for its own contiguous shard of the test points, with its own seed and the
+    # plain network: a DDP-wrapped one would synchronise inside the adaptive solve, whose step counts differ.
+    ctx = distributed.setup(config)
+    test = torch.utils.data.Subset(info.test, ctx.shard(len(info.test) if num <= 0 else min(num, len(info.test))))
     batches = ((x.to(device), y) for x, y in torch.utils.data.DataLoader(test, batch_size=batch))
-    gen = torch.Generator(device).manual_seed(config.seed)
-    result = lik.evaluate_bits_per_dim(
-        sde, score_fn, batches, n_bins=info.n_bins, data_range=info.data_range, repeats=repeats, progress=True,
-        generator=gen, divergence=divergence, n_probes=config.eval.n_probes, method=config.eval.method,
-        rtol=_flag("rtol", config.eval.rtol), atol=_flag("atol", config.eval.atol), eps=config.eval.eps)
+    gen = torch.Generator(device).manual_seed(ctx.seed(config.seed))
+    result = None if len(test) == 0 else lik.evaluate_bits_per_dim(
+        sde, score_fn, batches, n_bins=info.n_bins, data_range=info.data_range, repeats=repeats,
+        progress=ctx.is_main, generator=gen, divergence=divergence, n_probes=config.eval.n_probes,
+        method=config.eval.method, rtol=_flag("rtol", config.eval.rtol), atol=_flag("atol", config.eval.atol),
+        eps=config.eval.eps)
+    results = ctx.gather(result)
+    if not ctx.is_main:
+        return
+    result = results[0] if len(results) == 1 else distributed.merge_bits_per_dim(results)
     report = {"bits_per_dim": result.mean, "stderr": result.stderr, "num_samples": result.count,
               "mean_nfe": result.nfe, "dequant_repeats": repeats, "divergence": divergence,
               "rtol": _flag("rtol", config.eval.rtol), "atol": _flag("atol", config.eval.atol)}
@@ -251,7 +277,7 @@ def main(argv, config_name: str) -> None:
 
 
 def entry() -> None:
-    from training import CheckpointError, TrainingDivergedError
+    from training import CheckpointError, TrainingDivergedError, distributed
     try:
         argv, config_name = _resolve_config_argument(sys.argv)
     except ValueError as e:
@@ -273,6 +299,8 @@ def entry() -> None:
         main(argv, config_name)
     except (ValueError, FileNotFoundError, CheckpointError, TrainingDivergedError) as e:
         sys.exit(f"error: {e}")
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":
