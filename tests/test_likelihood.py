@@ -113,8 +113,10 @@ class IntervalGuard:
         return self.score_fn(x, t)
 
 
-INTERVAL_CASES = [(sde, tv, "rk45") for sde in SDES for tv in ("t", "log_snr")] + \
-                 [(VESDE(), "log_snr", "rk23"), (VPSDE(), "t", "dopri8")]
+INTERVAL_CASES = [pytest.param(sde, tv, "rk45", id=f"{name}-{tv}-rk45")
+                  for sde, name in zip(SDES, SDE_IDS) for tv in ("t", "log_snr")] + \
+                 [pytest.param(VESDE(), "log_snr", "rk23", id="ve-log_snr-rk23"),
+                  pytest.param(VPSDE(), "t", "dopri8", id="vp-t-dopri8")]
 
 
 @pytest.mark.parametrize("sde,time_variable,method", INTERVAL_CASES)
