@@ -191,7 +191,7 @@ def likelihood(config, workdir: Path) -> None:
 
 
 def _guided(config, workdir: Path, info, score_fn, device):
-    """score_fn conditioned on --class_label, with classifier-free (--guidance) and classifier (--classifier_scale) guidance."""
+    """score_fn conditioned on --class_label, with classifier-free (--guidance) / classifier (--classifier_scale) guidance."""
     import guidance
     text = _flag("class_label", config.sampling.class_label)
     omega = _flag("guidance", config.sampling.guidance)
@@ -249,7 +249,8 @@ def inpaint(config, workdir: Path) -> None:
     stem = workdir / "inpaint" / f"{method}_{steps}_seed{config.seed}"
     save_npz(stem.with_suffix(".npz"), samples=out.numpy(), mask=mask.cpu().numpy())
     save_samples(out, stem.with_suffix(".png"), info.is_image, title=f"{method}, NFE {nfe // len(chunks)}")
-    print(f"inpainted {len(out)} items with {method}: NFE {nfe // len(chunks)} per batch; wrote {stem}.png and {stem}.npz")
+    print(f"inpainted {len(out)} items with {method}: NFE {nfe // len(chunks)} per batch; "
+          f"wrote {stem}.png and {stem}.npz")
 
 
 def evaluate(config, workdir: Path) -> None:

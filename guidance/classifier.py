@@ -52,7 +52,7 @@ class _ConvBlock(nn.Module):
 class ConvClassifier(nn.Module):
     """Residual conv blocks with a time embedding, 2x average-pooling between resolutions, global mean, linear head.
 
-    The encoder half of a U-Net, as in Dhariwal & Nichol's noisy classifiers, without attention: for images (N, C, H, W).
+    The encoder half of a U-Net, as in Dhariwal & Nichol's noisy classifiers, without attention; images (N, C, H, W).
     """
 
     def __init__(self, in_channels: int, num_classes: int, ch: int = 32, ch_mult=(1, 2)):
@@ -92,7 +92,7 @@ def build_classifier(config, shape, num_classes: int | None) -> nn.Module:
 
 def classifier_loss(classifier: nn.Module, sde: SDE, x0: Tensor, y: Tensor, *, eps: float = 1e-5,
                     generator: torch.Generator | None = None) -> Tensor:
-    """Cross-entropy of classifier(x_t, t) against y, x_t = alpha_bar x0 + beta_bar z, t ~ U(eps, T): fits p_t(y | x_t)."""
+    """Cross-entropy of classifier(x_t, t) against y, x_t = alpha_bar x0 + beta_bar z, t ~ U(eps, T)."""
     if not 0.0 <= eps < sde.T:
         raise ValueError(f"eps (the smallest training time) must be in [0, T={sde.T}), got {eps}")
     if y.shape != (x0.shape[0],) or (y < 0).any():

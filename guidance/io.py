@@ -17,7 +17,8 @@ def _load(path: Path, key: str) -> tuple[np.ndarray, dict]:
     try:
         loaded = np.load(path, allow_pickle=False)
     except Exception as e:  # numpy raises several types for foreign files
-        raise ValueError(f"{path} is not readable as .npy/.npz ({type(e).__name__}: {e}); expected {ACCEPTED}") from None
+        raise ValueError(f"{path} is not readable as .npy/.npz ({type(e).__name__}: {e}); "
+                         f"expected {ACCEPTED}") from None
     if isinstance(loaded, np.ndarray):
         return loaded, {}
     arrays = {k: loaded[k] for k in loaded.files}

@@ -35,7 +35,8 @@ def batch_labels(labels, n: int, device) -> Tensor:
             raise TypeError(f"class labels must be ints, got {list(labels)!r}")
         labels = torch.tensor(list(labels), dtype=torch.long)
     else:
-        raise TypeError(f"class labels must be an int, a list of ints or an integer tensor, got {type(labels).__name__}")
+        raise TypeError(f"class labels must be an int, a list of ints or an integer tensor, "
+                        f"got {type(labels).__name__}")
     if labels.numel() == 0:
         raise ValueError("the list of class labels is empty; give at least one label")
     labels = labels.to(device=device, dtype=torch.long)

@@ -1,4 +1,4 @@
-"""Guidance at the score level (MATH.md, conditional generation): wrappers score_fn(x, t), so every solver inherits them."""
+"""Guidance at the score level (MATH.md, conditional generation): score_fn(x, t) wrappers every solver inherits."""
 from __future__ import annotations
 
 from typing import Callable
@@ -44,7 +44,7 @@ class ClassifierFreeGuidance:
 
 
 class ClassifierGuidance:
-    """score = s(x, t) + gamma grad_x log p_t(y | x) (Dhariwal & Nichol); gamma = 1 with the exact classifier is p_t(x | y).
+    """score = s(x, t) + gamma grad_x log p_t(y | x) (Dhariwal & Nichol); gamma = 1, exact classifier: p_t(x | y).
 
     `logits_fn(x, t)` returns (N, K) logits (or log-probabilities) of the noise-conditional classifier p_t(y | x);
     they are normalised with log_softmax, so any per-sample constant drops out. The gradient is taken by autograd

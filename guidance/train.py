@@ -47,7 +47,7 @@ def noisy_accuracy(classifier, sde, dataset, device, t: float, batch_size: int =
 
 
 def train_classifier(config, workdir) -> ClassifierResult:
-    """Train (or resume) the classifier of config.classifier on the configured dataset; checkpoints in <workdir>/classifier."""
+    """Train (or resume) config.classifier on the configured dataset; checkpoints in <workdir>/classifier."""
     c = config.classifier
     device = get_device(config.device)
     seed_everything(config.seed)

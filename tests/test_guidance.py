@@ -156,7 +156,8 @@ def test_labels_are_repeated_or_cycled_over_the_batch():
     (lambda: guidance.ClassifierGuidance(MIXTURE.score_fn(VPSDE()), ExactClassifier(VPSDE()), 1, scale=math.nan),
      ValueError, "non-negative"),
     (lambda: guidance.ClassifierGuidance(MIXTURE.score_fn(VPSDE()), ExactClassifier(VPSDE()), 5)(
-        torch.zeros(2, 2, dtype=torch.float64), torch.full((2,), 0.5)), ValueError, "out of range for a classifier of 3"),
+        torch.zeros(2, 2, dtype=torch.float64), torch.full((2,), 0.5)), ValueError,
+     "out of range for a classifier of 3"),
 ])
 def test_bad_guidance_arguments_raise_clear_errors(call, error, message):
     with pytest.raises(error, match=message):

@@ -56,8 +56,9 @@ def test_repaint_is_much_closer_than_replacement_to_the_exact_conditional(sde):
         x = out.x[:, MISSING]
         result[method] = (x.mean(0), torch.cov(x.T), gaussian_w2(x.mean(0), torch.cov(x.T), mean, cov))
     # Measured (seed 0): replacement W2 = 0.79 (VP) / 0.83 (VE): its means fall short by 0.5-0.6, more than one
-    # conditional std, and its variances are 1.5-1.7x too large; RePaint with 10 resamplings W2 = 0.10 / 0.11. The Monte-Carlo error of the
-    # sample mean is sqrt(0.36/2000) = 0.013, so the gap is ~50 standard errors: assert a factor 3.
+    # conditional std, and its variances are 1.5-1.7x too large; RePaint with 10 resamplings W2 = 0.10 / 0.11.
+    # The Monte-Carlo error of the sample mean is sqrt(0.36/2000) = 0.013, so the gap is ~50 standard errors:
+    # assert a factor 3.
     w2_replacement, w2_repaint = result["replacement"][2], result["repaint"][2]
     assert w2_repaint < w2_replacement / 3, (w2_repaint, w2_replacement)
     # Replacement's bias is real (> 20 standard errors), RePaint's mean within 0.15 (a third of a conditional std).
