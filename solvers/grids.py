@@ -1,0 +1,61 @@
+"""Time grids from T down to eps: uniform in t, uniform in log-SNR, and EDM's rho-schedule.
+
+Every fixed-step solver takes its grid from here. Grids are float64, strictly decreasing, and start and end
+exactly at T and eps (the log-SNR inversions are only accurate to round-off, so the endpoints are pinned).
+"""
+from __future__ import annotations
+
+import torch
+
+from sde_lib import SDE
+
+Tensor = torch.Tensor
+
+
+def uniform_t(sde: SDE, steps: int, eps: float) -> Tensor:
+    """t_i = T + i (eps - T) / steps."""
+    return torch.linspace(sde.T, eps, steps + 1, dtype=torch.float64)
+
+
+def uniform_log_snr(sde: SDE, steps: int, eps: float) -> Tensor:
+    """lambda(t_i) uniform between lambda(T) and lambda(eps), lambda = log(alpha_bar / beta_bar)."""
+    lam = torch.linspace(float(sde.log_snr(sde.T)), float(sde.log_snr(eps)), steps + 1, dtype=torch.float64)
+    return _pin(sde.t_of_log_snr(lam), sde.T, eps)
+
+
+def edm_rho(sde: SDE, steps: int, eps: float, rho: float = 7.0) -> Tensor:
+    """EDM: sigma_i = (sigma_max^(1/rho) + i/steps (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, sigma = beta_bar/alpha_bar."""
+    sigma_max = torch.exp(-sde.log_snr(sde.T))
+    sigma_min = torch.exp(-sde.log_snr(eps))
+    ramp = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    sigma = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    return _pin(sde.t_of_log_snr(-torch.log(sigma)), sde.T, eps)
+
+
+def _pin(t: Tensor, T: float, eps: float) -> Tensor:
+    t = t.clamp(eps, T)
+    t[0], t[-1] = T, eps
+    return t
+
+
+GRIDS = {"uniform": uniform_t, "logsnr": uniform_log_snr, "edm": edm_rho}
+
+
+def check_grid_name(name: str) -> str:
+    """name if it is a registered grid, else a ValueError listing the grids."""
+    if name not in GRIDS:
+        raise ValueError(f"unknown time grid {name!r}; available: {', '.join(GRIDS)}")
+    return name
+
+
+def time_grid(sde: SDE, steps: int, eps: float, grid: str = "uniform", rho: float = 7.0) -> Tensor:
+    """The steps + 1 times T = t_0 > t_1 > ... > t_steps = eps of the named grid (float64)."""
+    check_grid_name(grid)
+    if grid == "edm":
+        t = edm_rho(sde, steps, eps, rho)
+    else:
+        t = GRIDS[grid](sde, steps, eps)
+    if not (t[1:] < t[:-1]).all():
+        raise ValueError(f"the {grid!r} grid with {steps} steps on [{eps}, {sde.T}] is not strictly decreasing; "
+                         f"use fewer steps or a larger eps")
+    return t
