@@ -6,7 +6,7 @@ from scipy import stats
 from sde_lib import GaussianMixture, SubVPSDE, VESDE, VPSDE
 
 MIX = GaussianMixture(weights=[0.3, 0.7], means=[[-1.0, 0.5, 0.0], [1.5, -0.5, 1.0]],
-                      covs=[[[0.3, 0.1, 0.0], [0.1, 0.2, 0.0], [0.0, 0.0, 0.1]], np.diag([0.05, 0.4, 0.2])])
+                      covs=np.array([[[0.3, 0.1, 0.0], [0.1, 0.2, 0.0], [0.0, 0.0, 0.1]], np.diag([0.05, 0.4, 0.2])]))
 
 
 @pytest.mark.parametrize("sde", [VPSDE(), SubVPSDE(), VESDE(sigma_max=5.0)], ids=["vp", "subvp", "ve"])
