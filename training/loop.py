@@ -92,15 +92,15 @@ class Trainer:
 
     def _training_network(self) -> torch.nn.Module:
         """self.model as the loss calls it: DDP across ranks, compiled and autocast as configured."""
-        c = self.config
-        net = self.model
+        c, net = self.config, self.model
         if self.dist.distributed:
-            b = distributed.local_batch_size(c.training.batch_size, self.dist)
             ids = [self.device.index] if self.device.type == "cuda" else None
             net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
-            net = precision.autocast_network(precision.maybe_compile(net, c.compile), c.precision, self.device)
-            return distributed.LocalRows(net, self.dist.rank * b, (self.dist.rank + 1) * b)
-        return precision.autocast_network(precision.maybe_compile(net, c.compile), c.precision, self.device)
+        net = precision.autocast_network(precision.maybe_compile(net, c.compile), c.precision, self.device)
+        if self.dist.distributed:
+            b = distributed.local_batch_size(c.training.batch_size, self.dist)
+            net = distributed.LocalRows(net, self.dist.rank * b, (self.dist.rank + 1) * b)
+        return net
 
     def _check_names(self) -> None:
         c = self.config
