@@ -1,4 +1,4 @@
-"""The reverse SDE through torchsde.sdeint: `sde_euler`, `sde_srk`, `sde_midpoint`, `sde_reversible_heun`.
+"""The reverse SDE through torchsde.sdeint: `sde_euler`, `sde_srk`, `sde_midpoint`.
 
 torchsde integrates forwards in time, so it sees the reversed clock s = T - t:
  dx = -[f x - (1 + eta^2)/2 g^2 score](T - s) ds + eta g(T - s) dW_s.
@@ -88,10 +88,4 @@ class SDESRK(TorchSDESolver):
 class SDEMidpoint(TorchSDESolver):
     """torchsde midpoint (Stratonovich; the same SDE since the noise is additive)."""
     method = "midpoint"
-    sde_type = "stratonovich"
-
-
-class SDEReversibleHeun(TorchSDESolver):
-    """torchsde reversible Heun (Stratonovich, one drift evaluation per step)."""
-    method = "reversible_heun"
     sde_type = "stratonovich"

@@ -33,7 +33,7 @@ class Euler(ODESolver):
 class Heun(ODESolver):
     """Heun's 2nd-order method (EDM Algorithm 1); the step into eps is plain Euler, as EDM's step into sigma = 0."""
 
-    default_grid = "edm"
+    default_grid = "logsnr"
     default_steps = 18
 
     def integrate(self, x, ts, *, generator=None, denoise=False, progress=False):
@@ -63,7 +63,6 @@ def ddim_coefficients(sde, t: Tensor, s: Tensor, sigma: Tensor):
 class DDIM(ODESolver):
     """x_s = (alpha_bar_s/alpha_bar_t) x_t + (alpha_bar_s beta_bar_t/alpha_bar_t - beta_bar_s) eps_hat: exact Euler in beta_bar/alpha_bar."""
 
-    default_grid = "logsnr"
     default_steps = 50
 
     def integrate(self, x, ts, *, generator=None, denoise=False, progress=False):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import inspect
 
 from .base import Solver
-from .library_sde import SDEEuler, SDEMidpoint, SDEReversibleHeun, SDESRK
+from .library_sde import SDEEuler, SDEMidpoint, SDESRK
 from .ode import DDIM, DPMSolver, RK45, Euler, Heun
 from .stochastic import Ancestral, EulerMaruyama, PredictorCorrector
 
@@ -22,7 +22,6 @@ SOLVERS: dict[str, type[Solver]] = {
     "sde_euler": SDEEuler,
     "sde_srk": SDESRK,
     "sde_midpoint": SDEMidpoint,
-    "sde_reversible_heun": SDEReversibleHeun,
 }
 
 

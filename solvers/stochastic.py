@@ -47,17 +47,21 @@ PREDICTORS = {"euler_maruyama": euler_maruyama_step, "reverse_diffusion": revers
 
 
 def langevin_step(solver: StochasticSolver, x: Tensor, t: Tensor, snr: float, generator) -> Tensor:
-    """x + delta score + sqrt(2 delta) z with delta = 2 alpha_bar(t)^2 (snr ||z|| / ||score||)^2 per sample.
+    """x + delta score + sqrt(2 delta) z, delta = 2 alpha_bar(t)^2 (snr sqrt(D) / ||score||)^2 per sample.
 
-    The alpha_bar^2 factor is the paper's (Song et al. 2021, Alg. 5, Ho's cumulative alpha = alpha_bar^2); it is 1
-    for VE. Norms are per sample so that one sample's step size does not depend on the rest of the batch.
+    The signal-to-noise rule of Song et al. 2021 (Alg. 4-5; their cumulative alpha is alpha_bar^2 here, 1 for VE)
+    with two changes that matter in low dimension and leave high dimension unchanged: ||z||^2 is replaced by its
+    mean D, because a step that grows with ||z|| makes the noise heavy-tailed and Langevin then targets the wrong
+    density; and ||score||^2 is floored at D / beta_bar^2, the score norm of the noise kernel (an upper bound on
+    the Fisher information of p_t), so that a sample sitting on a mode (score ~ 0) does not take an unbounded step.
+    Norms are per sample: one sample's step never depends on the rest of the batch.
     """
     score = solver.score_at(x, t)
-    z = randn_like(x, generator)
-    ratio = z.flatten(1).norm(dim=1) / score.flatten(1).norm(dim=1).clamp(min=torch.finfo(x.dtype).tiny)
-    delta = 2.0 * solver.sde.alpha_bar(t).to(x) ** 2 * (snr * ratio) ** 2
+    d = x[0].numel()
+    score2 = torch.maximum(score.flatten(1).pow(2).sum(1), (d / solver.sde.beta_bar(t) ** 2).to(x))
+    delta = 2.0 * solver.sde.alpha_bar(t).to(x) ** 2 * snr**2 * d / score2
     delta = delta.reshape(-1, *([1] * (x.ndim - 1)))
-    return x + delta * score + (2.0 * delta).sqrt() * z
+    return x + delta * score + (2.0 * delta).sqrt() * randn_like(x, generator)
 
 
 CORRECTORS = {"langevin": langevin_step, "none": None}
