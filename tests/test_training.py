@@ -160,11 +160,12 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
 
 @pytest.mark.slow
 def test_short_training_learns_the_gmm8_score(tmp_path):
-    config = tiny_config(n_iters=1500, batch_size=256, snapshot_freq=1500, eval_freq=1500, log_freq=500)
+    config = tiny_config(n_iters=3000, batch_size=256, snapshot_freq=3000, eval_freq=3000, log_freq=500)
+    config.training.snapshot_samples = 0
     config.data.num_samples = 20000
     config.model.mlp_width = 128
     config.model.mlp_depth = 3
-    config.model.ema_rate = 0.99
+    config.model.ema_rate = 0.995
     config.optim.lr = 2e-3
     config.optim.warmup = 100
     trainer = training.Trainer(config, tmp_path)
@@ -172,13 +173,14 @@ def test_short_training_learns_the_gmm8_score(tmp_path):
     mixture = data_lib.gmm8_mixture()
     score_fn = models.get_score_fn(trainer.ema.module.eval(), trainer.sde, "eps")
     gen = torch.Generator().manual_seed(0)
-    for t in (0.1, 0.3, 0.6):
+    # Relative squared error E|s - s*|^2 / E|s*|^2 on x_t ~ p_t; an untrained (zero-output) network scores 1.0.
+    # Measured after these 3000 steps: 0.08, 0.07, 0.004, 3e-4, 5e-4; the bounds leave a factor >= 2. Small t is
+    # hardest: the eight modes are sharp there.
+    for t, bound in ((0.05, 0.2), (0.1, 0.15), (0.3, 0.02), (0.6, 0.01), (1.0, 0.01)):
         mean, std = trainer.sde.marginal_prob(mixture.sample(4000, generator=gen).float(), t)
         x = mean + std[:, None] * torch.randn(mean.shape, generator=gen)
         with torch.no_grad():
             learned = score_fn(x, torch.full((len(x),), t))
         exact = mixture.score(x, trainer.sde, t)
         rel = ((learned - exact).norm(dim=1) ** 2).mean() / (exact.norm(dim=1) ** 2).mean()
-        # A 1500-step MLP will not be exact; 0.1 relative squared error separates "learned" from the ~1.0 of an
-        # untrained network (measured 0.02-0.05).
-        assert rel < 0.1, (t, rel.item())
+        assert rel < bound, (t, rel.item())
