@@ -27,17 +27,19 @@ class _ReversedClockSDE(torch.nn.Module):
         self.solver = solver
         self.shape, self.dtype = shape, dtype
         self.sde_type = sde_type
-        # sdeint evaluates f(s_0, y_0) once to check shapes and the method then asks for it again: remember one.
-        self._last = None
+        # sdeint evaluates f(s_0, y_0) to check shapes before the method asks for it again, and SRK re-evaluates
+        # f at earlier stages; results are remembered within one sdeint call (one grid interval).
+        self.memo: dict = {}
 
     def f(self, s: Tensor, y: Tensor) -> Tensor:
-        if self._last is not None and self._last[0] is y and bool(self._last[1] == s):
-            return self._last[2]
+        key = (id(y), float(s))
+        if key in self.memo:
+            return self.memo[key][1]
         t = self.solver.sde.T - s
         x = y.reshape(self.shape).to(self.dtype)
         drift = self.solver.reverse.drift(x, t, score=self.solver.score_at(x, t))
         out = -drift.to(torch.float64).reshape(y.shape)
-        self._last = (y, s.clone(), out)
+        self.memo[key] = (y, out)      # holding y keeps its id from being reused
         return out
 
     def g(self, s: Tensor, y: Tensor) -> Tensor:
@@ -66,6 +68,7 @@ class TorchSDESolver(StochasticSolver):
         for i in steps_of(ts[: last + 1], progress, f"sde_{self.method}"):
             # A dt a hair longer than the interval makes sdeint take exactly one step (it clips at the end time).
             dt = float(s[i + 1] - s[i]) * (1 + 1e-12)
+            process.memo.clear()
             ys, extra = torchsde.sdeint(process, y, s[i:i + 2], bm=bm, method=self.method, dt=dt,
                                         extra=True, extra_solver_state=extra)
             y = ys[-1]
