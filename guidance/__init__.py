@@ -10,5 +10,5 @@ from .train import ClassifierResult, load_classifier, noisy_accuracy, train_clas
 __all__ = [
     "ClassifierFreeGuidance", "ClassifierGuidance", "ClassifierLogits", "MLPClassifier", "ConvClassifier",
     "build_classifier", "classifier_loss", "train_classifier", "load_classifier", "noisy_accuracy",
-    "ClassifierResult", "inpaint", "INPAINTERS", "read_observation", "batch_labels", "check_labels", "parse_labels",
+    "ClassifierResult", "inpaint", "INPAINTERS", "io", "read_observation", "batch_labels", "check_labels", "parse_labels",
 ]

@@ -1,31 +1,20 @@
 """End to end through `python main.py`, with tiny overrides so that each command takes seconds."""
 import json
 import math
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import main_py
+
 TINY = ["--config.model.nf=8", "--config.model.ch_mult=(1,)", "--config.training.batch_size=16",
         "--config.training.log_freq=2", "--config.training.eval_freq=4", "--config.training.snapshot_freq=4",
         "--config.training.snapshot_samples=4", "--config.sampling.steps=3", "--config.training.progress=False",
         "--device=cpu"]
 
 pytestmark = pytest.mark.slow
-
-
-def main_py(*args, check=True):
-    proc = subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"main.py {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 @pytest.fixture(scope="module")

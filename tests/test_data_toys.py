@@ -1,7 +1,6 @@
 import math
 
 import ml_collections
-import numpy as np
 import pytest
 import torch
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-import configs
+import helpers
 import data as data_lib
 import models
 import training
@@ -25,23 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(**training_overrides):
-    config = configs.load_config("vpsde")
-    config.data.dataset = "gmm8"
-    config.data.num_samples = 2000
-    config.model.mlp_width = 32
-    config.model.mlp_depth = 2
-    config.training.batch_size = 64
-    config.training.n_iters = 6
-    config.training.log_freq = 1
-    config.training.eval_freq = 1000
-    config.training.snapshot_freq = 3
-    config.training.snapshot_samples = 0
-    config.training.progress = False
+    config = helpers.tiny_config(**{"n_iters": 6, "log_freq": 1, "eval_freq": 1000, "snapshot_freq": 3,
+                                    "snapshot_samples": 0, **training_overrides})
     config.optim.warmup = 2
     config.optim.lr = 1e-3
-    config.device = "cpu"
-    for k, v in training_overrides.items():
-        config.training[k] = v
     return config
 
 

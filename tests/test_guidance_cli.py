@@ -1,13 +1,9 @@
 """End to end through `python main.py`: conditional training, guided sampling, the classifier, inpainting."""
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+import helpers
+
 TINY = ["--config.model.nf=8", "--config.model.ch_mult=(1,)", "--config.training.batch_size=16",
         "--config.training.log_freq=2", "--config.training.eval_freq=4", "--config.training.snapshot_freq=4",
         "--config.training.snapshot_samples=4", "--config.sampling.steps=3", "--config.training.progress=False",
@@ -18,11 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 def main_py(*args, check=True):
-    proc = subprocess.run([sys.executable, "main.py", *args, *TINY], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"main.py {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
+    return helpers.main_py(*args, *TINY, check=check)
 
 
 @pytest.fixture(scope="module")

@@ -25,14 +25,6 @@ PARAMS = [("eps", {}), ("x0", {}), ("v", {}), ("score", {}), ("score", {"scale_b
 PARAM_IDS = ["eps", "x0", "v", "score", "score_scaled", "edm"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: intra-op threads cost more in synchronisation than they save on a loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 class OptimalGaussian(nn.Module):
     """The Bayes-optimal network output for N(mu, s2 I) data, from the definitions of each parameterisation.

@@ -16,14 +16,6 @@ SMALL_UNETS = [  # (in_channels, image_size, ch_mult): digits 8x8, MNIST 28x28, 
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: intra-op threads cost more in synchronisation than they save (40x on a loaded 2-core CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def randomise_zero_init(net: nn.Module) -> nn.Module:
     """Give zero-initialised output layers random weights, so that outputs depend on every input."""

@@ -2,41 +2,17 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-import configs
 import data as data_lib
 import models
 import training
 from training import checkpoint as ckpt
 from training.metrics import read_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_config(**training_overrides):
-    config = configs.load_config("vpsde")
-    config.data.dataset = "gmm8"
-    config.data.num_samples = 2000
-    config.model.mlp_width = 32
-    config.model.mlp_depth = 2
-    config.training.batch_size = 64
-    config.training.n_iters = 20
-    config.training.log_freq = 5
-    config.training.eval_freq = 10
-    config.training.snapshot_freq = 10
-    config.training.snapshot_samples = 16
-    config.training.progress = False
-    config.sampling.solver = "euler"
-    config.sampling.steps = 4
-    config.optim.warmup = 5
-    config.device = "cpu"
-    for k, v in training_overrides.items():
-        config.training[k] = v
-    return config
+from helpers import ROOT, tiny_config
 
 
 def _flat(state):
@@ -140,10 +116,10 @@ def test_checkpoint_of_another_network_is_refused(tmp_path):
 @pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
     script = (
-        "import sys; sys.path.insert(0, sys.argv[2]); from tests.test_training import tiny_config; import training;"
+        "import sys; sys.path.insert(0, sys.argv[2]); from helpers import tiny_config; import training;"
         "training.train(tiny_config(n_iters=100000, snapshot_freq=100000, eval_freq=100000), sys.argv[1])"
     )
-    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(ROOT)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(ROOT / "tests")], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     while time.time() < deadline and len([r for r in read_metrics(tmp_path) if "loss" in r]) < 2:

@@ -1,0 +1,41 @@
+"""Shared pieces of the tests: a tiny training config and a `python main.py` runner."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import configs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**training_overrides):
+    """The vpsde config on 2000 gmm8 points with a 32-wide MLP: a training step takes milliseconds."""
+    config = configs.load_config("vpsde")
+    config.data.dataset = "gmm8"
+    config.data.num_samples = 2000
+    config.model.mlp_width = 32
+    config.model.mlp_depth = 2
+    config.training.batch_size = 64
+    config.training.n_iters = 20
+    config.training.log_freq = 5
+    config.training.eval_freq = 10
+    config.training.snapshot_freq = 10
+    config.training.snapshot_samples = 16
+    config.training.progress = False
+    config.sampling.solver = "euler"
+    config.sampling.steps = 4
+    config.optim.warmup = 5
+    config.device = "cpu"
+    for k, v in training_overrides.items():
+        config.training[k] = v
+    return config
+
+
+def main_py(*args, check=True):
+    """Run `python main.py *args` in the repository root (one thread per process); raise if it fails and check."""
+    proc = subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"main.py {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
