@@ -142,11 +142,11 @@ def sample(config, workdir: Path) -> None:
     elapsed = time.perf_counter() - start
     x = torch.cat([p[0] for p in parts])
     nfe, n_batches = sum(p[1] for p in parts), sum(p[2] for p in parts)
-    stem = workdir / "samples" / f"{name}_{steps if steps is not None else 'adaptive'}_seed{config.seed}"
-    save_npz(stem.with_suffix(".npz"), samples=x.numpy())
+    stem = workdir / "samples" / f"{name}_{steps if steps is not None else 'adaptive'}_seed{config.seed}{_guidance_tag(config)}"
+    save_npz(Path(f"{stem}.npz"), samples=x.numpy())
     reference = None if info.is_image else info.inverse_scaler(torch.stack([info.test[i][0] for i in
                                                                            range(min(len(info.test), 2000))]))
-    save_samples(x, stem.with_suffix(".png"), info.is_image, reference=reference, title=f"{name}, NFE {nfe // n_batches}")
+    save_samples(x, Path(f"{stem}.png"), info.is_image, reference=reference, title=f"{name}, NFE {nfe // n_batches}")
     if not np.isfinite(x.numpy()).all():
         raise ValueError("the samples contain NaN/inf; try more --steps or another --solver")
     print(f"{num} samples with {name}: NFE {nfe // n_batches} per batch, {elapsed:.2f} s "
@@ -188,6 +188,18 @@ def likelihood(config, workdir: Path) -> None:
     atomic_write_json(workdir / "likelihood.json", report)
     print(f"bits/dim: {result.mean:.4f} ± {result.stderr:.4f} ({result.count} samples, mean NFE {result.nfe:.0f})")
     logging.info("wrote %s", json.dumps(report))
+
+
+def _guidance_tag(config) -> str:
+    """File-name suffix of a conditional sample run, e.g. '_y0-1-2_w2' (empty when unconditional)."""
+    text = str(_flag("class_label", config.sampling.class_label) or "").strip()
+    if not text:
+        return ""
+    tag = "_y" + "-".join(p.strip() for p in text.split(","))
+    for letter, value in (("w", _flag("guidance", config.sampling.guidance)),
+                          ("g", _flag("classifier_scale", config.sampling.classifier_scale))):
+        tag += f"_{letter}{value:g}" if value else ""
+    return tag
 
 
 def _guided(config, workdir: Path, info, score_fn, device):
@@ -247,8 +259,8 @@ def inpaint(config, workdir: Path) -> None:
         nfe += result.nfe
     out = torch.cat(chunks)
     stem = workdir / "inpaint" / f"{method}_{steps}_seed{config.seed}"
-    save_npz(stem.with_suffix(".npz"), samples=out.numpy(), mask=mask.cpu().numpy())
-    save_samples(out, stem.with_suffix(".png"), info.is_image, title=f"{method}, NFE {nfe // len(chunks)}")
+    save_npz(Path(f"{stem}.npz"), samples=out.numpy(), mask=mask.cpu().numpy())
+    save_samples(out, Path(f"{stem}.png"), info.is_image, title=f"{method}, NFE {nfe // len(chunks)}")
     print(f"inpainted {len(out)} items with {method}: NFE {nfe // len(chunks)} per batch; "
           f"wrote {stem}.png and {stem}.npz")
 
