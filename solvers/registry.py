@@ -5,7 +5,7 @@ import inspect
 
 from .base import Solver
 from .library_sde import SDEEuler, SDEMidpoint, SDESRK
-from .ode import DDIM, DPMSolver, RK45, Euler, Heun
+from .ode import DDIM, DPMSolver, RK45, Euler, Heun, UniPC
 from .stochastic import Ancestral, EulerMaruyama, PredictorCorrector
 
 SOLVERS: dict[str, type[Solver]] = {
@@ -15,6 +15,7 @@ SOLVERS: dict[str, type[Solver]] = {
     "rk45": RK45,
     "ddim": DDIM,
     "dpm_solver": DPMSolver,
+    "unipc": UniPC,
     # reverse SDE (stochastic)
     "euler_maruyama": EulerMaruyama,
     "pc": PredictorCorrector,

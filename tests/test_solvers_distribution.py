@@ -7,7 +7,7 @@ from sde_lib import GaussianMixture, SubVPSDE, VESDE, VPSDE
 MIX = GaussianMixture(weights=[0.3, 0.7], means=[[-1.0, 0.5], [1.5, -0.5]], covs=[0.1, 0.2])
 N = 1000
 # name -> steps: enough for the discretisation bias to sit well below the Monte-Carlo noise at N samples.
-SOLVERS = {"euler": 200, "heun": 40, "rk45": None, "ddim": 200, "dpm_solver": 40, "euler_maruyama": 300,
+SOLVERS = {"euler": 200, "heun": 40, "rk45": None, "ddim": 200, "dpm_solver": 40, "unipc": 40, "euler_maruyama": 300,
            "pc": 200, "ancestral": 300, "sde_euler": 300, "sde_srk": 60, "sde_midpoint": 150}
 
 
