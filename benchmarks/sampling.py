@@ -18,7 +18,9 @@ import solvers
 MIX = sde_lib.GaussianMixture(weights=[0.3, 0.7], means=[[-1.0, 0.5], [1.5, -0.5]], covs=[0.1, 0.2])
 RUNS = [("euler", {"grid": "uniform"}, (20, 80)), ("heun", {"grid": "uniform"}, (10, 25)),
         ("heun", {}, (5, 10, 20)), ("ddim", {}, (10, 20, 50)), ("rk45", {}, (None,)),
-        ("dpm_solver", {"order": 2}, (10, 20)), ("dpm_solver", {"order": 3}, (10, 20, 40)),
+        ("dpm_solver", {"order": 2}, (10, 20)), ("dpm_solver", {"order": 3}, (5, 10, 20, 40)),
+        ("unipc", {"order": 2}, (5, 10, 20)), ("unipc", {"order": 3}, (5, 10, 20, 40)),
+        ("unipc", {"order": 3, "corrector": False}, (10, 20)),
         ("euler_maruyama", {}, (100, 500)), ("ancestral", {}, (100,)), ("pc", {}, (100,)),
         ("sde_euler", {}, (100,)), ("sde_srk", {}, (20,))]
 
