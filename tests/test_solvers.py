@@ -7,7 +7,6 @@ import solvers
 from sde_lib import GaussianMixture, SubVPSDE, VESDE, VPSDE
 
 MIX = GaussianMixture(weights=[0.3, 0.7], means=[[-1.0, 0.5], [1.5, -0.5]], covs=[0.1, 0.2])
-ODE = ["euler", "heun", "ddim", "dpm_solver", "unipc"]
 
 
 def prior(sde, n=200, seed=0):
