@@ -70,7 +70,8 @@ class ImportanceLikelihoodWeighting:
     def sample(self, sde: SDE, u: Tensor, eps: float, **_) -> tuple[Tensor, Tensor]:
         lam_hi, lam_lo = sde.log_snr(as_time(eps, u.device)), sde.log_snr(as_time(sde.T, u.device))
         t = sde.t_of_log_snr(lam_hi - u * (lam_hi - lam_lo)).clamp(eps, sde.T)
-        return t, torch.full_like(t, float(2.0 * (lam_hi - lam_lo) / (sde.T - eps)))
+        # Kept a tensor: float() would copy it to the host, a GPU synchronisation on every training step.
+        return t, (2.0 * (lam_hi - lam_lo) / (sde.T - eps)).expand_as(t)
 
 
 class EDMWeighting:

@@ -165,6 +165,19 @@ def test_importance_sampled_likelihood_loss_has_the_same_expectation_with_less_v
     assert plain.var() > 10 * importance.var()
 
 
+@pytest.mark.parametrize("name", ["vp", "ve"])
+def test_importance_likelihood_weights_stay_on_the_device(name):
+    # Reading a value on the host (float(), .item()) is refused on the meta device, as on CUDA it would stall the
+    # training step for a GPU synchronisation.
+    sde, eps = SDES[name], 1e-5
+    weighting = models.losses.ImportanceLikelihoodWeighting()
+    t, w = weighting.sample(sde, torch.rand(8, dtype=torch.float64, device="meta"), eps)
+    assert t.device.type == w.device.type == "meta" and w.shape == t.shape == (8,)
+    _, w = weighting.sample(sde, torch.rand(8, dtype=torch.float64), eps)
+    lam_hi, lam_lo = sde.log_snr(torch.tensor(eps, dtype=torch.float64)), sde.log_snr(torch.tensor(sde.T))
+    assert torch.allclose(w, 2 * (lam_hi - lam_lo) / (sde.T - eps), rtol=1e-12)
+
+
 def test_edm_weighting_on_the_ve_sde_matches_its_lognormal_expectation():
     sde, sd, eps = SDES["ve"], 0.7, 1e-5
     losses = loss_samples(sde, 40000, 6, "edm", {"sigma_data": sd}, weighting="edm", eps=eps)
