@@ -1,3 +1,4 @@
+import json
 import signal
 import subprocess
 import sys
@@ -59,6 +60,24 @@ def test_keeps_last_k_checkpoints_and_metrics(tmp_path):
     assert [r["step"] for r in rows if "loss" in r] == list(range(5, 41, 5))
     assert [r["step"] for r in rows if "test_loss" in r] == [10, 20, 30, 40]
     assert all(r["lr"] > 0 and r["grad_norm"] >= 0 for r in rows if "loss" in r)
+
+
+def test_resume_skips_a_metrics_line_cut_by_a_crash(tmp_path, caplog):
+    training.train(tiny_config(n_iters=10), tmp_path)
+    path = tmp_path / "metrics.jsonl"
+    rows = path.read_text().splitlines()
+    path.write_text("\n".join(rows) + '\n{"step": 15, "loss": 0.4')   # killed mid-write, no newline
+    with caplog.at_level("WARNING"):
+        assert read_metrics(tmp_path) == [json.loads(r) for r in rows]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and f"line {len(rows) + 1} " in warnings[0]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert training.train(tiny_config(), tmp_path).step == 20
+    assert sum("skipped unreadable line" in r.getMessage() for r in caplog.records) == 1
+    # The cut line is gone and the resumed run's rows follow the old ones.
+    assert [r["step"] for r in read_metrics(tmp_path) if "loss" in r] == [5, 10, 15, 20]
+    assert all(json.loads(line) for line in path.read_text().splitlines())
 
 
 def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):

@@ -4,7 +4,32 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from absl import logging
+
 from .io import atomic_write_text
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """The rows of a metrics file, skipping lines that are not JSON objects.
+
+    A run killed mid-write leaves its last line cut short; losing that one row beats refusing to resume.
+    """
+    rows, bad = [], []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            bad.append(number)
+    if bad:
+        logging.warning("%s: skipped unreadable line%s %s (a run stopped while writing it?)", path,
+                        "s" if len(bad) > 1 else "", ", ".join(map(str, bad)))
+    return rows
 
 
 class MetricsLogger:
@@ -15,9 +40,8 @@ class MetricsLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             # Rows past the checkpoint were logged by a run that died before saving; the resumed run redoes them.
-            rows = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            atomic_write_text(self.path, "".join(r + "\n" for r in rows))
+            rows = [r for r in _read_rows(self.path) if r.get("step", 0) <= resume_step]
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
         self._file = open(self.path, "a")
         self._tb = None
         if tensorboard:
@@ -44,4 +68,4 @@ class MetricsLogger:
 def read_metrics(workdir) -> list[dict]:
     """All rows of <workdir>/metrics.jsonl."""
     path = Path(workdir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return _read_rows(path) if path.exists() else []
