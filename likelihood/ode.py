@@ -35,7 +35,7 @@ class TimeClock:
         """t(u) = u."""
         return u.to(torch.float64)
 
-    def dt_du(self, t: Tensor) -> Tensor:
+    def dt_du(self, t: Tensor, g2: Tensor) -> Tensor:
         """dt/du = 1."""
         return torch.ones_like(t)
 
@@ -53,9 +53,9 @@ class LogSNRClock:
         """t(u) = t_of_log_snr(-u), clamped to [eps, T] against the inverse's round-off at the ends."""
         return self.sde.t_of_log_snr(-u.to(torch.float64)).clamp(self.eps, self.sde.T)
 
-    def dt_du(self, t: Tensor) -> Tensor:
-        """dt/du = -1 / (d lambda/dt) with d lambda/dt = -g^2 / (2 beta_bar^2)."""
-        return 2.0 * self.sde.beta_bar(t) ** 2 / self.sde.g2(t)
+    def dt_du(self, t: Tensor, g2: Tensor) -> Tensor:
+        """dt/du = -1 / (d lambda/dt) with d lambda/dt = -g^2 / (2 beta_bar^2); g2 = g(t)^2, already at hand."""
+        return 2.0 * self.sde.beta_bar(t) ** 2 / g2
 
 
 CLOCKS = {"t": TimeClock, "log_snr": LogSNRClock}
@@ -84,7 +84,7 @@ class FlowDynamics:
     """dx/du = F(x, t(u)) dt/du on a flattened batch (N, D): the probability-flow ODE alone (decoding)."""
 
     def __init__(self, sde: SDE, score_fn, clock, shape, score_dtype: torch.dtype):
-        self.reverse = sde.reverse(score_fn, eta=0.0)
+        self.sde = sde
         self.score_fn = score_fn
         self.clock = clock
         self.shape = tuple(shape)
@@ -96,8 +96,9 @@ class FlowDynamics:
         t = self.clock.t(u)
         x = state.reshape(self.shape)
         score = checked_score(self.score_fn, x.to(self.score_dtype), t)
-        drift = self.reverse.drift(x, t, score=score.to(x.dtype))
-        return drift.reshape(state.shape) * self.clock.dt_du(t).to(state.dtype)
+        f, g2 = self.sde.f_and_g2(t)
+        drift = f.to(x.dtype) * x - (0.5 * g2).to(x.dtype) * score.to(x.dtype)
+        return drift.reshape(state.shape) * self.clock.dt_du(t, g2).to(state.dtype)
 
 
 class LikelihoodDynamics:
@@ -110,7 +111,6 @@ class LikelihoodDynamics:
     def __init__(self, sde: SDE, score_fn, clock, shape, divergence, probes: Tensor | None,
                  score_dtype: torch.dtype):
         self.sde = sde
-        self.reverse = sde.reverse(score_fn, eta=0.0)
         self.score_fn = score_fn
         self.clock = clock
         self.shape = tuple(shape)
@@ -131,9 +131,10 @@ class LikelihoodDynamics:
                                  "torch.no_grad() or detached?); the likelihood needs its divergence")
             div_score = self.divergence(score, x, self.probes)
         x = x.detach()
-        drift = self.reverse.drift(x, t, score=score.detach().to(x.dtype))
-        div = self.dim * self.sde.f(t) - 0.5 * self.sde.g2(t) * div_score
-        speed = self.clock.dt_du(t).to(state.dtype)
+        f, g2 = self.sde.f_and_g2(t)
+        drift = f.to(x.dtype) * x - (0.5 * g2).to(x.dtype) * score.detach().to(x.dtype)
+        div = self.dim * f - 0.5 * g2 * div_score
+        speed = self.clock.dt_du(t, g2).to(state.dtype)
         return torch.cat([drift.reshape(x.shape[0], -1), div.to(state.dtype)[:, None]], 1) * speed
 
 

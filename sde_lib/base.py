@@ -83,6 +83,15 @@ class SDE(abc.ABC):
         a, da, b2, db2 = self._derivatives(t)
         return db2 - 2.0 * (da / a) * b2
 
+    def f_and_g2(self, t) -> tuple[Tensor, Tensor]:
+        """(f(t), g(t)^2) at once: samplers and the likelihood need both at every evaluation."""
+        if type(self).f is SDE.f and type(self).g2 is SDE.g2:
+            # One autograd pass instead of two for schedules without closed forms.
+            a, da, b2, db2 = self._derivatives(t)
+            f = da / a
+            return f, db2 - 2.0 * f * b2
+        return self.f(t), self.g2(t)
+
     def g(self, t) -> Tensor:
         """Diffusion coefficient g(t) = sqrt(g2(t))."""
         return torch.sqrt(torch.clamp(self.g2(t), min=0.0))
@@ -192,8 +201,8 @@ class ReverseSDE:
         t = batch_time(t, x)
         if score is None:
             score = self.score_fn(x, t.to(x.dtype))
-        sde = self.forward_sde
-        return expand_as(sde.f(t), x) * x - expand_as(0.5 * (1.0 + self.eta**2) * sde.g2(t), x) * score
+        f, g2 = self.forward_sde.f_and_g2(t)
+        return expand_as(f, x) * x - expand_as(0.5 * (1.0 + self.eta**2) * g2, x) * score
 
     def diffusion(self, x: Tensor, t) -> Tensor:
         """Reverse diffusion eta * g(t), shape (N,)."""

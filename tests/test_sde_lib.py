@@ -24,6 +24,17 @@ def test_closed_forms_match_autograd(sde):
     torch.testing.assert_close(sde.g2(t), SDE.g2(sde, t), rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("sde", MEMBERS + [ScheduleSDE(alpha_bar=lambda t: torch.exp(-5 * t**2),
+                                                       beta_bar=lambda t: torch.sqrt(-torch.expm1(-10 * t**2)))],
+                         ids=IDS + ["schedule"])
+def test_f_and_g2_is_f_and_g2(sde):
+    # The same float64 computation either way (one autograd pass or two): equal to round-off.
+    t = grid(sde)
+    f, g2 = sde.f_and_g2(t)
+    torch.testing.assert_close(f, sde.f(t), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g2, sde.g2(t), rtol=1e-12, atol=1e-12)
+
+
 def test_vp_coefficients_are_song_et_al():
     sde = VPSDE(beta_min=0.1, beta_max=20.0)
     t = grid(sde)
