@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from sde_lib import SDE, expand_as
-
-from solvers import SampleResult
+import solvers
+from sde_lib import SDE
+from solvers import CountingScore, SampleResult
 
 Tensor = torch.Tensor
 
@@ -58,7 +58,9 @@ def inpaint(sde: SDE, score_fn, x_obs: Tensor, mask: Tensor, *, method: str = "r
     mask = check_observation(x_obs, mask)
     x_obs = torch.where(mask.bool(), x_obs, torch.zeros_like(x_obs))
     if generator is None:
-        generator = torch.Generator(device=x_obs.device).manual_seed(torch.seed() % 2**63)
+        # A generator of its own: torch.seed() would reseed the global one, which the caller may rely on.
+        generator = torch.Generator(device=x_obs.device)
+        generator.seed()
     return INPAINTERS[method](sde, score_fn, x_obs, mask, steps=steps, resample=resample, eps=eps,
                               generator=generator, progress=progress)
 
@@ -66,21 +68,20 @@ def inpaint(sde: SDE, score_fn, x_obs: Tensor, mask: Tensor, *, method: str = "r
 class _Inpainter:
     """The shared loop: reverse Euler-Maruyama steps, each followed by replacing the observed entries."""
 
-    def __init__(self, sde: SDE, score_fn, x_obs: Tensor, mask: Tensor, generator):
+    def __init__(self, sde: SDE, score_fn, x_obs: Tensor, mask: Tensor, generator, eps: float):
         self.sde = sde
-        self.reverse = sde.reverse(score_fn, eta=1.0)
+        # The sampler's own step and score wrapper, so that NFE counting and the t-range and NaN checks are the
+        # same as in solvers.sample.
+        self.solver = solvers.get_solver("euler_maruyama")(sde, CountingScore(score_fn, eps, sde.T), eta=1.0)
         self.x_obs, self.mask, self.generator = x_obs, mask, generator
-        self.nfe = 0
 
-    def step(self, x: Tensor, t: Tensor, s: Tensor, last: bool) -> Tensor:
-        """x_s = x_t - drift dt + g sqrt(dt) z, dt = t - s (the last step returns the mean, without noise)."""
-        self.nfe += 1
-        dt = t - s
-        x_s = x - expand_as(dt.expand(x.shape[0]), x) * self.reverse.drift(x, t)
-        if not last:
-            g = self.reverse.diffusion(x, t)
-            x_s = x_s + expand_as(g * dt.sqrt().to(x.dtype), x) * _noise(x, self.generator)
-        return x_s
+    @property
+    def nfe(self) -> int:
+        return self.solver.score.nfe
+
+    def step(self, x: Tensor, ts: Tensor, last: bool) -> Tensor:
+        """One Euler-Maruyama step of the reverse SDE from ts[0] to ts[1] < ts[0] (the last returns its mean)."""
+        return self.solver.integrate(x, ts, generator=self.generator, denoise=last)
 
     def replace(self, x: Tensor, s: Tensor, last: bool) -> Tensor:
         """Observed entries <- alpha_bar(s) x_obs + beta_bar(s) z (x_obs itself after the last step)."""
@@ -105,13 +106,13 @@ class _Inpainter:
             for r in range(1 if last else resample):
                 if r > 0:
                     x = self.renoise(x, ts[i + 1], ts[i])
-                x = self.replace(self.step(x, ts[i], ts[i + 1], last), ts[i + 1], last)
+                x = self.replace(self.step(x, ts[i:i + 2], last), ts[i + 1], last)
         return x
 
 
 def _run(sde, score_fn, x_obs, mask, *, steps, resample, eps, generator, progress) -> SampleResult:
     ts = torch.linspace(sde.T, eps, steps + 1, dtype=torch.float64)
-    painter = _Inpainter(sde, score_fn, x_obs, mask, generator)
+    painter = _Inpainter(sde, score_fn, x_obs, mask, generator, eps)
     with torch.no_grad():
         x = painter.run(ts, resample, progress)
     return SampleResult(x, painter.nfe)

@@ -95,6 +95,33 @@ def test_counts_one_score_call_per_step_and_resample():
     assert guidance.inpaint(sde, score, x_obs[:5], mask, method="replacement", steps=7).nfe == 7
 
 
+def test_score_checks_of_the_samplers_apply():
+    # The score goes through the samplers' CountingScore: a NaN is reported with its evaluation number instead
+    # of turning the missing entries into NaN.
+    sde = VPSDE()
+    x_obs, mask = observation()
+    score = DATA.score_fn(sde)
+    calls = []
+
+    def breaks_on_the_third_call(x, t):
+        calls.append(1)
+        return score(x, t) * (float("nan") if len(calls) == 3 else 1.0)
+    with pytest.raises(ValueError, match="score_fn returned NaN or inf .*score evaluation 3"):
+        guidance.inpaint(sde, breaks_on_the_third_call, x_obs[:5], mask, method="repaint", steps=7, resample=2,
+                         generator=torch.Generator().manual_seed(0))
+
+
+def test_without_a_generator_the_global_rng_is_left_alone():
+    sde = VPSDE()
+    x_obs, mask = observation()
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = guidance.inpaint(sde, DATA.score_fn(sde), x_obs[:5], mask, method="replacement", steps=3).x
+    b = guidance.inpaint(sde, DATA.score_fn(sde), x_obs[:5], mask, method="replacement", steps=3).x
+    assert torch.equal(torch.get_rng_state(), before)
+    assert not torch.equal(a[:, MISSING], b[:, MISSING])   # each call still draws fresh noise
+
+
 def test_image_masks_broadcast_and_observed_pixels_are_kept():
     sde = VPSDE()
     data = GaussianMixture([1.0], torch.zeros(1, 2 * 3 * 3), 0.5, event_shape=(2, 3, 3))
