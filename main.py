@@ -104,22 +104,16 @@ def sample(config, workdir: Path) -> None:
     import numpy as np
     import solvers
     import torch
+    import training
     from tqdm.auto import tqdm
     from training import distributed
     from training.images import save_npz, save_samples
     name = _flag("solver", config.sampling.solver)
     if name not in solvers.available():
         raise UsageError(f"unknown solver {name!r}; available: {', '.join(solvers.available())}")
-    options = {"snr": config.sampling.snr, "corrector_steps": config.sampling.corrector_steps}
-    options.update({k: getattr(FLAGS, k) for k in ("snr", "corrector_steps", "eta", "rtol", "atol")
-                    if getattr(FLAGS, k) is not None})
-    valid = solvers.solver_options(name)
-    for k in [k for k in options if k not in valid]:
-        if getattr(FLAGS, k) is not None:
-            raise UsageError(f"--{k} does not apply to solver {name!r} (its options: {', '.join(valid) or 'none'})")
-        del options[k]
-    adaptive = solvers.get_solver(name).adaptive
-    steps = None if adaptive else _flag("steps", config.sampling.steps)
+    arguments = training.sampler_arguments(config, name, FLAGS.steps, **{
+        k: getattr(FLAGS, k) for k in ("snr", "corrector_steps", "eta", "rtol", "atol")})
+    steps = arguments["steps"]
     num, batch = _flag("num_samples", config.sampling.num_samples), _flag("batch_size", config.sampling.batch_size)
     if num < 1 or batch < 1:
         raise UsageError("--num_samples and --batch_size must be positive")
@@ -132,8 +126,8 @@ def sample(config, workdir: Path) -> None:
     chunks, nfe, start = [], 0, time.perf_counter()
     for i in tqdm(range(shard.start, shard.stop, batch), desc=f"sampling ({name})",
                   disable=len(shard) <= batch or not ctx.is_main):
-        result = solvers.sample(sde, score_fn, (min(batch, shard.stop - i), *info.shape), solver=name, steps=steps,
-                                eps=config.sampling.eps, generator=gen, device=device, **options)
+        result = solvers.sample(sde, score_fn, (min(batch, shard.stop - i), *info.shape), solver=name,
+                                generator=gen, device=device, **arguments)
         chunks.append(info.inverse_scaler(result.x.float()).cpu())
         nfe += result.nfe
     parts = ctx.gather((torch.cat(chunks) if chunks else torch.empty(0, *info.shape), nfe, len(chunks)))

@@ -9,6 +9,7 @@ import torch
 
 import data as data_lib
 import models
+import solvers
 import training
 from training import checkpoint as ckpt
 from training.metrics import read_metrics
@@ -78,6 +79,35 @@ def test_resume_skips_a_metrics_line_cut_by_a_crash(tmp_path, caplog):
     # The cut line is gone and the resumed run's rows follow the old ones.
     assert [r["step"] for r in read_metrics(tmp_path) if "loss" in r] == [5, 10, 15, 20]
     assert all(json.loads(line) for line in path.read_text().splitlines())
+
+
+def test_sampler_arguments_come_from_the_sampling_section():
+    config = tiny_config()
+    config.sampling.snr, config.sampling.corrector_steps, config.sampling.eps = 0.07, 3, 2e-3
+    assert training.sampler_arguments(config, "pc") == {"steps": 4, "eps": 2e-3, "snr": 0.07, "corrector_steps": 3}
+    assert training.sampler_arguments(config, "pc", 9, snr=0.2, eta=None) == {
+        "steps": 9, "eps": 2e-3, "snr": 0.2, "corrector_steps": 3}
+    # Options the solver does not take are dropped; adaptive solvers get no steps.
+    assert training.sampler_arguments(config, "heun") == {"steps": 4, "eps": 2e-3}
+    assert training.sampler_arguments(config, "rk45", 9, rtol=1e-3) == {"steps": None, "eps": 2e-3, "rtol": 1e-3}
+    with pytest.raises(ValueError, match="option 'snr' does not apply to solver 'heun' \\(its options: grid, rho\\)"):
+        training.sampler_arguments(config, "heun", snr=0.1)
+
+
+def test_snapshots_use_the_sampling_options(tmp_path, monkeypatch):
+    config = tiny_config()
+    config.sampling.solver, config.sampling.steps, config.sampling.corrector_steps = "pc", 2, 3
+    trainer = training.Trainer(config, tmp_path)
+    real, nfe = solvers.sample, []
+
+    def recording(*args, **kwargs):
+        result = real(*args, **kwargs)
+        nfe.append(result.nfe)
+        return result
+    monkeypatch.setattr(solvers, "sample", recording)
+    assert trainer.snapshot().is_file()
+    # Each of the 2 steps: 3 Langevin corrections and one predictor evaluation (1 + 1 with the default).
+    assert nfe == [2 * (3 + 1)]
 
 
 def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):

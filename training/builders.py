@@ -5,6 +5,7 @@ import torch
 
 import models
 import sde_lib
+import solvers
 
 _SDE_FIELDS = {"vpsde": ("beta_min", "beta_max"), "subvpsde": ("beta_min", "beta_max"),
                "vesde": ("sigma_min", "sigma_max"), "cosine": ("s",)}
@@ -68,3 +69,26 @@ def learning_rate(config, step: int) -> float:
     """Linear warm-up to optim.lr over optim.warmup steps, then constant (Song et al.)."""
     warmup = config.optim.warmup
     return config.optim.lr * min(1.0, (step + 1) / warmup) if warmup > 0 else config.optim.lr
+
+
+def sampler_arguments(config, solver: str, steps: int | None = None, **overrides) -> dict:
+    """Keyword arguments of solvers.sample(..., solver=solver) from config.sampling, for every sampling run.
+
+    steps defaults to config.sampling.steps (None for adaptive solvers, which choose their own); every field of
+    config.sampling that names an option of this solver (snr, corrector_steps for pc) is passed on. overrides
+    replace options (None: not given); one that this solver does not take is a ValueError.
+    """
+    valid = solvers.solver_options(solver)
+    options = {k: v for k, v in config.sampling.items() if k in valid}
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        if k not in valid:
+            raise ValueError(f"option {k!r} does not apply to solver {solver!r} (its options: "
+                             f"{', '.join(valid) or 'none'})")
+        options[k] = v
+    if solvers.get_solver(solver).adaptive:
+        steps = None
+    elif steps is None:
+        steps = config.sampling.steps
+    return {"steps": steps, "eps": config.sampling.eps, **options}

@@ -22,7 +22,13 @@ import solvers
 
 from . import checkpoint as ckpt
 from . import distributed, precision
-from .builders import build_model, build_optimizer, build_sde, learning_rate
+from .builders import (
+    build_model,
+    build_optimizer,
+    build_sde,
+    learning_rate,
+    sampler_arguments,
+)
 from .images import save_samples
 from .io import atomic_write_text
 from .metrics import MetricsLogger
@@ -242,8 +248,8 @@ class Trainer:
         gen = torch.Generator(self.device).manual_seed(c.seed + self.step)
         model = precision.autocast_network(self.ema.module.eval(), c.precision, self.device)
         score_fn = models.get_score_fn(model, self.sde, c.model.parameterization)
-        result = solvers.sample(self.sde, score_fn, (n, *self.data.shape), solver=c.sampling.solver,
-                                steps=c.sampling.steps, eps=c.sampling.eps, generator=gen)
+        result = solvers.sample(self.sde, score_fn, (n, *self.data.shape), solver=c.sampling.solver, generator=gen,
+                                **sampler_arguments(c, c.sampling.solver))
         x = self.data.inverse_scaler(result.x.float()).cpu()
         path = self.workdir / "snapshots" / f"step_{self.step}.png"
         reference = None if self.data.is_image else self.data.inverse_scaler(
