@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 from sde_lib import SDE, expand_as
 
 from .counting import CountingScore
-from .grids import check_grid_name, time_grid
+from .grids import as_times, check_grid_name, check_times, time_grid
 
 Tensor = torch.Tensor
 
@@ -28,16 +28,25 @@ class Solver:
     default_steps = 100
     default_grid = "uniform"
 
-    def __init__(self, sde: SDE, score: CountingScore, *, grid: str | None = None, rho: float = 7.0):
+    def __init__(self, sde: SDE, score: CountingScore, *, grid=None, rho: float = 7.0):
         self.sde = sde
         self.score = score
-        self.grid = check_grid_name(grid if grid is not None else self.default_grid)
+        # grid: a name from grids.GRIDS, or the times themselves (then `steps` defaults to theirs).
+        self.times = None
+        if grid is None or isinstance(grid, str):
+            self.grid = check_grid_name(grid if grid is not None else self.default_grid)
+        else:
+            self.times = as_times(grid)
+            self.grid = "given"
+            self.default_steps = len(self.times) - 1
         if not rho > 0:
             raise ValueError(f"rho must be positive, got rho={rho}")
         self.rho = float(rho)
 
     def timesteps(self, steps: int, eps: float) -> Tensor:
         """The grid T = t_0 > ... > t_steps = eps."""
+        if self.times is not None:
+            return check_times(self.times, self.sde, steps, eps)
         return time_grid(self.sde, steps, eps, self.grid, self.rho)
 
     def integrate(self, x: Tensor, ts: Tensor, *, generator=None, denoise: bool = False,

@@ -48,6 +48,30 @@ def check_grid_name(name: str) -> str:
     return name
 
 
+def as_times(times) -> Tensor:
+    """A given grid (a sequence or 1-D tensor of times, e.g. from solvers.calibrate_grid) as float64 on the CPU."""
+    try:
+        t = torch.as_tensor(times, dtype=torch.float64).detach().cpu()
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"grid must be a grid name ({', '.join(GRIDS)}) or a 1-D sequence of times, "
+                         f"got {type(times).__name__}") from None
+    if t.ndim != 1 or len(t) < 2 or not torch.isfinite(t).all() or not (t[1:] < t[:-1]).all():
+        raise ValueError(f"a given grid must be a 1-D, finite, strictly decreasing sequence of at least 2 times "
+                         f"from T to eps, got {t.tolist()}")
+    return t
+
+
+def check_times(t: Tensor, sde: SDE, steps: int, eps: float) -> Tensor:
+    """t if it has `steps` steps from T to eps (to round-off), else a ValueError saying what differs."""
+    if len(t) != steps + 1:
+        raise ValueError(f"the given grid has {len(t) - 1} steps, but steps={steps} was asked for; "
+                         f"leave steps unset to use the grid's")
+    if abs(float(t[0]) - sde.T) > 1e-9 * sde.T or abs(float(t[-1]) - eps) > 1e-9 * sde.T:
+        raise ValueError(f"the given grid runs from {float(t[0])!r} to {float(t[-1])!r}, but sampling runs from "
+                         f"T={sde.T!r} to eps={eps!r}; pass the eps the grid was made for")
+    return _pin(t.clone(), sde.T, eps)
+
+
 def time_grid(sde: SDE, steps: int, eps: float, grid: str = "uniform", rho: float = 7.0) -> Tensor:
     """The steps + 1 times T = t_0 > t_1 > ... > t_steps = eps of the named grid (float64)."""
     check_grid_name(grid)

@@ -1,0 +1,143 @@
+"""Time grids calibrated to a model: the fixed-step grid on which a solver best follows the exact ODE paths.
+
+A few-step solver's error depends on where its steps fall: where E[x_0 | x_t] changes quickly along the path
+they must be dense, where it barely changes (near the prior, and near the data for the exponential integrators)
+one long step is exact enough. Which is which depends on the data, so the grid is fitted once per model and
+solver (as in Align Your Steps, GITS and "Optimal Stepsize for Diffusion Sampling"): pilot paths from the
+prior are solved once to high accuracy, and the step widths are fitted by gradient descent through the solver
+to minimise its RMS distance to those reference endpoints. The fit costs score evaluations and their backward
+passes (`Calibration.nfe` counts the forward ones), spent once; sampling on the fitted grid costs `steps`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from typing import NamedTuple
+
+import torch
+from tqdm.auto import tqdm
+
+from sde_lib import SDE
+
+from .api import sample
+from .counting import CountingScore
+from .grids import as_times, time_grid
+from .registry import get_solver
+from .registry import solver_options as solver_option_names
+
+Tensor = torch.Tensor
+
+
+class Calibration(NamedTuple):
+    """times: the fitted grid T = t_0 > ... > t_steps = eps (float64); error, initial_error: the solver's pathwise
+    RMSE on the pilot paths on the fitted and on the starting grid; nfe: score evaluations spent fitting."""
+
+    times: Tensor
+    error: float
+    initial_error: float
+    nfe: int
+
+
+class _DifferentiableScore:
+    """score_fn, checked to carry gradients: a detached score would leave its dependence on t out of the fit."""
+
+    def __init__(self, score_fn):
+        self.score_fn = score_fn
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        score = self.score_fn(x, t)
+        if isinstance(score, Tensor) and not score.requires_grad:
+            raise ValueError("calibrate_grid differentiates the solver through score_fn: score_fn must be "
+                             "differentiable in x and t (no torch.no_grad() or .detach() inside it)")
+        return score
+
+
+def _times_of(p: Tensor, T: float, eps: float) -> Tensor:
+    """The grid whose step widths in t are softmax(p) (T - eps): strictly decreasing from T to eps for any p."""
+    widths = torch.softmax(p, 0) * (T - eps)
+    t = T - torch.cat([widths.new_zeros(1), torch.cumsum(widths, 0)])
+    return torch.cat([t[:-1], t.new_full((1,), eps)])
+
+
+def calibrate_grid(sde: SDE, score_fn, shape, solver: str = "unipc", *, steps: int = 10, eps: float = 1e-3,
+                   generator: torch.Generator | None = None, device=None, dtype=torch.float32,
+                   reference_tol: float = 1e-7, iterations: int = 300, lr: float = 0.05, progress: bool = False,
+                   **solver_options) -> Calibration:
+    """Fit the `steps`-step grid of a deterministic fixed-step solver to score_fn on pilot paths of `shape`.
+
+    shape: (n_pilot, ...) prior samples drawn with `generator`; the fit follows the worst paths, so use several
+    hundred for 2-D data (a few dozen images suffice for a network's smoother paths). reference_tol: rtol = atol
+    of the rk45 solve that gives the reference endpoints. iterations, lr: Adam on the step widths, starting from
+    the uniform log-SNR grid; each iteration runs the solver on the pilot batch and back-propagates through it
+    (score_fn must be differentiable in x and t, as networks and GaussianMixture.score_fn are). Use the result
+    with sample(..., solver, grid=calibration.times) at the same eps.
+    """
+    cls = get_solver(solver)
+    if cls.stochastic or cls.adaptive:
+        raise ValueError(f"calibrate_grid fits the grid of a deterministic fixed-step solver, not {solver!r}; "
+                         f"use one of euler, heun, ddim, dpm_solver, unipc")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+        raise ValueError(f"steps must be an integer >= 2 (one step has no grid to fit), got steps={steps!r}")
+    if not (isinstance(iterations, int) and iterations >= 1):
+        raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
+    if "grid" in solver_options:
+        raise ValueError("calibrate_grid chooses the grid itself; drop the grid option")
+    unknown = sorted(set(solver_options) - set(solver_option_names(solver)))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for solver {solver!r}; "
+                         f"valid options: {', '.join(solver_option_names(solver))}")
+    if device is None and generator is not None:
+        device = generator.device
+    x_T = sde.prior_sampling(shape, generator=generator, device=device, dtype=dtype)
+    ref = sample(sde, score_fn, None, "rk45", x_T=x_T, eps=eps, rtol=reference_tol, atol=reference_tol)
+    score = CountingScore(_DifferentiableScore(score_fn), eps, sde.T)
+    start = time_grid(sde, steps, eps, "logsnr")
+    p = torch.log(start[:-1] - start[1:]).requires_grad_(True)
+    optimizer = torch.optim.Adam([p], lr=lr)
+    best = (math.inf, start)
+    initial = None
+    for _ in tqdm(range(iterations), desc=f"calibrating {solver} grid", disable=not progress, leave=False):
+        times = _times_of(p, sde.T, eps)
+        x = cls(sde, score, grid=times.detach(), **solver_options).integrate(x_T, times)
+        error = (x - ref.x).double().pow(2).mean().sqrt()
+        if not torch.isfinite(error):
+            break
+        value = error.item()
+        initial = value if initial is None else initial
+        if value < best[0]:
+            best = (value, times.detach())
+        optimizer.zero_grad()
+        torch.log(error).backward()
+        optimizer.step()
+    return Calibration(best[1], best[0], initial, ref.nfe + score.nfe)
+
+
+def save_grid(path: str, calibration: Calibration, *, solver: str, sde: SDE, **solver_options) -> None:
+    """Write the grid and what it was fitted for as JSON, atomically (a crash never leaves half a file)."""
+    record = {"times": calibration.times.tolist(), "solver": solver, "solver_options": solver_options,
+              "sde": repr(sde), "error": calibration.error, "initial_error": calibration.initial_error,
+              "nfe": calibration.nfe}
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".grid-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load_grid(path: str) -> Tensor:
+    """The times of a grid written by save_grid."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        return as_times(record["times"])
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no grid file at {path!r}; make one with calibrate_grid / --mode calibrate") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path!r} is not a grid file written by save_grid ({e})") from None
