@@ -2,7 +2,9 @@
 
 python benchmarks/sampling.py [--n 1000] [--sde vpsde]
 Pathwise error: RMSE against dopri5 at rtol = atol = 1e-10 from the same x_T (ODE solvers only). Distribution
-error: energy distance to fresh exact samples of p_eps. Overhead: solver wall time per NFE outside score_fn, also
+error: energy distance to fresh exact samples of p_eps. Calibrated rows: the grid fitted by
+solvers.calibrate_grid on 1024 other pilot paths (its one-off cost in NFE and seconds is in the options column),
+judged on the same paths as every other row. Overhead: solver wall time per NFE outside score_fn, also
 relative to one forward pass of a small MLP (2-256-256-256-2) on the same batch, a stand-in for a network.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ RUNS = [("euler", {"grid": "uniform"}, (20, 80)), ("heun", {"grid": "uniform"}, 
         ("unipc", {"order": 3, "corrector": False}, (10, 20)),
         ("euler_maruyama", {}, (100, 500)), ("ancestral", {}, (100,)), ("pc", {}, (100,)),
         ("sde_euler", {}, (100,)), ("sde_srk", {}, (20,))]
+CALIBRATED = [("unipc", {"order": 3}, (5, 10, 20)), ("dpm_solver", {"order": 3}, (10,))]
 
 
 def energy_distance(x, y):
@@ -72,19 +75,30 @@ def main():
     print("| solver | options | steps | NFE | pathwise RMSE | energy distance | ms / sample | overhead µs / NFE "
           "| overhead / MLP pass |")
     print("|---|---|---|---|---|---|---|---|---|")
+    def row(name, options, steps, label=None):
+        score = TimedScore(MIX.score_fn(sde))
+        start = time.perf_counter()
+        out = solvers.sample(sde, score, None, name, x_T=x_T, steps=steps,
+                             generator=torch.Generator().manual_seed(2), **options)
+        wall = time.perf_counter() - start
+        path = "-" if solvers.get_solver(name).stochastic else f"{(out.x - ref).pow(2).mean().sqrt():.1e}"
+        overhead = (wall - score.seconds) / out.nfe
+        opts = label or ", ".join(f"{k}={v}" for k, v in options.items()) or "default"
+        print(f"| {name} | {opts} | {steps or 'adaptive'} | {out.nfe} | {path} | "
+              f"{energy_distance(out.x, truth):.1e} | {1e3 * wall / args.n:.3f} | {1e6 * overhead:.0f} | "
+              f"{overhead / mlp:.2f} |", flush=True)
+
     for name, options, step_list in RUNS:
         for steps in step_list:
-            score = TimedScore(MIX.score_fn(sde))
+            row(name, options, steps)
+    for name, options, step_list in CALIBRATED:
+        for steps in step_list:
             start = time.perf_counter()
-            out = solvers.sample(sde, score, None, name, x_T=x_T, steps=steps,
-                                 generator=torch.Generator().manual_seed(2), **options)
-            wall = time.perf_counter() - start
-            path = "-" if solvers.get_solver(name).stochastic else f"{(out.x - ref).pow(2).mean().sqrt():.1e}"
-            overhead = (wall - score.seconds) / out.nfe
-            opts = ", ".join(f"{k}={v}" for k, v in options.items()) or "default"
-            print(f"| {name} | {opts} | {steps or 'adaptive'} | {out.nfe} | {path} | "
-                  f"{energy_distance(out.x, truth):.1e} | {1e3 * wall / args.n:.3f} | {1e6 * overhead:.0f} | "
-                  f"{overhead / mlp:.2f} |")
+            cal = solvers.calibrate_grid(sde, MIX.score_fn(sde), (1024, 2), name, steps=steps, dtype=torch.float64,
+                                         generator=torch.Generator().manual_seed(5), **options)
+            label = (", ".join(f"{k}={v}" for k, v in options.items())
+                     + f", grid=calibrated ({cal.nfe} NFE, {time.perf_counter() - start:.0f} s once)")
+            row(name, dict(options, grid=cal.times), steps, label)
     print(f"\nOne MLP forward pass on the batch: {1e6 * mlp:.0f} µs. Overhead: solver time per NFE outside score_fn.")
 
 
