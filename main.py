@@ -101,13 +101,11 @@ def train(config, workdir: Path) -> None:
 def sample(config, workdir: Path) -> None:
     import time
 
-    import numpy as np
     import solvers
     import torch
     import training
     from tqdm.auto import tqdm
     from training import distributed
-    from training.images import save_npz, save_samples
     name = _flag("solver", config.sampling.solver)
     if name not in solvers.available():
         raise UsageError(f"unknown solver {name!r}; available: {', '.join(solvers.available())}")
@@ -137,14 +135,26 @@ def sample(config, workdir: Path) -> None:
     x = torch.cat([p[0] for p in parts])
     nfe, n_batches = sum(p[1] for p in parts), sum(p[2] for p in parts)
     stem = workdir / "samples" / f"{name}_{steps if steps is not None else 'adaptive'}_seed{config.seed}{_guidance_tag(config)}"
-    save_npz(Path(f"{stem}.npz"), samples=x.numpy())
     reference = None if info.is_image else info.inverse_scaler(torch.stack([info.test[i][0] for i in
                                                                            range(min(len(info.test), 2000))]))
-    save_samples(x, Path(f"{stem}.png"), info.is_image, reference=reference, title=f"{name}, NFE {nfe // n_batches}")
-    if not np.isfinite(x.numpy()).all():
-        raise ValueError("the samples contain NaN/inf; try more --steps or another --solver")
+    written = _write_samples(stem, x, info.is_image, "try more --steps or another --solver", reference=reference,
+                             title=f"{name}, NFE {nfe // n_batches}")
     print(f"{num} samples with {name}: NFE {nfe // n_batches} per batch, {elapsed:.2f} s "
-          f"({1000 * elapsed / num:.2f} ms/sample); wrote {stem}.png and {stem}.npz")
+          f"({1000 * elapsed / num:.2f} ms/sample); wrote {' and '.join(map(str, written))}")
+
+
+def _write_samples(stem: Path, x, is_image: bool, hint: str, reference=None, title=None, **arrays) -> list[Path]:
+    """<stem>.npz (x under 'samples', with `arrays`) and <stem>.png where the data have a picture; the files written.
+
+    Non-finite samples raise before anything is written: a run never leaves NaN results that look like output.
+    """
+    from training.images import save_npz, save_samples
+    if not x.isfinite().all():
+        raise ValueError(f"the samples contain NaN/inf (nothing written); {hint}")
+    png = save_samples(x, Path(f"{stem}.png"), is_image, reference=reference, title=title)
+    npz = Path(f"{stem}.npz")
+    save_npz(npz, samples=x.numpy(), **arrays)
+    return [p for p in (png, npz) if p is not None]
 
 
 def likelihood(config, workdir: Path) -> None:
@@ -232,7 +242,6 @@ def train_classifier(config, workdir: Path) -> None:
 def inpaint(config, workdir: Path) -> None:
     import guidance
     import torch
-    from training.images import save_npz, save_samples
     if not FLAGS.input:
         raise UsageError(f"--mode inpaint needs --input=FILE: {guidance.io.ACCEPTED}")
     method = _flag("inpaint_method", config.inpainting.method)
@@ -253,10 +262,10 @@ def inpaint(config, workdir: Path) -> None:
         nfe += result.nfe
     out = torch.cat(chunks)
     stem = workdir / "inpaint" / f"{method}_{steps}_seed{config.seed}"
-    save_npz(Path(f"{stem}.npz"), samples=out.numpy(), mask=mask.cpu().numpy())
-    save_samples(out, Path(f"{stem}.png"), info.is_image, title=f"{method}, NFE {nfe // len(chunks)}")
+    written = _write_samples(stem, out, info.is_image, "try more --steps", title=f"{method}, NFE {nfe // len(chunks)}",
+                             mask=mask.cpu().numpy())
     print(f"inpainted {len(out)} items with {method}: NFE {nfe // len(chunks)} per batch; "
-          f"wrote {stem}.png and {stem}.npz")
+          f"wrote {' and '.join(map(str, written))}")
 
 
 def evaluate(config, workdir: Path) -> None:

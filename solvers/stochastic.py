@@ -47,21 +47,22 @@ PREDICTORS = {"euler_maruyama": euler_maruyama_step, "reverse_diffusion": revers
 
 
 def langevin_step(solver: StochasticSolver, x: Tensor, t: Tensor, snr: float, generator) -> Tensor:
-    """x + delta score + sqrt(2 delta) z, delta = 2 alpha_bar(t)^2 (snr sqrt(D) / ||score||)^2 per sample.
+    """x + delta score + sqrt(2 delta) z, delta = 2 (snr ||z|| / ||score||)^2 (Song et al. 2021, Alg. 4-5).
 
-    The signal-to-noise rule of Song et al. 2021 (Alg. 4-5; their cumulative alpha is alpha_bar^2 here, 1 for VE)
-    with two changes that matter in low dimension and leave high dimension unchanged: ||z||^2 is replaced by its
-    mean D, because a step that grows with ||z|| makes the noise heavy-tailed and Langevin then targets the wrong
-    density; and ||score||^2 is floored at D / beta_bar^2, the score norm of the noise kernel (an upper bound on
-    the Fisher information of p_t), so that a sample sitting on a mode (score ~ 0) does not take an unbounded step.
-    Norms are per sample: one sample's step never depends on the rest of the batch.
+    Their per-step alpha_i (1 for VE, 1 - beta_i -> 1 for VP) is 1 in continuous time. As in their code, ||z|| and
+    ||score|| are per-sample norms averaged over the batch, so delta is one number per step: Langevin with a step
+    delta(x) that depends on the sample's own position targets p_t(x) / delta(x), not p_t, and a per-sample
+    delta ~ 1/||score(x)||^2 turns N(0, I) in 2-D into p_t(x) ||x||^2, twice the variance. The batch means estimate
+    E||z|| and E_{p_t}||score||, functions of t alone; in high dimension the norms concentrate and both rules agree.
     """
     score = solver.score_at(x, t)
-    d = x[0].numel()
-    score2 = torch.maximum(score.flatten(1).pow(2).sum(1), (d / solver.sde.beta_bar(t) ** 2).to(x))
-    delta = 2.0 * solver.sde.alpha_bar(t).to(x) ** 2 * snr**2 * d / score2
-    delta = delta.reshape(-1, *([1] * (x.ndim - 1)))
-    return x + delta * score + (2.0 * delta).sqrt() * randn_like(x, generator)
+    z = randn_like(x, generator)
+    # sqrt(D) / beta_bar is the score norm of the noise kernel, an upper bound on that of p_t. A batch mean below a
+    # thousandth of it is a zero score (e.g. an untrained network), not data: it would otherwise give an infinite step.
+    floor = 1e-3 * x[0].numel() ** 0.5 / solver.sde.beta_bar(t).to(x)
+    ratio = z.flatten(1).norm(dim=1).mean() / torch.maximum(score.flatten(1).norm(dim=1).mean(), floor)
+    delta = 2.0 * (snr * ratio) ** 2
+    return x + delta * score + (2.0 * delta).sqrt() * z
 
 
 CORRECTORS = {"langevin": langevin_step, "none": None}

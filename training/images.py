@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -60,12 +61,18 @@ def save_scatter(x: torch.Tensor, path, reference: torch.Tensor | None = None, t
 
 
 def save_samples(x: torch.Tensor, path_png, is_image: bool, reference: torch.Tensor | None = None,
-                 title: str | None = None) -> None:
-    """A picture of samples in data space: an image grid (images in [0, 1]) or a scatter plot (2-D vectors)."""
+                 title: str | None = None) -> Path | None:
+    """A picture of samples in data space: an image grid (images in [0, 1]) or a scatter plot (2-D vectors).
+
+    Returns the path written, or None for data that have no picture (vectors of another dimension).
+    """
     if is_image:
         save_image_grid(x, path_png)
     elif x.ndim == 2 and x.shape[1] == 2:
         save_scatter(x, path_png, reference=reference, title=title)
+    else:
+        return None
+    return Path(path_png)
 
 
 def save_npz(path, **arrays) -> None:
