@@ -43,7 +43,9 @@ def sample(sde: SDE, score_fn, shape, solver: str = "heun", *, steps: int | None
     """Integrate the reverse dynamics of `sde` from the prior at T to eps; returns SampleResult(x, nfe).
 
     steps: grid steps (default per solver; rk45 is adaptive and takes none). x_T: the prior noise (default: drawn
-    with `generator` on `device` in `dtype`; shape is then ignored). denoise (default: True for the stochastic
+    with `generator` on `device` in `dtype`; shape is then ignored). generator: pass one for reproducible samples;
+    without it x_T comes from the global RNG and an SDE solver's noise from a fresh, randomly seeded generator, so
+    the global RNG is never advanced or reseeded by the solver. denoise (default: True for the stochastic
     solvers, whose last step then returns its mean; False for the ODE solvers, where True adds one Tweedie step
     x_0 = (x + beta_bar^2 score)/alpha_bar at eps, costing one NFE). solver_options: e.g. grid="logsnr",
     order=2, eta=0.5, snr=0.16 (see `solvers.solver_options(name)`).
@@ -57,7 +59,9 @@ def sample(sde: SDE, score_fn, shape, solver: str = "heun", *, steps: int | None
     if x_T.ndim < 1 or x_T.shape[0] < 1:
         raise ValueError(f"samples must have shape (N, ...) with N >= 1, got {tuple(x_T.shape)}")
     if s.stochastic and generator is None:
-        generator = torch.Generator(device=x_T.device).manual_seed(torch.seed() % 2**63)
+        # A fresh, non-deterministically seeded generator: torch.seed() would reseed the global RNG behind the caller.
+        generator = torch.Generator(device=x_T.device)
+        generator.seed()
     ts = (torch.tensor([sde.T, eps], dtype=torch.float64) if steps is None else s.timesteps(steps, eps))
     denoise = s.stochastic if denoise is None else bool(denoise)
     with torch.no_grad():

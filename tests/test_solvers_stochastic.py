@@ -135,3 +135,14 @@ def test_ancestral_step_keeps_the_marginals_for_every_eta(eta):
     var_s = sde.beta_bar(s) ** 2
     torch.testing.assert_close(x_s.mean(0), sde.alpha_bar(s) * mu, rtol=0, atol=4 * float(var_s / n) ** 0.5)
     torch.testing.assert_close(x_s.var(0), var_s.expand(2), rtol=4 * (2 / (n - 1)) ** 0.5, atol=0)
+
+
+@pytest.mark.parametrize("name", ["euler_maruyama", "pc", "ancestral", "sde_euler"])
+def test_sampling_without_a_generator_leaves_the_global_rng_alone(name):
+    sde = VPSDE()
+    x_T = sde.prior_sampling((8, 2), generator=torch.Generator().manual_seed(0), dtype=F64)
+    state = torch.random.get_rng_state()
+    runs = [solvers.sample(sde, MIX.score_fn(sde), None, name, x_T=x_T, steps=3).x for _ in range(2)]
+    assert torch.equal(torch.random.get_rng_state(), state)
+    # Each call still draws fresh noise.
+    assert not torch.equal(runs[0], runs[1])
