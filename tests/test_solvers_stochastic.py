@@ -146,3 +146,20 @@ def test_sampling_without_a_generator_leaves_the_global_rng_alone(name):
     assert torch.equal(torch.random.get_rng_state(), state)
     # Each call still draws fresh noise.
     assert not torch.equal(runs[0], runs[1])
+
+
+def test_per_sample_langevin_step_uses_each_samples_norms():
+    # step_size="per_sample": delta_i = 2 (snr ||z_i|| / ||score_i||)^2, so each sample's drift-to-noise norm ratio is
+    # snr exactly and a sample's step does not depend on the rest of the batch.
+    sde, t, snr = VPSDE(), time(0.5), 0.16
+    solver = build("pc", sde, MIX.score_fn(sde), snr=snr, step_size="per_sample")
+    x = 2.0 * torch.randn(64, 2, dtype=F64, generator=torch.Generator().manual_seed(3))
+    out = langevin_step(solver, x, t, snr, torch.Generator().manual_seed(7), "per_sample")
+    z = torch.randn(x.shape, dtype=F64, generator=torch.Generator().manual_seed(7))
+    score = MIX.score(x, sde, t)
+    delta = 2 * (snr * z.norm(dim=1) / score.norm(dim=1)) ** 2
+    torch.testing.assert_close(out, x + delta[:, None] * score + (2 * delta[:, None]).sqrt() * z, rtol=0, atol=1e-12)
+    ratio = (delta[:, None] * score).norm(dim=1) / ((2 * delta[:, None]).sqrt() * z).norm(dim=1)
+    torch.testing.assert_close(ratio, torch.full_like(ratio, snr), rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="unknown Langevin step_size 'each'; available: batch, per_sample"):
+        solvers.sample(sde, MIX.score_fn(sde), (4, 2), "pc", steps=2, step_size="each")
