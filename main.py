@@ -64,11 +64,53 @@ def _flag(name, default):
     return default if value is None else value
 
 
+# What a checkpoint's network was trained on and for: sampling, likelihood, eval and inpainting take these
+# sections from the checkpoint, whatever --config says.
+TRAINED_SECTIONS = ("sde", "model", "data")
+# Where the data are rather than what they are: a run evaluated on another machine may point at its copy.
+_RELOCATABLE = ("data.path", "data.download")
+
+
+def _plain(value):
+    """value with lists as tuples: a config read back from JSON has lists where the config file has tuples."""
+    return tuple(_plain(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _as_trained(config, trained, overridden: dict) -> None:
+    """Set the TRAINED_SECTIONS of `config` to those of `trained`, the config a checkpoint was trained with.
+
+    overridden: the --config.* overrides given ({'model.nf': 8, ...}). One that contradicts the checkpoint is a
+    UsageError naming both values; other differences (another --config name, say) are logged.
+    """
+    replaced = []
+    for section in TRAINED_SECTIONS:
+        for field, value in trained.get(section, {}).items():
+            key, current = f"{section}.{field}", config[section].get(field)
+            if field not in config[section] or _plain(current) == _plain(value):
+                continue
+            if key in overridden:
+                if key in _RELOCATABLE:
+                    continue
+                raise UsageError(f"--config.{key}={_plain(current)!r} conflicts with the checkpoint, which was "
+                                 f"trained with {key}={_plain(value)!r}; drop the override (sampling, likelihood, "
+                                 "eval and inpainting use the checkpoint's sde, model and data settings)")
+            config[section][field] = value
+            replaced.append(f"{key}={_plain(value)!r} (not {_plain(current)!r})")
+    if replaced:
+        logging.warning("using the checkpoint's %s", ", ".join(replaced))
+
+
+def _checkpoint_config(config, path, state: dict | None = None) -> None:
+    """Give `config` the trained sections of the checkpoint at `path` (see _as_trained)."""
+    import training
+    _as_trained(config, training.config_of_checkpoint(path, state), config_flags.get_override_values(FLAGS["config"]))
+
+
 def _load_for_inference(config, workdir: Path, autocast: bool = False):
     """(data, sde, EMA score_fn, device) from the chosen checkpoint of a run, with the run's own config.
 
-    autocast runs the network in config.precision (sampling); without it, in float32 (the likelihood ODE).
-    Under torchrun every rank loads the checkpoint onto its own device.
+    config's TRAINED_SECTIONS become the checkpoint's. autocast runs the network in config.precision (sampling);
+    without it, in float32 (the likelihood ODE). Under torchrun every rank loads the checkpoint onto its own device.
     """
     import data as data_lib
     import models
@@ -77,6 +119,7 @@ def _load_for_inference(config, workdir: Path, autocast: bool = False):
     from training import distributed, precision
     path = ckpt.find_checkpoint(workdir, FLAGS.checkpoint)
     state = ckpt.load_checkpoint(path)
+    _checkpoint_config(config, path, state)
     device = distributed.setup(config).device
     info = data_lib.get_dataset(config)
     sde = training.build_sde(config)
@@ -234,6 +277,11 @@ def _guided(config, workdir: Path, info, score_fn, device):
 
 def train_classifier(config, workdir: Path) -> None:
     import guidance
+    from training import checkpoint as ckpt
+    # The classifier guides this run's score model, so it must see the same noise on the same data.
+    path = ckpt.latest_checkpoint(workdir)
+    if path is not None:
+        _checkpoint_config(config, path)
     result = guidance.train_classifier(config, workdir)
     print(f"classifier at step {result.step}, cross-entropy {result.loss:.4f}, test accuracy "
           f"{result.test_accuracy:.3f} at t = 0.1 T; checkpoint {result.checkpoint}")
@@ -271,9 +319,11 @@ def inpaint(config, workdir: Path) -> None:
 def evaluate(config, workdir: Path) -> None:
     import training
     from training import checkpoint as ckpt
-    trainer = training.Trainer(config, workdir)
     path = ckpt.find_checkpoint(workdir, FLAGS.checkpoint)
-    trainer.load_state_dict(ckpt.load_checkpoint(path, map_location=trainer.device), path)
+    state = ckpt.load_checkpoint(path)
+    _checkpoint_config(config, path, state)
+    trainer = training.Trainer(config, workdir)
+    trainer.load_state_dict(state, path)
     print(f"test loss (EMA, step {trainer.step}): {trainer.test_loss(max_batches=10**9):.5f}")
 
 

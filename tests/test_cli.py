@@ -1,13 +1,17 @@
 """End to end through `python main.py`, with tiny overrides so that each command takes seconds."""
 import json
 import math
+import os
 import re
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import main_py
+from helpers import ROOT, main_py
 
 TINY = ["--config.model.nf=8", "--config.model.ch_mult=(1,)", "--config.training.batch_size=16",
         "--config.training.log_freq=2", "--config.training.eval_freq=4", "--config.training.snapshot_freq=4",
@@ -91,7 +95,64 @@ def test_user_errors_are_one_line_without_traceback(args, message):
     assert "Traceback" not in proc.stderr
 
 
-def test_checkpoint_of_another_config_is_refused(trained):
+def test_an_override_that_contradicts_the_checkpoint_is_refused(trained):
     proc = main_py("--mode", "sample", "--workdir", str(trained), *TINY, "--config.model.nf=16", check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert "does not match the configured network" in proc.stderr
+    assert "--config.model.nf=16 conflicts with the checkpoint, which was trained with model.nf=8" in proc.stderr
+
+
+# A run on 3-D vectors: an MLP that trains in a blink, and data with no picture of their samples.
+SAMPLE = ["--mode", "sample", "--solver=euler_maruyama", "--steps=3", "--num_samples=5", "--device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def vectors(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("vectors")
+    np.save(workdir / "points.npy", np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32))
+    main_py("--mode", "train", "--config", "vpsde", "--workdir", str(workdir), "--config.data.dataset=array",
+            f"--config.data.path={workdir / 'points.npy'}", "--config.model.mlp_width=16",
+            "--config.model.mlp_depth=1", "--config.training.n_iters=2", *TINY)
+    return workdir
+
+
+def test_inference_uses_the_sde_model_and_data_of_the_checkpoint(vectors):
+    # vesde's config has another SDE, a Fourier-feature network and the digits: the checkpoint's settings win, so
+    # the samples are those of the config the run was trained with, bit for bit.
+    main_py("--workdir", str(vectors), "--config", "vpsde", *SAMPLE)
+    expected = np.load(vectors / "samples" / "euler_maruyama_3_seed42.npz")["samples"]
+    proc = main_py("--workdir", str(vectors), "--config", "vesde", *SAMPLE)
+    assert "using the checkpoint's sde.name='vpsde' (not 'vesde')" in proc.stderr
+    assert "data.dataset='array' (not 'digits')" in proc.stderr
+    np.testing.assert_array_equal(np.load(vectors / "samples" / "euler_maruyama_3_seed42.npz")["samples"], expected)
+    proc = main_py("--workdir", str(vectors), "--config.sde.name=vesde", *SAMPLE, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "--config.sde.name='vesde' conflicts with the checkpoint, which was trained with sde.name='vpsde'" \
+        in proc.stderr
+
+
+def test_sample_reports_only_the_files_it_wrote(vectors):
+    proc = main_py("--workdir", str(vectors), *SAMPLE)
+    stem = vectors / "samples" / "euler_maruyama_3_seed42"
+    assert proc.stdout.strip().endswith(f"wrote {stem}.npz") and not stem.with_suffix(".png").exists()
+    assert np.load(f"{stem}.npz")["samples"].shape == (5, 3)
+
+
+def test_samples_with_nan_are_refused_before_anything_is_written(vectors, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(vectors / "checkpoints", workdir / "checkpoints")
+    # Every sampler with a finite score checks it (CountingScore); NaN can still appear in the samples themselves.
+    patch = ("import solvers\nreal = solvers.sample\n"
+             "def sample(*args, **kwargs):\n    result = real(*args, **kwargs)\n"
+             "    return result._replace(x=result.x * float('nan'))\n"
+             "solvers.sample = sample\n")
+    proc = main_py_with(patch, "--workdir", str(workdir), *SAMPLE)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "the samples contain NaN/inf (nothing written)" in proc.stderr
+    assert sorted(p.name for p in workdir.iterdir()) == ["checkpoints"]
+
+
+def main_py_with(patch: str, *args):
+    """`python main.py *args` after running the Python code `patch` in the same process."""
+    script = f"{patch}\nimport runpy, sys\nsys.argv[0] = 'main.py'\nrunpy.run_path('main.py', run_name='__main__')"
+    return subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, capture_output=True, text=True, check=False,
+                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -1,10 +1,57 @@
-"""main.py's helpers in process: what sample/inpaint write."""
+"""main.py's helpers in process: the trained config of a checkpoint, and what sample/inpaint write."""
+import json
+
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_config
 from PIL import Image
 
 import main
+
+
+def trained_config(**changes):
+    """The JSON round trip of tiny_config() (tuples come back as lists), with `changes` {'section.field': value}."""
+    saved = json.loads(tiny_config().to_json())
+    for key, value in changes.items():
+        section, field = key.split(".")
+        saved[section][field] = value
+    return saved
+
+
+def test_inference_takes_the_trained_sections_of_the_checkpoint(caplog):
+    config = tiny_config()
+    config.sde.name, config.model.embedding_type, config.sampling.steps = "vesde", "fourier", 200
+    config.data.path = "/new/place"
+    trained = trained_config(**{"model.ch_mult": [1, 2, 2], "data.path": "/old/place"})
+    with caplog.at_level("WARNING"):
+        main._as_trained(config, trained, {"model.mlp_width": 32, "data.path": "/new/place"})
+    assert (config.sde.name, config.model.embedding_type, config.model.ch_mult) == ("vpsde", "sinusoidal", (1, 2, 2))
+    # Sampling options stay those of the command line; the data may have moved.
+    assert config.sampling.steps == 200 and config.data.path == "/new/place"
+    message = " ".join(r.getMessage() for r in caplog.records)
+    assert "sde.name='vpsde' (not 'vesde')" in message and "model.embedding_type='sinusoidal'" in message
+
+
+@pytest.mark.parametrize("key, given, saved", [
+    ("sde.name", "vesde", "vpsde"), ("model.ch_mult", (1,), (1, 2)), ("data.dataset", "moons", "gmm8"),
+])
+def test_an_override_that_contradicts_the_checkpoint_is_refused(key, given, saved):
+    config = tiny_config()
+    section, field = key.split(".")
+    config[section][field] = given
+    with pytest.raises(main.UsageError, match=f"--config.{key}={given!r} conflicts with the checkpoint, which was "
+                                              f"trained with {key}={saved!r}".replace("(", r"\(").replace(")", r"\)")):
+        main._as_trained(config, trained_config(), {key: given})
+
+
+def test_an_override_that_agrees_with_the_checkpoint_is_fine():
+    config = tiny_config()
+    main._as_trained(config, trained_config(), {"model.mlp_width": 32, "model.ch_mult": (1, 2), "sde.name": "vpsde"})
+    assert config.to_dict() == tiny_config().to_dict()
+    # Without an override the data are where they were in training.
+    main._as_trained(config, trained_config(**{"data.path": "/old/place"}), {})
+    assert config.data.path == "/old/place"
 
 
 def test_vector_samples_without_a_picture_write_only_the_npz(tmp_path):

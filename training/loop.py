@@ -325,6 +325,9 @@ def train(config: ml_collections.ConfigDict, workdir) -> TrainResult:
     return Trainer(config, workdir).run()
 
 
-def config_of_checkpoint(path) -> ml_collections.ConfigDict:
-    """The config a checkpoint was trained with."""
-    return ml_collections.ConfigDict(json.loads(ckpt.load_checkpoint(path)["config"]))
+def config_of_checkpoint(path, state: dict | None = None) -> ml_collections.ConfigDict:
+    """The config the checkpoint at `path` was trained with; `state`: that checkpoint, if already loaded."""
+    state = ckpt.load_checkpoint(path) if state is None else state
+    if "config" not in state:
+        raise ckpt.CheckpointError(f"checkpoint {path} holds no config; it was not written by training.Trainer")
+    return ml_collections.ConfigDict(json.loads(state["config"]))
