@@ -9,7 +9,7 @@ from ml_collections import config_flags
 
 import configs
 
-MODES = ("train", "sample", "likelihood", "eval", "train_classifier", "inpaint")
+MODES = ("train", "sample", "likelihood", "eval", "train_classifier", "inpaint", "calibrate")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("mode", "train", f"One of {', '.join(MODES)}.")
@@ -19,6 +19,8 @@ flags.DEFINE_string("device", None, "auto (CUDA when present), cpu, cuda, cuda:N
 flags.DEFINE_string("checkpoint", None, "Checkpoint path or step to load (default: the latest in the workdir).")
 flags.DEFINE_string("solver", None, "Sampler name (default: config.sampling.solver).")
 flags.DEFINE_integer("steps", None, "Solver steps (default: config.sampling.steps).")
+flags.DEFINE_string("grid", None, "sample: uniform | logsnr | edm | calibrated (from --mode calibrate) | a .json "
+                    "grid file (default: config.sampling.grid, '' = the solver's own).")
 flags.DEFINE_integer("num_samples", None, "sample: samples to draw; likelihood: test points (0 = all).")
 flags.DEFINE_integer("batch_size", None, "Samples or test points per batch.")
 flags.DEFINE_float("snr", None, "pc: Langevin signal-to-noise ratio.")
@@ -126,7 +128,7 @@ def _load_for_inference(config, workdir: Path, autocast: bool = False):
     model = training.build_model(config, info.shape, info.num_classes)
     ema = models.create_ema(model, decay=config.model.ema_rate)
     ckpt.load_module_state(ema, state["ema"], "EMA network", path)
-    network = ema.module.to(device).eval()
+    network = ema.module.to(device).eval().requires_grad_(False)     # gradients are only ever taken in x
     if autocast:
         network = precision.autocast_network(network, config.precision, device)
     logging.info("loaded the EMA weights of %s (step %d)", path, state["step"])
@@ -152,7 +154,7 @@ def sample(config, workdir: Path) -> None:
     name = _flag("solver", config.sampling.solver)
     if name not in solvers.available():
         raise UsageError(f"unknown solver {name!r}; available: {', '.join(solvers.available())}")
-    arguments = training.sampler_arguments(config, name, FLAGS.steps, **{
+    arguments = training.sampler_arguments(config, name, FLAGS.steps, workdir=workdir, **{
         k: getattr(FLAGS, k) for k in ("snr", "corrector_steps", "eta", "rtol", "atol")})
     steps = arguments["steps"]
     num, batch = _flag("num_samples", config.sampling.num_samples), _flag("batch_size", config.sampling.batch_size)
@@ -177,13 +179,42 @@ def sample(config, workdir: Path) -> None:
     elapsed = time.perf_counter() - start
     x = torch.cat([p[0] for p in parts])
     nfe, n_batches = sum(p[1] for p in parts), sum(p[2] for p in parts)
-    stem = workdir / "samples" / f"{name}_{steps if steps is not None else 'adaptive'}_seed{config.seed}{_guidance_tag(config)}"
+    grid = config.sampling.grid if "grid" in arguments else ""
+    grid = f"grid-{Path(grid).stem}" if grid.endswith(".json") else grid
+    stem = workdir / "samples" / (f"{name}_{steps if steps is not None else 'adaptive'}{'_' + grid if grid else ''}"
+                                  f"_seed{config.seed}{_guidance_tag(config)}")
     reference = None if info.is_image else info.inverse_scaler(torch.stack([info.test[i][0] for i in
                                                                            range(min(len(info.test), 2000))]))
     written = _write_samples(stem, x, info.is_image, "try more --steps or another --solver", reference=reference,
                              title=f"{name}, NFE {nfe // n_batches}")
     print(f"{num} samples with {name}: NFE {nfe // n_batches} per batch, {elapsed:.2f} s "
           f"({1000 * elapsed / num:.2f} ms/sample); wrote {' and '.join(map(str, written))}")
+
+
+def calibrate(config, workdir: Path) -> None:
+    import solvers
+    import torch
+    import training
+    from training import distributed
+    name = _flag("solver", config.sampling.solver)
+    if name not in solvers.available():
+        raise UsageError(f"unknown solver {name!r}; available: {', '.join(solvers.available())}")
+    steps = _flag("steps", config.sampling.steps)
+    no_grid = {"grid": ""} if "grid" in solvers.solver_options(name) else {}      # the grid is what is fitted
+    options = {k: v for k, v in training.sampler_arguments(config, name, steps, eta=FLAGS.eta, **no_grid).items()
+               if k not in ("steps", "eps")}
+    info, sde, score_fn, device = _load_for_inference(config, workdir)
+    if not distributed.setup(config).is_main:
+        return
+    pilot = config.sampling.calibration_pilot
+    cal = solvers.calibrate_grid(sde, score_fn, (pilot, *info.shape), name, steps=steps, eps=config.sampling.eps,
+                                 generator=torch.Generator(device).manual_seed(config.seed), device=device,
+                                 iterations=config.sampling.calibration_iterations, progress=True, **options)
+    path = training.calibrated_grid_path(workdir, name, steps)
+    solvers.save_grid(str(path), cal, solver=name, sde=sde, **options)
+    print(f"{name} grid with {steps} steps fitted on {pilot} pilot paths: pathwise RMSE {cal.initial_error:.3g} "
+          f"(uniform log-SNR) -> {cal.error:.3g}, {cal.nfe} NFE; wrote {path}; sample with "
+          f"--solver {name} --steps {steps} --grid calibrated")
 
 
 def _write_samples(stem: Path, x, is_image: bool, hint: str, reference=None, title=None, **arrays) -> list[Path]:
@@ -337,9 +368,11 @@ def main(argv, config_name: str) -> None:
         config.seed = FLAGS.seed
     if FLAGS.device is not None:
         config.device = FLAGS.device
+    if FLAGS.grid is not None:
+        config.sampling.grid = FLAGS.grid
     workdir = Path(FLAGS.workdir or Path("runs") / config_name)
     {"train": train, "sample": sample, "likelihood": likelihood, "eval": evaluate,
-     "train_classifier": train_classifier, "inpaint": inpaint}[FLAGS.mode](config, workdir)
+     "train_classifier": train_classifier, "inpaint": inpaint, "calibrate": calibrate}[FLAGS.mode](config, workdir)
 
 
 def entry() -> None:

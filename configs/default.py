@@ -79,6 +79,10 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.solver = "dpm_solver"      # any name of solvers.available()
     sampling.steps = 20                 # solver steps (NFE depends on the solver)
     sampling.eps = 1e-3                 # smallest t the sampler reaches
+    sampling.grid = ""                  # "" (the solver's default), uniform | logsnr | edm, "calibrated"
+    #                                     (<workdir>/grids/<solver>_<steps>.json from --mode calibrate) or a .json path
+    sampling.calibration_pilot = 64     # calibrate: pilot prior samples the grid is fitted on
+    sampling.calibration_iterations = 300   # calibrate: Adam steps on the grid (each one solver run + backward)
     sampling.snr = 0.16                 # pc: Langevin signal-to-noise ratio
     sampling.corrector_steps = 1        # pc: Langevin steps per predictor step
     sampling.num_samples = 64           # samples written by --mode sample

@@ -101,6 +101,18 @@ def test_an_override_that_contradicts_the_checkpoint_is_refused(trained):
     assert "--config.model.nf=16 conflicts with the checkpoint, which was trained with model.nf=8" in proc.stderr
 
 
+def test_calibrate_then_sample_on_the_calibrated_grid(trained):
+    proc = main_py("--mode", "calibrate", "--workdir", str(trained), "--solver=unipc", "--steps=3",
+                   "--config.sampling.calibration_pilot=4", "--config.sampling.calibration_iterations=3", *TINY)
+    record = json.loads((trained / "grids" / "unipc_3.json").read_text())
+    assert len(record["times"]) == 4 and record["solver"] == "unipc"
+    assert record["error"] <= record["initial_error"] and f"wrote {trained / 'grids' / 'unipc_3.json'}" in proc.stdout
+    proc = main_py("--mode", "sample", "--workdir", str(trained), "--solver=unipc", "--steps=3", "--grid=calibrated",
+                   "--num_samples=4", "--batch_size=4", *TINY)
+    assert "NFE 3 per batch" in proc.stdout
+    assert np.isfinite(np.load(trained / "samples" / "unipc_3_calibrated_seed42.npz")["samples"]).all()
+
+
 # A run on 3-D vectors: an MLP that trains in a blink, and data with no picture of their samples.
 SAMPLE = ["--mode", "sample", "--solver=euler_maruyama", "--steps=3", "--num_samples=5", "--device=cpu"]
 

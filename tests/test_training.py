@@ -9,6 +9,7 @@ import torch
 
 import data as data_lib
 import models
+import sde_lib
 import solvers
 import training
 from training import checkpoint as ckpt
@@ -94,6 +95,27 @@ def test_sampler_arguments_come_from_the_sampling_section():
         training.sampler_arguments(config, "heun", snr=0.1)
 
 
+def test_sampler_arguments_resolve_the_grid(tmp_path):
+    config = tiny_config()
+    config.sampling.grid = "edm"
+    assert training.sampler_arguments(config, "heun")["grid"] == "edm"
+    config.sampling.grid = "calibrated"
+    with pytest.raises(FileNotFoundError, match="make it with `python main.py --mode calibrate --solver heun --steps 4`"):
+        training.sampler_arguments(config, "heun", workdir=tmp_path)
+    times = solvers.time_grid(sde_lib.VPSDE(), 4, 1e-3, "edm")
+    cal = solvers.Calibration(times, 0.1, 0.2, 10)
+    solvers.save_grid(str(training.calibrated_grid_path(tmp_path, "heun", 4)), cal, solver="heun", sde=sde_lib.VPSDE())
+    assert training.sampler_arguments(config, "heun", workdir=tmp_path)["grid"].tolist() == times.tolist()
+    # A grid file brings its own number of steps unless steps is given.
+    config.sampling.grid = str(training.calibrated_grid_path(tmp_path, "heun", 4))
+    assert training.sampler_arguments(config, "heun", 7)["steps"] == 7
+    arguments = training.sampler_arguments(config, "unipc")
+    assert arguments["steps"] == 4 and arguments["grid"].tolist() == times.tolist()
+    config.sampling.grid = "nonsense"
+    with pytest.raises(ValueError, match="unknown sampling grid 'nonsense'; available: uniform, logsnr, edm, calibrated"):
+        training.sampler_arguments(config, "heun")
+
+
 def test_snapshots_use_the_sampling_options(tmp_path, monkeypatch):
     config = tiny_config()
     config.sampling.solver, config.sampling.steps, config.sampling.corrector_steps = "pc", 2, 3
@@ -108,6 +130,13 @@ def test_snapshots_use_the_sampling_options(tmp_path, monkeypatch):
     assert trainer.snapshot().is_file()
     # Each of the 2 steps: 3 Langevin corrections and one predictor evaluation (1 + 1 with the default).
     assert nfe == [2 * (3 + 1)]
+
+
+def test_snapshots_of_a_run_set_to_a_calibrated_grid_use_the_default_grid(tmp_path):
+    # There is no calibrated grid while the network is still training; the snapshot must not stop the run.
+    config = tiny_config()
+    config.sampling.solver, config.sampling.grid = "unipc", "calibrated"
+    assert training.Trainer(config, tmp_path).snapshot().is_file()
 
 
 def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):

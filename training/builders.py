@@ -1,6 +1,8 @@
 """From a config to the objects of a run: device, SDE, network, optimiser, score function."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 import models
@@ -71,12 +73,38 @@ def learning_rate(config, step: int) -> float:
     return config.optim.lr * min(1.0, (step + 1) / warmup) if warmup > 0 else config.optim.lr
 
 
-def sampler_arguments(config, solver: str, steps: int | None = None, **overrides) -> dict:
+def calibrated_grid_path(workdir, solver: str, steps: int) -> Path:
+    """Where --mode calibrate keeps the grid of `solver` at `steps` steps for the run in `workdir`."""
+    return Path(workdir) / "grids" / f"{solver}_{steps}.json"
+
+
+def _resolve_grid(grid: str, solver: str, steps: int | None, explicit_steps: bool, workdir):
+    """(grid option, steps) for config.sampling.grid: a grid name as is, "calibrated" or a .json path as times."""
+    if grid in solvers.GRIDS:
+        return grid, steps
+    if grid == "calibrated":
+        if workdir is None:
+            raise ValueError("sampling.grid='calibrated' needs a run directory; give the grid's .json path instead")
+        path = calibrated_grid_path(workdir, solver, steps)
+        if not path.is_file():
+            raise FileNotFoundError(f"no calibrated {solver} grid with {steps} steps at {path}; make it with "
+                                    f"`python main.py --mode calibrate --solver {solver} --steps {steps}` first")
+        return solvers.load_grid(str(path)), steps
+    if not grid.endswith(".json"):
+        raise ValueError(f"unknown sampling grid {grid!r}; available: {', '.join(solvers.GRIDS)}, calibrated, "
+                         f"or the path of a .json grid file")
+    times = solvers.load_grid(grid)
+    return times, (steps if explicit_steps else len(times) - 1)
+
+
+def sampler_arguments(config, solver: str, steps: int | None = None, workdir=None, **overrides) -> dict:
     """Keyword arguments of solvers.sample(..., solver=solver) from config.sampling, for every sampling run.
 
     steps defaults to config.sampling.steps (None for adaptive solvers, which choose their own); every field of
     config.sampling that names an option of this solver (snr, corrector_steps for pc) is passed on. overrides
-    replace options (None: not given); one that this solver does not take is a ValueError.
+    replace options (None: not given); one that this solver does not take is a ValueError. The grid option comes
+    from config.sampling.grid ("" keeps the solver's default; "calibrated" reads the grid of --mode calibrate from
+    `workdir`; a .json path gives its times and, unless steps was given, its number of steps).
     """
     valid = solvers.solver_options(solver)
     options = {k: v for k, v in config.sampling.items() if k in valid}
@@ -87,8 +115,13 @@ def sampler_arguments(config, solver: str, steps: int | None = None, **overrides
             raise ValueError(f"option {k!r} does not apply to solver {solver!r} (its options: "
                              f"{', '.join(valid) or 'none'})")
         options[k] = v
+    explicit_steps = steps is not None
     if solvers.get_solver(solver).adaptive:
         steps = None
     elif steps is None:
         steps = config.sampling.steps
+    if options.get("grid", None) == "":
+        del options["grid"]
+    elif "grid" in options and isinstance(options["grid"], str):
+        options["grid"], steps = _resolve_grid(options["grid"], solver, steps, explicit_steps, workdir)
     return {"steps": steps, "eps": config.sampling.eps, **options}

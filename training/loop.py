@@ -248,8 +248,12 @@ class Trainer:
         gen = torch.Generator(self.device).manual_seed(c.seed + self.step)
         model = precision.autocast_network(self.ema.module.eval(), c.precision, self.device)
         score_fn = models.get_score_fn(model, self.sde, c.model.parameterization)
+        overrides = {}
+        if c.sampling.grid == "calibrated" and "grid" in solvers.solver_options(c.sampling.solver):
+            overrides["grid"] = ""      # a calibrated grid fits a finished network; snapshots use the default
+        arguments = sampler_arguments(c, c.sampling.solver, workdir=self.workdir, **overrides)
         result = solvers.sample(self.sde, score_fn, (n, *self.data.shape), solver=c.sampling.solver, generator=gen,
-                                **sampler_arguments(c, c.sampling.solver))
+                                **arguments)
         x = self.data.inverse_scaler(result.x.float()).cpu()
         path = self.workdir / "snapshots" / f"step_{self.step}.png"
         reference = None if self.data.is_image else self.data.inverse_scaler(
