@@ -103,7 +103,10 @@ def calibrate_grid(sde: SDE, score_fn, shape, solver: str = "unipc", *, steps: i
         x = cls(sde, score, grid=times.detach(), **solver_options).integrate(x_T, times)
         error = (x - ref.x).double().pow(2).mean().sqrt()
         if not torch.isfinite(error):
-            break
+            if initial is None:
+                raise ValueError(f"{solver} with {steps} steps on the log-SNR grid gives non-finite samples; "
+                                 "check the model, or calibrate with more steps")
+            break       # a step too far: keep the best grid so far
         value = error.item()
         initial = value if initial is None else initial
         if value < best[0]:
