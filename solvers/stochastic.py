@@ -54,22 +54,24 @@ def langevin_step(solver: StochasticSolver, x: Tensor, t: Tensor, snr: float, ge
 
     Their per-step alpha_i (1 for VE, 1 - beta_i -> 1 for VP) is 1 in continuous time. step_size "batch" (as in
     their code): ||z|| and ||score|| are per-sample norms averaged over the batch, so delta is one number per step,
-    an estimate of a function of t alone, and the chain targets p_t. "per_sample": each sample's own norms, so a
-    sample's path does not depend on the rest of the batch; but Langevin with a step delta(x) that depends on the
-    position targets p_t(x) / delta(x), here p_t(x) ||score(x)||^2: for Gaussian p_t a variance (D + 2)/D too large
-    (2x in 2-D, 3% for D = 64, 0.07% for a 32x32x3 image, where the norms concentrate and both rules agree).
+    an estimate of a function of t alone, and the chain targets p_t. "per_sample": delta = 2 (snr sqrt(D) /
+    ||score(x)||)^2 from the sample's own score norm (and the noise's typical norm sqrt(D): its own ||z|| would
+    couple the step to the noise it scales, giving heavy tails), so a sample's path does not depend on the rest of
+    the batch. But Langevin with a step delta(x) that depends on the position targets p_t(x) / delta(x), here
+    p_t(x) ||score(x)||^2: for Gaussian p_t a variance (D + 2)/D too large (25% for D = 8, 3% for D = 64, 0.07% for
+    a 32x32x3 image, where the norms concentrate and both rules agree). In 2-D it is worse than the 2x this
+    predicts: near the zeros of the score the steps are huge and the tails heavy (a variance of 6.5 for N(0, I)).
     """
     score = solver.score_at(x, t)
     z = randn_like(x, generator)
     # sqrt(D) / beta_bar is the score norm of the noise kernel, an upper bound on that of p_t. A norm below a
     # thousandth of it is a zero score (e.g. an untrained network), not data: it would otherwise give an infinite step.
     floor = 1e-3 * x[0].numel() ** 0.5 / solver.sde.beta_bar(t).to(x)
-    z_norm, score_norm = z.flatten(1).norm(dim=1), score.flatten(1).norm(dim=1)
+    score_norm = score.flatten(1).norm(dim=1)
     if step_size == "batch":
-        z_norm, score_norm = z_norm.mean(), score_norm.mean()
-    delta = 2.0 * (snr * z_norm / torch.maximum(score_norm, floor)) ** 2
-    if step_size != "batch":
-        delta = expand_as(delta, x)
+        delta = 2.0 * (snr * z.flatten(1).norm(dim=1).mean() / torch.maximum(score_norm.mean(), floor)) ** 2
+    else:
+        delta = expand_as(2.0 * (snr * x[0].numel() ** 0.5 / torch.maximum(score_norm, floor)) ** 2, x)
     return x + delta * score + (2.0 * delta).sqrt() * z
 
 

@@ -148,18 +148,33 @@ def test_sampling_without_a_generator_leaves_the_global_rng_alone(name):
     assert not torch.equal(runs[0], runs[1])
 
 
-def test_per_sample_langevin_step_uses_each_samples_norms():
-    # step_size="per_sample": delta_i = 2 (snr ||z_i|| / ||score_i||)^2, so each sample's drift-to-noise norm ratio is
-    # snr exactly and a sample's step does not depend on the rest of the batch.
+def test_per_sample_langevin_step_uses_each_samples_score_norm():
+    # step_size="per_sample": delta_i = 2 (snr sqrt(D) / ||score_i||)^2, the sample's own score norm and the noise's
+    # typical norm sqrt(D), so a sample's step does not depend on the rest of the batch.
     sde, t, snr = VPSDE(), time(0.5), 0.16
     solver = build("pc", sde, MIX.score_fn(sde), snr=snr, step_size="per_sample")
     x = 2.0 * torch.randn(64, 2, dtype=F64, generator=torch.Generator().manual_seed(3))
     out = langevin_step(solver, x, t, snr, torch.Generator().manual_seed(7), "per_sample")
     z = torch.randn(x.shape, dtype=F64, generator=torch.Generator().manual_seed(7))
     score = MIX.score(x, sde, t)
-    delta = 2 * (snr * z.norm(dim=1) / score.norm(dim=1)) ** 2
-    torch.testing.assert_close(out, x + delta[:, None] * score + (2 * delta[:, None]).sqrt() * z, rtol=0, atol=1e-12)
-    ratio = (delta[:, None] * score).norm(dim=1) / ((2 * delta[:, None]).sqrt() * z).norm(dim=1)
-    torch.testing.assert_close(ratio, torch.full_like(ratio, snr), rtol=1e-12, atol=0)
+    delta = (2 * (snr * math.sqrt(2) / score.norm(dim=1)) ** 2)[:, None]
+    torch.testing.assert_close(out, x + delta * score + (2 * delta).sqrt() * z, rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="unknown Langevin step_size 'each'; available: batch, per_sample"):
         solvers.sample(sde, MIX.score_fn(sde), (4, 2), "pc", steps=2, step_size="each")
+
+
+def test_per_sample_langevin_targets_p_times_score_norm_squared():
+    # A step delta(x) ~ 1 / ||score(x)||^2 makes Langevin target p(x) ||score(x)||^2 instead of p: for p = N(0, I)
+    # in D = 8 a variance (D + 2)/D = 1.25 per coordinate, times the discretisation's 1/(1 - snr^2) (0.25% at
+    # snr 0.05), where the batch rule gives 1.0025. From N(0, I) the chain relaxes at rate delta ~ 2 snr^2 = 0.005
+    # per step, so 1000 steps leave e^-5 of the start. Tolerance 0.04: 4 standard errors of a variance over 8e4
+    # coordinates (1.25 sqrt(2 / 8e4) = 0.006) widened 1.5x for the radial coupling of the coordinates.
+    sde, t, snr, d = VPSDE(), time(0.5), 0.05, 8
+    var_t = float(sde.alpha_bar(t) ** 2 + sde.beta_bar(t) ** 2)      # data N(0, I): p_t = N(0, var_t I)
+    solver = build("pc", sde, lambda x, t: -x / var_t, snr=snr, step_size="per_sample")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(10_000, d, dtype=F64, generator=gen) * var_t**0.5
+    for _ in range(1000):
+        x = langevin_step(solver, x, t, snr, gen, "per_sample")
+    expected = var_t * (d + 2) / d / (1 - snr**2)
+    assert float(x.var(0).mean()) == pytest.approx(expected, abs=0.04)
