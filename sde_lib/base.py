@@ -64,13 +64,18 @@ class SDE(abc.ABC):
         """(alpha_bar, d alpha_bar/dt, beta_bar^2, d beta_bar^2/dt) by autograd, in float64."""
         # A beta_bar written as sqrt(...) has derivative 0 * inf at beta_bar = 0 (t = 0 for VP); nudging t
         # by 1e-12 T takes the one-sided limit instead, changing f and g^2 by O(1e-12).
-        t = as_time(t).detach().clamp(min=1e-12 * self.T).requires_grad_(True)
+        t = as_time(t)
+        # A caller differentiating through t (solvers.calibrate_grid) gets a graph through the derivatives too.
+        keep = t.requires_grad and torch.is_grad_enabled()
+        t = t.clamp(min=1e-12 * self.T) if keep else t.detach().clamp(min=1e-12 * self.T).requires_grad_(True)
         with torch.enable_grad():
             # Adding 0*t keeps a graph for schedules that are constant in t (VE's alpha_bar = 1).
             a = self.alpha_bar(t) + 0.0 * t
             b2 = self.beta_bar(t) ** 2 + 0.0 * t
-            da, = torch.autograd.grad(a.sum(), t, retain_graph=True)
-            db2, = torch.autograd.grad(b2.sum(), t)
+            da, = torch.autograd.grad(a.sum(), t, retain_graph=True, create_graph=keep)
+            db2, = torch.autograd.grad(b2.sum(), t, create_graph=keep)
+        if keep:
+            return a, da, b2, db2
         return a.detach(), da, b2.detach(), db2
 
     def f(self, t) -> Tensor:

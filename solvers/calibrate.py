@@ -100,19 +100,23 @@ def calibrate_grid(sde: SDE, score_fn, shape, solver: str = "unipc", *, steps: i
     initial = None
     for _ in tqdm(range(iterations), desc=f"calibrating {solver} grid", disable=not progress, leave=False):
         times = _times_of(p, sde.T, eps)
-        x = cls(sde, score, grid=times.detach(), **solver_options).integrate(x_T, times)
-        error = (x - ref.x).double().pow(2).mean().sqrt()
-        if not torch.isfinite(error):
+        try:
+            x = cls(sde, score, grid=times.detach(), **solver_options).integrate(x_T, times)
+            error = (x - ref.x).double().pow(2).mean().sqrt()
+            if not torch.isfinite(error):
+                raise ValueError(f"{solver} gave non-finite samples")
+        except ValueError as e:     # CountingScore's NaN/inf report, or the samples themselves
             if initial is None:
-                raise ValueError(f"{solver} with {steps} steps on the log-SNR grid gives non-finite samples; "
-                                 "check the model, or calibrate with more steps")
-            break       # a step too far: keep the best grid so far
+                raise ValueError(f"{solver} with {steps} steps fails on the log-SNR grid it starts from ({e}); "
+                                 "check the model, or calibrate with more steps") from None
+            break                   # the fit stepped too far: keep the best grid so far
         value = error.item()
         initial = value if initial is None else initial
         if value < best[0]:
             best = (value, times.detach())
         optimizer.zero_grad()
-        torch.log(error).backward()
+        # Only the step widths: a network's own parameters keep whatever gradients they had.
+        p.grad, = torch.autograd.grad(torch.log(error), p)
         optimizer.step()
     return Calibration(best[1], best[0], initial, ref.nfe + score.nfe)
 

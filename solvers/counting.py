@@ -36,6 +36,7 @@ class CountingScore:
             got = tuple(score.shape) if isinstance(score, Tensor) else type(score).__name__
             raise ValueError(f"score_fn must return a tensor shaped like x {tuple(x.shape)}; got {got}")
         if not torch.isfinite(score).all():
-            raise ValueError(f"score_fn returned NaN or inf at t={float(t[0]):.6g} (score evaluation {self.nfe}); "
+            raise ValueError(f"score_fn returned NaN or inf at t={float(t[0].detach()):.6g} "
+                             f"(score evaluation {self.nfe}); "
                              f"check the model and the time range [eps, T] = [{self.t_min}, {self.t_max}]")
         return score

@@ -24,6 +24,19 @@ def test_closed_forms_match_autograd(sde):
     torch.testing.assert_close(sde.g2(t), SDE.g2(sde, t), rtol=1e-9, atol=1e-9)
 
 
+def test_derived_coefficients_are_differentiable_in_t():
+    # The autograd-derived f and g^2 of a user schedule carry gradients in t, like VP's closed forms: for the
+    # schedule that reproduces VP, df/dt = -beta'(t)/2 = -9.95 and dg^2/dt = beta'(t) = 19.9 (beta linear in t).
+    user = ScheduleSDE(alpha_bar=lambda t: torch.exp(-0.25 * t**2 * 19.9 - 0.05 * t),
+                       beta_bar=lambda t: torch.sqrt(-torch.expm1(-0.5 * t**2 * 19.9 - 0.1 * t)))
+    t = torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64, requires_grad=True)
+    f, g2 = user.f_and_g2(t)
+    df, = torch.autograd.grad(f.sum(), t, retain_graph=True)
+    dg2, = torch.autograd.grad(g2.sum(), t)
+    torch.testing.assert_close(df, torch.full_like(df, -9.95), rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(dg2, torch.full_like(dg2, 19.9), rtol=1e-8, atol=1e-8)
+
+
 @pytest.mark.parametrize("sde", MEMBERS + [ScheduleSDE(alpha_bar=lambda t: torch.exp(-5 * t**2),
                                                        beta_bar=lambda t: torch.sqrt(-torch.expm1(-10 * t**2)))],
                          ids=IDS + ["schedule"])

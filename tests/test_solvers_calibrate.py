@@ -106,3 +106,31 @@ def test_calibrate_needs_a_differentiable_score():
 
     with pytest.raises(ValueError, match="differentiable in x and t"):
         solvers.calibrate_grid(VP, detached, (8, 2), "unipc", steps=3, iterations=2)
+
+
+def test_a_score_that_fails_mid_fit_keeps_the_best_grid_so_far():
+    # NaN from the 30th solver run on (after the reference solve): the fit stops there with the best of 29 runs.
+    exact, calls = MIX.score_fn(VP), []
+
+    def failing(x, t):
+        calls.append(1)
+        out = exact(x, t)
+        return out * float("nan") if torch.is_grad_enabled() and len(calls) > 29 * 4 + reference_nfe else out
+
+    reference_nfe = solvers.sample(VP, exact, None, "rk45", x_T=prior(64, 3), rtol=1e-7, atol=1e-7).nfe
+    cal = solvers.calibrate_grid(VP, failing, (64, 2), "unipc", steps=4, iterations=100, dtype=torch.float64,
+                                 generator=torch.Generator().manual_seed(3))
+    assert torch.isfinite(cal.times).all() and cal.error < cal.initial_error
+    with pytest.raises(ValueError, match="fails on the log-SNR grid it starts from .*NaN"):
+        solvers.calibrate_grid(VP, lambda x, t: exact(x, t) * (float("nan") if torch.is_grad_enabled() else 1.0),
+                               (8, 2), "unipc", steps=3, dtype=torch.float64)
+
+
+def test_calibration_leaves_the_networks_gradients_alone():
+    net = torch.nn.Linear(2, 2).double()
+
+    def score(x, t):
+        return MIX.score_fn(VP)(x, t) + 1e-3 * net(x)
+
+    solvers.calibrate_grid(VP, score, (16, 2), "unipc", steps=3, iterations=3, dtype=torch.float64)
+    assert net.weight.grad is None and net.bias.grad is None
