@@ -143,6 +143,15 @@ def train(config, workdir: Path) -> None:
               f"checkpoint {result.checkpoint}")
 
 
+def _check_solver_flags(name: str, given: dict) -> None:
+    """A UsageError naming the first flag in `given` that solver `name` does not take."""
+    import solvers
+    valid = solvers.solver_options(name)
+    for k in given:
+        if k not in valid:
+            raise UsageError(f"--{k} does not apply to solver {name!r} (its options: {', '.join(valid) or 'none'})")
+
+
 def sample(config, workdir: Path) -> None:
     import time
 
@@ -154,8 +163,11 @@ def sample(config, workdir: Path) -> None:
     name = _flag("solver", config.sampling.solver)
     if name not in solvers.available():
         raise UsageError(f"unknown solver {name!r}; available: {', '.join(solvers.available())}")
-    arguments = training.sampler_arguments(config, name, FLAGS.steps, workdir=workdir, **{
-        k: getattr(FLAGS, k) for k in ("snr", "corrector_steps", "eta", "rtol", "atol")})
+    given = {k: getattr(FLAGS, k) for k in ("snr", "corrector_steps", "eta", "rtol", "atol", "grid")
+             if getattr(FLAGS, k) is not None}
+    _check_solver_flags(name, given)
+    given.pop("grid", None)             # already in config.sampling.grid
+    arguments = training.sampler_arguments(config, name, FLAGS.steps, workdir=workdir, **given)
     steps = arguments["steps"]
     num, batch = _flag("num_samples", config.sampling.num_samples), _flag("batch_size", config.sampling.batch_size)
     if num < 1 or batch < 1:
@@ -199,11 +211,16 @@ def calibrate(config, workdir: Path) -> None:
     name = _flag("solver", config.sampling.solver)
     if name not in solvers.available():
         raise UsageError(f"unknown solver {name!r}; available: {', '.join(solvers.available())}")
+    cls = solvers.get_solver(name)
+    if cls.stochastic or cls.adaptive:
+        raise UsageError(f"--mode calibrate fits the grid of a deterministic fixed-step solver, not {name!r}; "
+                         "use one of euler, heun, ddim, dpm_solver, unipc")
     steps = _flag("steps", config.sampling.steps)
     no_grid = {"grid": ""} if "grid" in solvers.solver_options(name) else {}      # the grid is what is fitted
     options = {k: v for k, v in training.sampler_arguments(config, name, steps, eta=FLAGS.eta, **no_grid).items()
                if k not in ("steps", "eps")}
-    info, sde, score_fn, device = _load_for_inference(config, workdir)
+    # In the precision the samples will be drawn in, so that the grid fits the network that will use it.
+    info, sde, score_fn, device = _load_for_inference(config, workdir, autocast=True)
     if not distributed.setup(config).is_main:
         return
     pilot = config.sampling.calibration_pilot

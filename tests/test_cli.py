@@ -87,6 +87,11 @@ def test_two_dimensional_data_uses_the_mlp_and_a_scatter_plot(tmp_path):
     (["--mode", "sample", "--workdir", "/nonexistent/run"], "no checkpoint in /nonexistent/run/checkpoints"),
     (["--config.data.dataset=array", "--config.data.path=/nonexistent.npy"], "/nonexistent.npy"),
     (["--config.data.dataset=imagenet"], "unknown dataset 'imagenet'"),
+    (["--mode", "sample", "--solver=heun", "--snr=0.1"], "--snr does not apply to solver 'heun' (its options: grid, rho)"),
+    (["--mode", "sample", "--solver=rk45", "--grid=logsnr"], "--grid does not apply to solver 'rk45'"),
+    (["--mode", "sample", "--solver=pc", "--grid=calibrated"], "calibrated grids are fitted for the deterministic"),
+    (["--mode", "sample", "--solver=heun", "--grid=/nonexistent.json"], "no grid file at '/nonexistent.json'"),
+    (["--mode", "calibrate", "--solver=pc"], "fits the grid of a deterministic fixed-step solver, not 'pc'"),
 ])
 def test_user_errors_are_one_line_without_traceback(args, message):
     proc = main_py(*args, "--config.training.n_iters=1", *TINY, check=False)

@@ -132,10 +132,11 @@ def test_snapshots_use_the_sampling_options(tmp_path, monkeypatch):
     assert nfe == [2 * (3 + 1)]
 
 
-def test_snapshots_of_a_run_set_to_a_calibrated_grid_use_the_default_grid(tmp_path):
+@pytest.mark.parametrize("grid", ["calibrated", "/nonexistent/grid.json"])
+def test_snapshots_of_a_run_set_to_a_calibrated_grid_use_the_default_grid(tmp_path, grid):
     # There is no calibrated grid while the network is still training; the snapshot must not stop the run.
     config = tiny_config()
-    config.sampling.solver, config.sampling.grid = "unipc", "calibrated"
+    config.sampling.solver, config.sampling.grid = "unipc", grid
     assert training.Trainer(config, tmp_path).snapshot().is_file()
 
 

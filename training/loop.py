@@ -249,8 +249,10 @@ class Trainer:
         model = precision.autocast_network(self.ema.module.eval(), c.precision, self.device)
         score_fn = models.get_score_fn(model, self.sde, c.model.parameterization)
         overrides = {}
-        if c.sampling.grid == "calibrated" and "grid" in solvers.solver_options(c.sampling.solver):
-            overrides["grid"] = ""      # a calibrated grid fits a finished network; snapshots use the default
+        if c.sampling.grid not in ("", *solvers.GRIDS) and "grid" in solvers.solver_options(c.sampling.solver):
+            # A calibrated grid (or a grid file) fits a finished network: snapshots use the solver's default, so
+            # a missing or mismatched file never stops a training run.
+            overrides["grid"] = ""
         arguments = sampler_arguments(c, c.sampling.solver, workdir=self.workdir, **overrides)
         result = solvers.sample(self.sde, score_fn, (n, *self.data.shape), solver=c.sampling.solver, generator=gen,
                                 **arguments)
