@@ -23,7 +23,7 @@ from sde_lib import SDE
 
 from .api import sample
 from .counting import CountingScore
-from .grids import as_times, time_grid
+from .grids import as_times, check_grid_name, time_grid
 from .registry import get_solver
 from .registry import solver_options as solver_option_names
 
@@ -61,18 +61,50 @@ def _times_of(p: Tensor, T: float, eps: float) -> Tensor:
     return torch.cat([t[:-1], t.new_full((1,), eps)])
 
 
+def _fit(solver, name: str, x_T: Tensor, ref: Tensor, start: Tensor, iterations: int, lr: float, bar):
+    """(best error, its grid, the start's error): Adam on the step widths of `solver` from the grid `start`."""
+    sde, eps = solver.sde, float(start[-1])
+    p = torch.log(start[:-1] - start[1:]).requires_grad_(True)
+    optimizer = torch.optim.Adam([p], lr=lr)
+    best, initial = (math.inf, start), None
+    for _ in range(iterations):
+        bar.update(1)
+        times = _times_of(p, sde.T, eps)
+        try:
+            error = (solver.integrate(x_T, times) - ref).double().pow(2).mean().sqrt()
+            if not torch.isfinite(error):
+                raise ValueError("non-finite samples")
+        except ValueError as e:     # CountingScore's NaN/inf report, or the samples themselves
+            if initial is None:
+                raise ValueError(f"{name} with {len(start) - 1} steps fails on the grid it starts from ({e}); "
+                                 "check the model, or calibrate with more steps") from None
+            break                   # the fit stepped too far: keep the best grid so far
+        value = error.item()
+        initial = value if initial is None else initial
+        if value < best[0]:
+            best = (value, times.detach())
+        optimizer.zero_grad()
+        # Only the step widths: a network's own parameters keep whatever gradients they had.
+        p.grad, = torch.autograd.grad(torch.log(error), p)
+        optimizer.step()
+    return best[0], best[1], initial
+
+
 def calibrate_grid(sde: SDE, score_fn, shape, solver: str = "unipc", *, steps: int = 10, eps: float = 1e-3,
                    generator: torch.Generator | None = None, device=None, dtype=torch.float32,
-                   reference_tol: float = 1e-7, iterations: int = 300, lr: float = 0.05, progress: bool = False,
+                   reference_tol: float = 1e-7, iterations: int = 300, lr: float = 0.05,
+                   starts: tuple[str, ...] = ("logsnr", "edm"), progress: bool = False,
                    **solver_options) -> Calibration:
     """Fit the `steps`-step grid of a deterministic fixed-step solver to score_fn on pilot paths of `shape`.
 
     shape: (n_pilot, ...) prior samples drawn with `generator`; the fit follows the worst paths, so use several
     hundred for 2-D data (a few dozen images suffice for a network's smoother paths). reference_tol: rtol = atol
-    of the rk45 solve that gives the reference endpoints. iterations, lr: Adam on the step widths, starting from
-    the uniform log-SNR grid; each iteration runs the solver on the pilot batch and back-propagates through it
-    (score_fn must be differentiable in x and t, as networks and GaussianMixture.score_fn are). Use the result
-    with sample(..., solver, grid=calibration.times) at the same eps.
+    of the rk45 solve that gives the reference endpoints. iterations, lr: Adam on the step widths from each of the
+    named `starts` grids (the fit finds a local optimum: on the mixture of the benchmark, starting from "edm" as
+    well as "logsnr" lowered the 10-step error from 6.5e-3 to 4.5e-3); the best grid over all starts is kept.
+    Each iteration runs the solver on the pilot batch and back-propagates through it (score_fn must be
+    differentiable in x and t, as networks and GaussianMixture.score_fn are). initial_error is the first start's.
+    Use the result with sample(..., solver, grid=calibration.times) at the same eps.
     """
     cls = get_solver(solver)
     if cls.stochastic or cls.adaptive:
@@ -82,6 +114,10 @@ def calibrate_grid(sde: SDE, score_fn, shape, solver: str = "unipc", *, steps: i
         raise ValueError(f"steps must be an integer >= 2 (one step has no grid to fit), got steps={steps!r}")
     if not (isinstance(iterations, int) and iterations >= 1):
         raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
+    if isinstance(starts, str) or not starts:
+        raise ValueError(f"starts must be a non-empty tuple of grid names, got {starts!r}")
+    for name in starts:
+        check_grid_name(name)
     if "grid" in solver_options:
         raise ValueError("calibrate_grid chooses the grid itself; drop the grid option")
     unknown = sorted(set(solver_options) - set(solver_option_names(solver)))
@@ -93,31 +129,21 @@ def calibrate_grid(sde: SDE, score_fn, shape, solver: str = "unipc", *, steps: i
     x_T = sde.prior_sampling(shape, generator=generator, device=device, dtype=dtype)
     ref = sample(sde, score_fn, None, "rk45", x_T=x_T, eps=eps, rtol=reference_tol, atol=reference_tol)
     score = CountingScore(_DifferentiableScore(score_fn), eps, sde.T)
-    start = time_grid(sde, steps, eps, "logsnr")
-    p = torch.log(start[:-1] - start[1:]).requires_grad_(True)
-    optimizer = torch.optim.Adam([p], lr=lr)
-    best = (math.inf, start)
-    initial = None
-    for _ in tqdm(range(iterations), desc=f"calibrating {solver} grid", disable=not progress, leave=False):
-        times = _times_of(p, sde.T, eps)
-        try:
-            x = cls(sde, score, grid=times.detach(), **solver_options).integrate(x_T, times)
-            error = (x - ref.x).double().pow(2).mean().sqrt()
-            if not torch.isfinite(error):
-                raise ValueError(f"{solver} gave non-finite samples")
-        except ValueError as e:     # CountingScore's NaN/inf report, or the samples themselves
-            if initial is None:
-                raise ValueError(f"{solver} with {steps} steps fails on the log-SNR grid it starts from ({e}); "
-                                 "check the model, or calibrate with more steps") from None
-            break                   # the fit stepped too far: keep the best grid so far
-        value = error.item()
-        initial = value if initial is None else initial
-        if value < best[0]:
-            best = (value, times.detach())
-        optimizer.zero_grad()
-        # Only the step widths: a network's own parameters keep whatever gradients they had.
-        p.grad, = torch.autograd.grad(torch.log(error), p)
-        optimizer.step()
+    fitter = cls(sde, score, **solver_options)     # integrate() takes the grid it is given
+    best, initial = (math.inf, None), None
+    with tqdm(total=iterations * len(starts), desc=f"calibrating {solver} grid", disable=not progress,
+              leave=False) as bar:
+        for k, name in enumerate(starts):
+            start = time_grid(sde, steps, eps, name)
+            try:
+                error, times, start_error = _fit(fitter, solver, x_T, ref.x, start, iterations, lr, bar)
+            except ValueError:
+                if k == 0:
+                    raise
+                continue            # a later start that fails at once cannot beat the grids already found
+            initial = start_error if initial is None else initial
+            if error < best[0]:
+                best = (error, times)
     return Calibration(best[1], best[0], initial, ref.nfe + score.nfe)
 
 
