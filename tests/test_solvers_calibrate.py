@@ -56,8 +56,8 @@ def test_bad_given_grids(grid, kwargs, match):
 
 def test_calibrated_grid_beats_uniform_log_snr_on_fresh_paths():
     # Fitted on 256 pilot paths, judged on 1000 others against a 1e-10 reference. Measured at 6 steps, 60
-    # iterations from each start: 0.22 -> 0.032 on the pilot paths, 0.23 -> 0.041 on the fresh ones (ratio 0.18); asserting 0.5
-    # leaves room for platform round-off steering the fit elsewhere.
+    # iterations from each start: 0.22 -> 0.032 on the pilot paths, 0.23 -> 0.041 on the fresh ones (ratio
+    # 0.18); asserting 0.5 leaves room for platform round-off steering the fit elsewhere.
     score = Counter(MIX.score_fn(VP))
     cal = solvers.calibrate_grid(VP, score, (256, 2), "unipc", steps=6, iterations=60, dtype=torch.float64,
                                  generator=torch.Generator().manual_seed(3))
