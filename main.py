@@ -211,10 +211,7 @@ def calibrate(config, workdir: Path) -> None:
     name = _flag("solver", config.sampling.solver)
     if name not in solvers.available():
         raise UsageError(f"unknown solver {name!r}; available: {', '.join(solvers.available())}")
-    cls = solvers.get_solver(name)
-    if cls.stochastic or cls.adaptive:
-        raise UsageError(f"--mode calibrate fits the grid of a deterministic fixed-step solver, not {name!r}; "
-                         "use one of euler, heun, ddim, dpm_solver, unipc")
+    solvers.check_calibratable(name)        # before loading the checkpoint
     steps = _flag("steps", config.sampling.steps)
     no_grid = {"grid": ""} if "grid" in solvers.solver_options(name) else {}      # the grid is what is fitted
     options = {k: v for k, v in training.sampler_arguments(config, name, steps, eta=FLAGS.eta, **no_grid).items()

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 import solvers
 from sde_lib import SDE
 from solvers import CountingScore, SampleResult
+from solvers.base import fresh_generator
 
 Tensor = torch.Tensor
 
@@ -58,9 +59,7 @@ def inpaint(sde: SDE, score_fn, x_obs: Tensor, mask: Tensor, *, method: str = "r
     mask = check_observation(x_obs, mask)
     x_obs = torch.where(mask.bool(), x_obs, torch.zeros_like(x_obs))
     if generator is None:
-        # A generator of its own: torch.seed() would reseed the global one, which the caller may rely on.
-        generator = torch.Generator(device=x_obs.device)
-        generator.seed()
+        generator = fresh_generator(x_obs.device)
     return INPAINTERS[method](sde, score_fn, x_obs, mask, steps=steps, resample=resample, eps=eps,
                               generator=generator, progress=progress)
 

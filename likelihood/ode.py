@@ -80,6 +80,11 @@ def checked_score(score_fn, x: Tensor, t: Tensor) -> Tensor:
     return score
 
 
+def flow_velocity(x: Tensor, score: Tensor, f: Tensor, g2: Tensor) -> Tensor:
+    """F = f x - g^2 score / 2 at one time (f, g2 scalars), in x's dtype."""
+    return f.to(x.dtype) * x - (0.5 * g2).to(x.dtype) * score.to(x.dtype)
+
+
 class FlowDynamics:
     """dx/du = F(x, t(u)) dt/du on a flattened batch (N, D): the probability-flow ODE alone (decoding)."""
 
@@ -97,8 +102,7 @@ class FlowDynamics:
         x = state.reshape(self.shape)
         score = checked_score(self.score_fn, x.to(self.score_dtype), t)
         f, g2 = self.sde.f_and_g2(t)
-        drift = f.to(x.dtype) * x - (0.5 * g2).to(x.dtype) * score.to(x.dtype)
-        return drift.reshape(state.shape) * self.clock.dt_du(t, g2).to(state.dtype)
+        return flow_velocity(x, score, f, g2).reshape(state.shape) * self.clock.dt_du(t, g2).to(state.dtype)
 
 
 class LikelihoodDynamics:
@@ -132,7 +136,7 @@ class LikelihoodDynamics:
             div_score = self.divergence(score, x, self.probes)
         x = x.detach()
         f, g2 = self.sde.f_and_g2(t)
-        drift = f.to(x.dtype) * x - (0.5 * g2).to(x.dtype) * score.detach().to(x.dtype)
+        drift = flow_velocity(x, score.detach(), f, g2)
         div = self.dim * f - 0.5 * g2 * div_score
         speed = self.clock.dt_du(t, g2).to(state.dtype)
         return torch.cat([drift.reshape(x.shape[0], -1), div.to(state.dtype)[:, None]], 1) * speed

@@ -5,7 +5,7 @@ import torch
 
 from sde_lib import SDE
 
-from .base import SampleResult, Solver
+from .base import SampleResult, Solver, fresh_generator
 from .counting import CountingScore
 from .registry import get_solver, solver_options
 
@@ -59,9 +59,7 @@ def sample(sde: SDE, score_fn, shape, solver: str = "heun", *, steps: int | None
     if x_T.ndim < 1 or x_T.shape[0] < 1:
         raise ValueError(f"samples must have shape (N, ...) with N >= 1, got {tuple(x_T.shape)}")
     if s.stochastic and generator is None:
-        # A fresh, non-deterministically seeded generator: torch.seed() would reseed the global RNG behind the caller.
-        generator = torch.Generator(device=x_T.device)
-        generator.seed()
+        generator = fresh_generator(x_T.device)
     ts = (torch.tensor([sde.T, eps], dtype=torch.float64) if steps is None else s.timesteps(steps, eps))
     denoise = s.stochastic if denoise is None else bool(denoise)
     with torch.no_grad():

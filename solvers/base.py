@@ -76,6 +76,13 @@ def steps_of(ts: Tensor, progress: bool, desc: str):
     return tqdm(steps, desc=desc, leave=False) if progress else steps
 
 
+def fresh_generator(device) -> torch.Generator:
+    """A generator seeded non-deterministically on `device`; torch.seed() would reseed the global RNG instead."""
+    generator = torch.Generator(device=device)
+    generator.seed()
+    return generator
+
+
 def randn_like(x: Tensor, generator) -> Tensor:
     """Standard normal noise like x, drawn from `generator` (which must live on x's device)."""
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)

@@ -24,7 +24,7 @@ from sde_lib import SDE
 from .api import sample
 from .counting import CountingScore
 from .grids import as_times, check_grid_name, time_grid
-from .registry import get_solver
+from .registry import SOLVERS, get_solver
 from .registry import solver_options as solver_option_names
 
 Tensor = torch.Tensor
@@ -59,6 +59,19 @@ def _times_of(p: Tensor, T: float, eps: float) -> Tensor:
     widths = torch.softmax(p, 0) * (T - eps)
     t = T - torch.cat([widths.new_zeros(1), torch.cumsum(widths, 0)])
     return torch.cat([t[:-1], t.new_full((1,), eps)])
+
+
+def calibratable() -> list[str]:
+    """The solvers a grid can be fitted for: the deterministic ones with a fixed grid."""
+    return [name for name, cls in SOLVERS.items() if not (cls.stochastic or cls.adaptive)]
+
+
+def check_calibratable(solver: str) -> None:
+    """A ValueError unless a grid can be fitted for `solver` (it must be deterministic and use a fixed grid)."""
+    if solver not in calibratable():
+        get_solver(solver)      # an unknown name gets the registry's error, which lists every solver
+        raise ValueError(f"calibration fits the grid of a deterministic fixed-step solver, not {solver!r}: "
+                         f"calibrated grids are fitted for the deterministic solvers {', '.join(calibratable())}")
 
 
 def _fit(solver, name: str, x_T: Tensor, ref: Tensor, start: Tensor, iterations: int, lr: float, bar):
@@ -106,10 +119,8 @@ def calibrate_grid(sde: SDE, score_fn, shape, solver: str = "unipc", *, steps: i
     differentiable in x and t, as networks and GaussianMixture.score_fn are). initial_error is the first start's.
     Use the result with sample(..., solver, grid=calibration.times) at the same eps.
     """
+    check_calibratable(solver)
     cls = get_solver(solver)
-    if cls.stochastic or cls.adaptive:
-        raise ValueError(f"calibrate_grid fits the grid of a deterministic fixed-step solver, not {solver!r}; "
-                         f"use one of euler, heun, ddim, dpm_solver, unipc")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
         raise ValueError(f"steps must be an integer >= 2 (one step has no grid to fit), got steps={steps!r}")
     if not (isinstance(iterations, int) and iterations >= 1):

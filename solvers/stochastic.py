@@ -66,12 +66,13 @@ def langevin_step(solver: StochasticSolver, x: Tensor, t: Tensor, snr: float, ge
     z = randn_like(x, generator)
     # sqrt(D) / beta_bar is the score norm of the noise kernel, an upper bound on that of p_t. A norm below a
     # thousandth of it is a zero score (e.g. an untrained network), not data: it would otherwise give an infinite step.
-    floor = 1e-3 * x[0].numel() ** 0.5 / solver.sde.beta_bar(t).to(x)
+    root_d = x[0].numel() ** 0.5
+    floor = 1e-3 * root_d / solver.sde.beta_bar(t).to(x)
     score_norm = score.flatten(1).norm(dim=1)
     if step_size == "batch":
         delta = 2.0 * (snr * z.flatten(1).norm(dim=1).mean() / torch.maximum(score_norm.mean(), floor)) ** 2
     else:
-        delta = expand_as(2.0 * (snr * x[0].numel() ** 0.5 / torch.maximum(score_norm, floor)) ** 2, x)
+        delta = expand_as(2.0 * (snr * root_d / torch.maximum(score_norm, floor)) ** 2, x)
     return x + delta * score + (2.0 * delta).sqrt() * z
 
 

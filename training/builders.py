@@ -83,10 +83,7 @@ def _resolve_grid(grid: str, solver: str, steps: int | None, explicit_steps: boo
     if grid in solvers.GRIDS:
         return grid, steps
     if grid == "calibrated":
-        cls = solvers.get_solver(solver)
-        if cls.stochastic:
-            raise ValueError(f"calibrated grids are fitted for the deterministic solvers (euler, heun, ddim, "
-                             f"dpm_solver, unipc), not {solver!r}; use one of them or a named grid")
+        solvers.check_calibratable(solver)
         if workdir is None:
             raise ValueError("sampling.grid='calibrated' needs a run directory; give the grid's .json path instead")
         path = calibrated_grid_path(workdir, solver, steps)
