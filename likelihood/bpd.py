@@ -109,3 +109,22 @@ def evaluate_bits_per_dim(sde, score_fn, batches: Iterable, *, n_bins: int | Non
     mean = total / count
     var = (total_sq - count * mean**2) / (count - 1) if count > 1 else math.nan
     return BitsPerDim(mean, math.sqrt(max(var, 0.0) / count), count, nfe / solves)
+
+
+def merge_bits_per_dim(results: list[BitsPerDim | None]) -> BitsPerDim:
+    """The BitsPerDim of the union of disjoint shards, from each shard's mean, stderr and count (None: no shard).
+
+    The sums of x and x^2 of a shard are count*mean and (count - 1)*count*stderr^2 + count*mean^2; NFE is
+    averaged with weights count.
+    """
+    results = [r for r in results if r is not None and r.count > 0]
+    if not results:
+        raise ValueError("no data: every shard was empty")
+    count = sum(r.count for r in results)
+    total = sum(r.count * r.mean for r in results)
+    total_sq = sum((r.count - 1) * r.count * r.stderr**2 + r.count * r.mean**2 if r.count > 1 else r.mean**2
+                   for r in results)
+    mean = total / count
+    var = (total_sq - count * mean**2) / (count - 1) if count > 1 else math.nan
+    nfe = sum(r.count * r.nfe for r in results) / count
+    return BitsPerDim(mean, math.sqrt(max(var, 0.0) / count), count, nfe)

@@ -8,16 +8,22 @@ from typing import NamedTuple
 
 import torch
 
+import solvers
 from sde_lib import SDE
+from solvers.adaptive import integrate_adaptive
 
-from .divergence import get_divergence
-from .ode import FlowDynamics, LikelihoodDynamics, get_clock, integrate
+from .divergence import DIVERGENCES
+from .ode import LikelihoodDynamics
 
 Tensor = torch.Tensor
 
+# The first adaptive step as a fraction of [eps, T] (the sampler's rk45 uses 1e-2). Both the encoder and decode
+# use it, and the likelihoods and latents the tests and README quote were computed with it.
+FIRST_STEP = 1e-3
+
 
 class LikelihoodResult(NamedTuple):
-    """logp: log p_eps(x) in nats, shape (N,), float64; z: the latent x(T), like x; nfe: ODE function evaluations."""
+    """logp: log p_eps(x) in nats, shape (N,), float64; z: the latent x(T), like x; nfe: score_fn calls."""
 
     logp: Tensor
     z: Tensor
@@ -45,40 +51,37 @@ def _state_dtype(x: Tensor, state_dtype) -> torch.dtype:
 
 def log_likelihood(sde: SDE, score_fn, x: Tensor, *, divergence: str = "rademacher", n_probes: int = 1,
                    rtol: float = 1e-5, atol: float = 1e-5, method: str = "rk45", eps: float = 1e-5,
-                   generator: torch.Generator | None = None, time_variable: str = "t",
-                   state_dtype: torch.dtype | None = None, max_steps: int = 10_000) -> LikelihoodResult:
+                   generator: torch.Generator | None = None, state_dtype: torch.dtype | None = None,
+                   max_steps: int = 10_000) -> LikelihoodResult:
     """log p_eps(x) = prior_logp(x(T)) + int div F dt along the probability-flow ODE from t = eps to T.
 
     divergence: "exact" (D vector-Jacobian products), "rademacher" or "gaussian" (Hutchinson-Skilling, the
-    probes fixed along the trajectory and averaged over n_probes). time_variable: "t" or "log_snr" (integrate
-    in u = -lambda(t); same ODE, usually fewer adaptive steps for VP-type SDEs). The state (x, int div) is
-    integrated in state_dtype (float64 on CPU, x's dtype elsewhere by default); score_fn sees x in x's dtype.
+    probes fixed along the trajectory and averaged over n_probes). method: a name from solvers.adaptive.METHODS.
+    The state (x, int div) is integrated in state_dtype (float64 on CPU, x's dtype elsewhere by default);
+    score_fn sees x in x's dtype. nfe counts the calls of score_fn.
     """
     _check_common(sde, x, eps, n_probes)
-    estimator = get_divergence(divergence)
-    clock = get_clock(time_variable, sde, eps)
+    estimator = DIVERGENCES[divergence]
     dtype = _state_dtype(x, state_dtype)
     x_state = x.detach().to(dtype)
     probes = None if estimator.probes is None else estimator.probes(n_probes, x_state, generator)
-    dynamics = LikelihoodDynamics(sde, score_fn, clock, x.shape, estimator.estimate, probes, x.dtype)
+    score = solvers.CountingScore(score_fn, eps, sde.T)
+    dynamics = LikelihoodDynamics(sde, score, x.shape, estimator.estimate, probes, x.dtype)
     state0 = torch.cat([x_state.reshape(x.shape[0], -1), x_state.new_zeros(x.shape[0], 1)], 1)
     with torch.no_grad():
-        state1 = integrate(dynamics, state0, *clock.bounds, method=method, rtol=rtol, atol=atol, max_steps=max_steps)
+        state1 = integrate_adaptive(dynamics, state0, eps, sde.T, method=method, rtol=rtol, atol=atol,
+                                    first_step=FIRST_STEP, max_steps=max_steps)
     z = state1[:, :-1].reshape(x.shape)
     logp = sde.prior_logp(z.to(torch.float64)) + state1[:, -1].to(torch.float64)
-    return LikelihoodResult(logp, z.to(x.dtype), dynamics.nfe)
+    return LikelihoodResult(logp, z.to(x.dtype), score.nfe)
 
 
 def decode(sde: SDE, score_fn, z: Tensor, *, rtol: float = 1e-5, atol: float = 1e-5, method: str = "rk45",
-           eps: float = 1e-5, time_variable: str = "t", state_dtype: torch.dtype | None = None,
-           max_steps: int = 10_000) -> Tensor:
-    """x(eps) from x(T) = z along the probability-flow ODE dx/dt = f x - g^2 score / 2 (inverse of the encoder)."""
+           eps: float = 1e-5, max_steps: int = 10_000) -> Tensor:
+    """x(eps) from x(T) = z along the probability-flow ODE (inverse of the encoder): the rk45 sampler from z.
+
+    The state is integrated in float64, as the sampler does; the result has z's dtype.
+    """
     _check_common(sde, z, eps, name="z")
-    clock = get_clock(time_variable, sde, eps)
-    dtype = _state_dtype(z, state_dtype)
-    dynamics = FlowDynamics(sde, score_fn, clock, z.shape, z.dtype)
-    u0, u1 = clock.bounds
-    with torch.no_grad():
-        x = integrate(dynamics, z.detach().to(dtype).reshape(z.shape[0], -1), u1, u0, method=method, rtol=rtol,
-                      atol=atol, max_steps=max_steps)
-    return x.reshape(z.shape).to(z.dtype)
+    return solvers.sample(sde, score_fn, None, "rk45", x_T=z, eps=eps, rtol=rtol, atol=atol, method=method,
+                          first_step=FIRST_STEP, max_steps=max_steps).x

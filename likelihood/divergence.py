@@ -9,6 +9,8 @@ from typing import Callable
 
 import torch
 
+from sde_lib import Registry
+
 Tensor = torch.Tensor
 
 
@@ -52,15 +54,8 @@ class Divergence:
         self.probes = probes
 
 
-DIVERGENCES: dict[str, Divergence] = {
+DIVERGENCES: Registry[Divergence] = Registry("divergence", {
     "exact": Divergence(exact_divergence, None),
     "rademacher": Divergence(hutchinson_divergence, rademacher_probes),
     "gaussian": Divergence(hutchinson_divergence, gaussian_probes),
-}
-
-
-def get_divergence(name: str) -> Divergence:
-    """The divergence estimator registered under `name`."""
-    if name not in DIVERGENCES:
-        raise ValueError(f"unknown divergence {name!r}; available: {', '.join(DIVERGENCES)}")
-    return DIVERGENCES[name]
+})

@@ -7,8 +7,8 @@ predictor and its free corrector. rk45: adaptive Dormand-Prince via torchdiffeq.
 from __future__ import annotations
 
 import torch
-import torchdiffeq
 
+from .adaptive import METHODS, integrate_adaptive
 from .base import Solver, steps_of
 
 Tensor = torch.Tensor
@@ -222,33 +222,33 @@ def unipc_rhos(h: Tensor, r: Tensor, variant: str) -> Tensor:
 
 
 class RK45(ODESolver):
-    """Adaptive Dormand-Prince 5(4) (torchdiffeq 'dopri5') with rtol/atol; never evaluates the score outside [eps, T].
+    """Adaptive Runge-Kutta with rtol/atol (torchdiffeq; dopri5, Dormand-Prince 5(4), unless `method` says otherwise).
 
-    torchdiffeq would pick its first step by probing f at t_0 + h_0 with h_0 unbounded, and may step past the
-    final time and interpolate back; a given first_step and step_t = [t_end] keep every evaluation inside.
-    The state is integrated in float64 so that its time variable stays float64 too.
+    Integrated by `solvers.adaptive.integrate_adaptive`, so the score is never evaluated outside [eps, T];
+    first_step is a fraction of the span. The state is integrated in float64 so that its time variable stays
+    float64 too. method: a name from `solvers.adaptive.METHODS` (rk45, rk23, dopri8, ...).
     """
 
     adaptive = True
 
-    def __init__(self, sde, score, *, rtol: float = 1e-5, atol: float = 1e-5, first_step: float = 1e-2):
+    def __init__(self, sde, score, *, rtol: float = 1e-5, atol: float = 1e-5, first_step: float = 1e-2,
+                 method: str = "rk45", max_steps: int = 10_000):
         super().__init__(sde, score)
-        for name, value in (("rtol", rtol), ("atol", atol), ("first_step", first_step)):
+        for name, value in (("rtol", rtol), ("atol", atol), ("first_step", first_step), ("max_steps", max_steps)):
             if not value > 0:
                 raise ValueError(f"rk45 {name} must be positive, got {name}={value}")
         self.rtol, self.atol = float(rtol), float(atol)
         self.first_step = float(first_step)
+        self.method = METHODS.canonical(method)
+        self.max_steps = int(max_steps)
 
     def integrate(self, x, ts, *, generator=None, denoise=False, progress=False):
-        t0, t1 = ts[0], ts[-1]
-        span = float(abs(t1 - t0))
         shape, dtype = x.shape, x.dtype
 
         def rhs(t, y):
             v = self.velocity(y.reshape(shape).to(dtype), t)
             return v.to(torch.float64).reshape(y.shape)
 
-        options = {"first_step": self.first_step * span, "step_t": ts[-1:].to(x.device)}
-        y = torchdiffeq.odeint(rhs, x.to(torch.float64), torch.stack([t0, t1]).to(x.device), method="dopri5",
-                               rtol=self.rtol, atol=self.atol, options=options)
-        return y[-1].to(dtype)
+        y = integrate_adaptive(rhs, x.to(torch.float64), ts[0], ts[-1], method=self.method, rtol=self.rtol,
+                               atol=self.atol, first_step=self.first_step, max_steps=self.max_steps)
+        return y.to(dtype)

@@ -5,6 +5,7 @@ import torch
 
 import likelihood
 from sde_lib import GaussianMixture, SubVPSDE, VESDE, VPSDE
+from solvers.adaptive import integrate_adaptive
 
 EPS = 1e-5
 SDES = [VPSDE(), SubVPSDE(), VESDE()]
@@ -37,15 +38,6 @@ def test_exact_divergence_matches_the_mixture_density(sde, dim):
     # The prior correction matters: without it VE is off by more than the tolerance would allow.
     if isinstance(sde, VESDE):
         assert float((res.logp - mix.log_prob(x, sde, EPS)).abs().mean()) > 1e-3
-
-
-def test_log_snr_clock_solves_the_same_ode():
-    mix, sde = make_mixture(5), SubVPSDE()
-    x = mix.sample(16, generator=torch.Generator().manual_seed(2))
-    res = likelihood.log_likelihood(sde, mix.score_fn(sde), x, divergence="exact", rtol=1e-6, atol=1e-6,
-                                    time_variable="log_snr")
-    # Same accuracy requirement as in t: 1e-3 nats per sample on average.
-    assert float((res.logp - corrected_truth(mix, sde, x, res.z)).abs().mean()) <= 1e-3
 
 
 @pytest.mark.slow
@@ -113,24 +105,43 @@ class IntervalGuard:
         return self.score_fn(x, t)
 
 
-INTERVAL_CASES = [pytest.param(sde, tv, "rk45", id=f"{name}-{tv}-rk45")
-                  for sde, name in zip(SDES, SDE_IDS) for tv in ("t", "log_snr")] + \
-                 [pytest.param(VESDE(), "log_snr", "rk23", id="ve-log_snr-rk23"),
-                  pytest.param(VPSDE(), "t", "dopri8", id="vp-t-dopri8")]
+INTERVAL_CASES = [pytest.param(sde, "rk45", id=f"{name}-rk45") for sde, name in zip(SDES, SDE_IDS)] + \
+                 [pytest.param(VESDE(), "rk23", id="ve-rk23"), pytest.param(VPSDE(), "dopri8", id="vp-dopri8")]
 
 
-@pytest.mark.parametrize("sde,time_variable,method", INTERVAL_CASES)
-def test_solver_never_leaves_the_interval(sde, time_variable, method):
-    # Without step_t dopri5 steps past T; without an explicit first step the initial-step heuristic's
-    # trial point lands past the end of the log-SNR interval (t_of_log_snr returns NaN there).
+@pytest.mark.parametrize("sde,method", INTERVAL_CASES)
+def test_solver_never_leaves_the_interval(sde, method):
+    # Without step_t dopri5 steps past the end of the interval and interpolates back; without an explicit
+    # first step the initial-step heuristic's trial point is unbounded.
     mix = make_mixture(2)
     x = mix.sample(8, generator=torch.Generator().manual_seed(7))
     guard = IntervalGuard(mix, sde)
-    res = likelihood.log_likelihood(sde, guard, x, method=method, time_variable=time_variable, eps=EPS)
-    z = likelihood.decode(sde, guard, res.z, method=method, time_variable=time_variable, eps=EPS)
-    # Both ends are reached (to float64 round-off of the clock), so the guard is not vacuous.
+    res = likelihood.log_likelihood(sde, guard, x, method=method, eps=EPS)
+    z = likelihood.decode(sde, guard, res.z, method=method, eps=EPS)
+    # Both ends are reached (to float64 round-off of the stage times), so the guard is not vacuous.
     assert min(guard.t_seen) == pytest.approx(EPS, rel=1e-9) and max(guard.t_seen) == pytest.approx(sde.T, rel=1e-12)
     assert torch.isfinite(z).all()
+
+
+@pytest.mark.parametrize("t0,t1", [(0.25, 1.0), (1.0, 0.25)], ids=["forward", "backward"])
+def test_integrate_adaptive_solves_a_linear_ode_inside_its_interval(t0, t1):
+    # dy/dt = -y t has y(t1) = y(t0) exp(-(t1^2 - t0^2) / 2); dopri5's error at rtol = atol = 1e-10 is ~1e-10.
+    lo, hi, seen = min(t0, t1), max(t0, t1), []
+
+    def func(t, y):
+        seen.append(float(t))
+        return -y * t
+
+    y0 = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    y1 = integrate_adaptive(func, y0, t0, t1, rtol=1e-10, atol=1e-10, first_step=1e-3)
+    torch.testing.assert_close(y1, y0 * math.exp(-(t1**2 - t0**2) / 2), rtol=1e-8, atol=0)
+    # Every evaluation lies in [lo, hi]; the far end is reached to the round-off of the stage times t + c h.
+    assert lo <= min(seen) and max(seen) <= hi and seen[0] == t0
+    assert min(abs(t - t1) for t in seen) <= 1e-12
+    with pytest.raises(RuntimeError, match=r"step limit \(max_steps=2\)"):
+        integrate_adaptive(func, y0, t0, t1, rtol=1e-10, atol=1e-10, first_step=1e-3, max_steps=2)
+    with pytest.raises(ValueError, match="unknown adaptive method 'euler'"):
+        integrate_adaptive(func, y0, t0, t1, method="euler", rtol=1e-10, atol=1e-10, first_step=1e-3)
 
 
 class CountingMLP(torch.nn.Module):
@@ -185,7 +196,7 @@ def test_bad_input_gives_clear_errors():
         likelihood.log_likelihood(sde, score_fn, bad)
     with pytest.raises(ValueError, match="shaped like x"):
         likelihood.log_likelihood(sde, lambda x, t: score_fn(x, t)[:, :1], x)
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(ValueError, match="NaN or inf at t="):
         likelihood.log_likelihood(sde, lambda x, t: score_fn(x, t) * float("nan"), x)
     with pytest.raises(ValueError, match="differentiably"):
         likelihood.log_likelihood(sde, lambda x, t: score_fn(x, t).detach(), x)
@@ -193,10 +204,12 @@ def test_bad_input_gives_clear_errors():
         likelihood.log_likelihood(sde, score_fn, x, max_steps=3)
     with pytest.raises(ValueError, match="available: exact, rademacher, gaussian"):
         likelihood.log_likelihood(sde, score_fn, x, divergence="hutchinson")
-    with pytest.raises(ValueError, match="available: rk45"):
-        likelihood.log_likelihood(sde, score_fn, x, method="RK45")
-    with pytest.raises(ValueError, match="available: t, log_snr"):
-        likelihood.decode(sde, score_fn, x, time_variable="lambda")
+    with pytest.raises(ValueError, match="unknown adaptive method 'rk4'; available: rk45"):
+        likelihood.log_likelihood(sde, score_fn, x, method="rk4")
+    with pytest.raises(ValueError, match="unknown adaptive method 'rk4'; available: rk45"):
+        likelihood.decode(sde, score_fn, x, method="rk4")
+    with pytest.raises(RuntimeError, match=r"step limit \(max_steps=3\)"):
+        likelihood.decode(sde, score_fn, x, max_steps=3)
     with pytest.raises(ValueError, match="eps must be in"):
         likelihood.log_likelihood(sde, score_fn, x, eps=0.0)
     with pytest.raises(ValueError, match="batch dimension"):

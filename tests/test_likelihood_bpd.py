@@ -50,6 +50,20 @@ def test_dequantisation_noise_is_uniform_within_the_bin():
     assert float(u.var()) == pytest.approx(1 / 12, abs=2.4e-3)
 
 
+def test_merge_bits_per_dim_equals_the_pooled_statistics():
+    values = torch.randn(23, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) + 3.0
+    pieces = [values[:10], values[10:11], values[11:]]  # a shard of one point has stderr nan
+    parts = [likelihood.BitsPerDim(float(p.mean()), float(p.std() / math.sqrt(len(p))) if len(p) > 1 else math.nan,
+                                   len(p), 10.0) for p in pieces]
+    merged = likelihood.merge_bits_per_dim(parts + [None])
+    # float64 sums of 23 numbers: agreement to ~1e-15 relative; 1e-12 leaves room.
+    assert merged.mean == pytest.approx(float(values.mean()), rel=1e-12)
+    assert merged.stderr == pytest.approx(float(values.std() / math.sqrt(23)), rel=1e-12)
+    assert merged.count == 23 and merged.nfe == 10.0
+    with pytest.raises(ValueError, match="empty"):
+        likelihood.merge_bits_per_dim([None])
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="not on the grid of 256 levels"):
         likelihood.dequantize(torch.tensor([[0.001]]), 256)
