@@ -1,7 +1,17 @@
 """Score networks (MLP, DDPM++/NCSN++ U-Net), parameterisations of the score, DSM losses and EMA."""
 from .ema import EMAAverage, create_ema
 from .embeddings import ACTIVATIONS, EMBEDDINGS, GaussianFourierEmbedding, SinusoidalEmbedding
-from .losses import T_SAMPLINGS, WEIGHTINGS, dsm_loss
+from .losses import (
+    T_SAMPLINGS,
+    WEIGHTINGS,
+    EDMWeighting,
+    EpsWeighting,
+    ImportanceLikelihoodWeighting,
+    LikelihoodWeighting,
+    Weighting,
+    dsm_loss,
+    get_weighting,
+)
 from .mlp import MLP
 from .parameterization import NOISE_INPUTS, PARAMETERIZATIONS, ScoreFn, get_score_fn
 from .registry import MODELS, get_model
@@ -9,6 +19,7 @@ from .unet import UNet
 
 __all__ = [
     "MLP", "UNet", "MODELS", "get_model", "ScoreFn", "get_score_fn", "PARAMETERIZATIONS", "NOISE_INPUTS",
-    "dsm_loss", "WEIGHTINGS", "T_SAMPLINGS", "create_ema", "EMAAverage", "ACTIVATIONS", "EMBEDDINGS",
-    "SinusoidalEmbedding", "GaussianFourierEmbedding",
+    "dsm_loss", "WEIGHTINGS", "T_SAMPLINGS", "Weighting", "EpsWeighting", "LikelihoodWeighting",
+    "ImportanceLikelihoodWeighting", "EDMWeighting", "get_weighting", "create_ema", "EMAAverage", "ACTIVATIONS",
+    "EMBEDDINGS", "SinusoidalEmbedding", "GaussianFourierEmbedding",
 ]

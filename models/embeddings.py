@@ -6,6 +6,8 @@ import math
 import torch
 from torch import nn
 
+from sde_lib import Registry
+
 
 class SinusoidalEmbedding(nn.Module):
     """emb(s) = [sin(scale s w_k), cos(scale s w_k)], w_k = 10000^(-k/(dim/2)) (the transformer/DDPM positional code).
@@ -43,35 +45,29 @@ class GaussianFourierEmbedding(nn.Module):
         return torch.cat([torch.sin(arg), torch.cos(arg)], dim=1)
 
 
-EMBEDDINGS: dict[str, type[nn.Module]] = {
+EMBEDDINGS: Registry[type[nn.Module]] = Registry("embedding", {
     "sinusoidal": SinusoidalEmbedding,
     "fourier": GaussianFourierEmbedding,
-}
+})
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {
+ACTIVATIONS: Registry[type[nn.Module]] = Registry("activation", {
     "silu": nn.SiLU,
     "relu": nn.ReLU,
     "gelu": nn.GELU,
     "tanh": nn.Tanh,
     "softplus": nn.Softplus,
-}
-
-
-def _lookup(table: dict, kind: str, name: str):
-    if not isinstance(name, str) or name.lower() not in table:
-        raise ValueError(f"unknown {kind} {name!r}; available: {', '.join(sorted(table))}")
-    return table[name.lower()]
+})
 
 
 def make_embedding(name: str, dim: int, scale: float | None = None) -> nn.Module:
     """The noise-level embedding registered under `name` ("sinusoidal" or "fourier"), with its default scale if None."""
-    cls = _lookup(EMBEDDINGS, "embedding", name)
+    cls = EMBEDDINGS[name]
     return cls(dim) if scale is None else cls(dim, scale=scale)
 
 
 def make_activation(name: str) -> nn.Module:
     """The activation module registered under `name`."""
-    return _lookup(ACTIVATIONS, "activation", name)()
+    return ACTIVATIONS[name]()
 
 
 class LabelEmbedding(nn.Module):

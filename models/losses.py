@@ -1,17 +1,19 @@
 """Denoising score matching: E_t w(t) ||beta_bar s_theta(x_t, t) + eps||^2, summed over dimensions.
 
-In the notation of MATH.md this is E_t lambda(t) E||s_theta(x_t, t) + eps/beta_bar||^2 with lambda = w beta_bar^2.
-A weighting says how t is drawn and what w(t) is; the importance-sampled one draws t from another density and
-carries the ratio of densities in w, so that its expectation is exactly that of the uniform-t version.
+This is E_t lambda(t) E||s_theta(x_t, t) + eps/beta_bar||^2 with lambda = w beta_bar^2 (Song et al. 2021, eq. 7;
+notation of docs/math.md, section Notation). A weighting is an object holding its own hyper-parameters: it says how
+t is drawn on [eps, T] and what w(t) is. The importance-sampled one draws t from another density and carries the
+ratio of densities in w, so that its expectation is exactly that of the uniform-t version.
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
 from torch import nn
 
-from sde_lib import SDE, as_time, expand_as
+from sde_lib import SDE, Registry, as_time, expand_as
 
 from .parameterization import ScoreFn, as_labels, network_attr
 
@@ -36,74 +38,151 @@ def _antithetic(n: int, generator, device) -> Tensor:
 
 # Uniform variates u in [0, 1) for the batch; each weighting maps u to t by its inverse CDF, so the variance
 # reduction of stratified/antithetic u carries over to every weighting.
-T_SAMPLINGS = {
+T_SAMPLINGS = Registry("t_sampling", {
     "uniform": _uniform,
     "stratified": _stratified,
     "antithetic": _antithetic,
-}
+})
 
 
-class EpsWeighting:
+class Weighting:
+    """A DSM weighting on [eps, T]: t_of_u maps uniform variates u to its distribution of t, w(t) weights the loss.
+
+    lambda(t) = w(t) beta_bar(t)^2 is the weight of ||s_theta + eps/beta_bar||^2 under that distribution of t.
+    eps is the smallest training time; subclasses add their own hyper-parameters.
+    """
+
+    def __init__(self, eps: float = 1e-5):
+        eps = float(eps)
+        if not eps >= 0.0:
+            raise ValueError(f"eps (the smallest training time) must be in [0, T), got {eps}")
+        self.eps = eps
+
+    def check(self, sde: SDE) -> None:
+        """Raise ValueError unless [eps, T] is an interval of `sde`'s time range."""
+        if not self.eps < sde.T:
+            raise ValueError(f"eps (the smallest training time) must be in [0, T={sde.T}), got {self.eps}")
+
+    def t_of_u(self, sde: SDE, u: Tensor) -> Tensor:
+        """t ~ U(eps, T); a weighting drawing t from another density overrides this with its inverse CDF."""
+        return self.eps + u * (sde.T - self.eps)
+
+    def weight(self, sde: SDE, t: Tensor) -> Tensor:
+        """w(t), the weight of ||beta_bar s_theta + eps||^2 for t drawn by t_of_u."""
+        raise NotImplementedError
+
+    def lam(self, sde: SDE, t: Tensor) -> Tensor:
+        """lambda(t) = w(t) beta_bar(t)^2."""
+        return self.weight(sde, t) * sde.beta_bar(t) ** 2
+
+    def sample(self, sde: SDE, u: Tensor) -> tuple[Tensor, Tensor]:
+        """(t, w(t)) for uniform variates u of shape (N,), in float64 on u's device."""
+        t = self.t_of_u(sde, u)
+        return t, self.weight(sde, t)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
+
+
+class EpsWeighting(Weighting):
     """lambda = beta_bar^2 (w = 1): the plain eps-MSE ||eps_hat - eps||^2 with t ~ U(eps, T)."""
 
-    def sample(self, sde: SDE, u: Tensor, eps: float, **_) -> tuple[Tensor, Tensor]:
-        t = eps + u * (sde.T - eps)
-        return t, torch.ones_like(t)
+    def weight(self, sde: SDE, t: Tensor) -> Tensor:
+        return torch.ones_like(t)
 
 
-class LikelihoodWeighting:
+class LikelihoodWeighting(Weighting):
     """lambda = g^2 (w = g^2/beta_bar^2), t ~ U(eps, T): (T - eps)/2 E[loss] + const bounds -log p_theta(x_0) (Song et al. 2021b)."""
 
-    def sample(self, sde: SDE, u: Tensor, eps: float, **_) -> tuple[Tensor, Tensor]:
-        t = eps + u * (sde.T - eps)
-        return t, sde.g2(t) / sde.beta_bar(t) ** 2
+    def weight(self, sde: SDE, t: Tensor) -> Tensor:
+        return sde.g2(t) / sde.beta_bar(t) ** 2
 
 
-class ImportanceLikelihoodWeighting:
+class ImportanceLikelihoodWeighting(Weighting):
     """The likelihood-weighted loss with t ~ p(t) proportional to g^2/beta_bar^2 = -2 d log-SNR/dt on [eps, T].
 
     Then t is uniform in log-SNR lambda = log(alpha_bar/beta_bar) (sampled via sde.t_of_log_snr), and
     w = (g^2/beta_bar^2) p_uniform(t)/p(t) = 2 (lambda(eps) - lambda(T)) / (T - eps) is constant: the estimator is
-    unbiased for the same expectation as LikelihoodWeighting, without its 1/t spike near t = 0.
+    unbiased for the same expectation as LikelihoodWeighting, without its 1/t spike near t = 0. eps must be
+    positive, as the log-SNR is infinite at t = 0 for VP SDEs.
     """
 
-    def sample(self, sde: SDE, u: Tensor, eps: float, **_) -> tuple[Tensor, Tensor]:
-        lam_hi, lam_lo = sde.log_snr(as_time(eps, u.device)), sde.log_snr(as_time(sde.T, u.device))
-        t = sde.t_of_log_snr(lam_hi - u * (lam_hi - lam_lo)).clamp(eps, sde.T)
+    def __init__(self, eps: float = 1e-5):
+        super().__init__(eps)
+        if self.eps == 0.0:
+            raise ValueError("weighting='likelihood_is' needs eps > 0 (the log-SNR is infinite at t = 0 for VP SDEs)")
+
+    def _log_snr_range(self, sde: SDE, device) -> tuple[Tensor, Tensor]:
+        return sde.log_snr(as_time(self.eps, device)), sde.log_snr(as_time(sde.T, device))
+
+    def t_of_u(self, sde: SDE, u: Tensor) -> Tensor:
+        lam_hi, lam_lo = self._log_snr_range(sde, u.device)
+        return sde.t_of_log_snr(lam_hi - u * (lam_hi - lam_lo)).clamp(self.eps, sde.T)
+
+    def density(self, sde: SDE, t: Tensor) -> Tensor:
+        """p(t) = (g^2/beta_bar^2) / (2 (lambda(eps) - lambda(T))) on [eps, T], the density t_of_u draws from."""
+        lam_hi, lam_lo = self._log_snr_range(sde, t.device)
+        return sde.g2(t) / sde.beta_bar(t) ** 2 / (2.0 * (lam_hi - lam_lo))
+
+    def weight(self, sde: SDE, t: Tensor) -> Tensor:
+        lam_hi, lam_lo = self._log_snr_range(sde, t.device)
         # Kept a tensor: float() would copy it to the host, a GPU synchronisation on every training step.
-        return t, (2.0 * (lam_hi - lam_lo) / (sde.T - eps)).expand_as(t)
+        return (2.0 * (lam_hi - lam_lo) / (sde.T - self.eps)).expand_as(t)
 
 
-class EDMWeighting:
+class EDMWeighting(Weighting):
     """EDM (Karras et al. 2022): log sigma ~ N(p_mean, p_std^2), sigma = beta_bar/alpha_bar, loss lambda(sigma) ||D - x_0||^2.
 
     lambda(sigma) = (sigma^2 + s_d^2)/(sigma s_d)^2 and ||D - x_0||^2 = sigma^2 beta_bar^2 ||s + eps/beta_bar||^2, so
-    w = (sigma^2 + s_d^2)/s_d^2. t comes from sde.t_of_log_snr(-log sigma), clamped to [eps, T] (for the VE SDE
-    with sigma_min = 0.01 this moves 0.2% of the draws to t = eps).
+    w = (sigma^2 + s_d^2)/s_d^2 with s_d = sigma_data. t comes from sde.t_of_log_snr(-log sigma), clamped to
+    [eps, T] (for the VE SDE with sigma_min = 0.01 this moves 0.2% of the draws to t = eps).
     """
 
-    def sample(self, sde: SDE, u: Tensor, eps: float, *, sigma_data: float, p_mean: float, p_std: float,
-               **_) -> tuple[Tensor, Tensor]:
+    def __init__(self, eps: float = 1e-5, sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2):
+        super().__init__(eps)
+        if not sigma_data > 0:
+            raise ValueError(f"sigma_data must be positive (the data standard deviation), got {sigma_data}")
+        if not p_std > 0:
+            raise ValueError(f"p_std (the standard deviation of log sigma) must be positive, got {p_std}")
+        self.sigma_data, self.p_mean, self.p_std = float(sigma_data), float(p_mean), float(p_std)
+
+    def t_of_u(self, sde: SDE, u: Tensor) -> Tensor:
         z = math.sqrt(2.0) * torch.erfinv(2.0 * u.clamp(1e-12, 1.0 - 1e-12) - 1.0)
-        t = sde.t_of_log_snr(-(p_mean + p_std * z)).clamp(eps, sde.T)
+        return sde.t_of_log_snr(-(self.p_mean + self.p_std * z)).clamp(self.eps, sde.T)
+
+    def weight(self, sde: SDE, t: Tensor) -> Tensor:
         sigma2 = (sde.beta_bar(t) / sde.alpha_bar(t)) ** 2
-        return t, (sigma2 + sigma_data**2) / sigma_data**2
+        return (sigma2 + self.sigma_data**2) / self.sigma_data**2
 
 
-WEIGHTINGS = {
+WEIGHTINGS: Registry[type[Weighting]] = Registry("weighting", {
     "eps": EpsWeighting,
     "likelihood": LikelihoodWeighting,
     "likelihood_is": ImportanceLikelihoodWeighting,
     "edm": EDMWeighting,
-}
-
-REDUCTIONS = ("mean", "none")
+})
 
 
-def _lookup(table, kind: str, name: str):
-    if not isinstance(name, str) or name not in table:
-        raise ValueError(f"unknown {kind} {name!r}; available: {', '.join(sorted(table))}")
-    return table[name]
+def get_weighting(weighting: str | Weighting, **hyper) -> Weighting:
+    """A Weighting as is, or the one registered under the name `weighting` built with the hyper-parameters `hyper`."""
+    if isinstance(weighting, Weighting):
+        if hyper:
+            raise ValueError(f"hyper-parameters {sorted(hyper)} are for a weighting given by name; {weighting!r} "
+                             "holds its own")
+        return weighting
+    cls = WEIGHTINGS[weighting]
+    accepted = set(inspect.signature(cls).parameters)
+    unknown = sorted(set(hyper) - accepted)
+    if unknown:
+        raise ValueError(f"unknown arguments {unknown} for weighting {weighting!r}; it accepts: "
+                         f"{', '.join(sorted(accepted))}")
+    return cls(**hyper)
+
+
+REDUCTIONS = Registry("reduce", {
+    "mean": Tensor.mean,
+    "none": lambda losses: losses,
+})
 
 
 def _drop_labels(model: nn.Module, y: Tensor | None, p: float, generator) -> Tensor | None:
@@ -118,35 +197,31 @@ def _drop_labels(model: nn.Module, y: Tensor | None, p: float, generator) -> Ten
     return torch.where(drop, torch.full_like(y, num_classes), y)
 
 
-def dsm_loss(model: nn.Module, sde: SDE, x0: Tensor, *, parameterization: str = "eps", weighting: str = "eps",
-             eps: float = 1e-5, reduce: str = "mean", t_sampling: str = "uniform", class_labels=None,
-             generator: torch.Generator | None = None, noise_input: str | None = None, sigma_data: float = 0.5,
-             scale_by_sigma: bool = False, p_mean: float = -1.2, p_std: float = 1.2,
-             label_dropout: float = 0.0) -> Tensor:
+def dsm_loss(model: nn.Module, sde: SDE, x0: Tensor, *, parameterization: str = "eps",
+             weighting: str | Weighting = "eps", t_sampling: str = "uniform", class_labels=None,
+             label_dropout: float = 0.0, generator: torch.Generator | None = None, reduce: str = "mean",
+             noise_input: str | None = None, sigma_data: float = 0.5, scale_by_sigma: bool = False) -> Tensor:
     """w(t) ||beta_bar(t) s_theta(x_t, t) + eps||^2 summed over dimensions, x_t = alpha_bar x0 + beta_bar eps.
 
-    Returns the batch mean (reduce="mean") or the per-sample losses of shape (N,) (reduce="none").
-    parameterization / noise_input / sigma_data / scale_by_sigma are those of ScoreFn; p_mean, p_std set
-    EDM's log-normal sigma. label_dropout replaces each class label by the null label `model.num_classes` with
-    that probability (training for classifier-free guidance).
+    weighting: a Weighting (which holds eps, the smallest training time, and its other hyper-parameters) or the
+    name of one, built with its defaults (get_weighting). Returns the batch mean (reduce="mean") or the per-sample
+    losses of shape (N,) (reduce="none"). parameterization / noise_input / sigma_data / scale_by_sigma are those of
+    ScoreFn. label_dropout replaces each class label by the null label `model.num_classes` with that probability
+    (training for classifier-free guidance).
     """
-    weight = _lookup(WEIGHTINGS, "weighting", weighting)()
-    draw_u = _lookup(T_SAMPLINGS, "t_sampling", t_sampling)
-    if reduce not in REDUCTIONS:
-        raise ValueError(f"unknown reduce {reduce!r}; available: {', '.join(REDUCTIONS)}")
-    if not 0.0 <= eps < sde.T:
-        raise ValueError(f"eps (the smallest training time) must be in [0, T={sde.T}), got {eps}")
-    if eps == 0.0 and weighting == "likelihood_is":
-        raise ValueError("weighting='likelihood_is' needs eps > 0 (the log-SNR is infinite at t = 0 for VP SDEs)")
+    weighting = get_weighting(weighting)
+    draw_u = T_SAMPLINGS[t_sampling]
+    reduction = REDUCTIONS[reduce]
+    weighting.check(sde)
     score_fn = ScoreFn(model, sde, parameterization, noise_input=noise_input, sigma_data=sigma_data,
                        scale_by_sigma=scale_by_sigma)
     n = x0.shape[0]
     labels = _drop_labels(model, as_labels(class_labels, n, x0.device), label_dropout, generator)
     u = draw_u(n, generator, x0.device)
-    t, w = weight.sample(sde, u, float(eps), sigma_data=float(sigma_data), p_mean=float(p_mean), p_std=float(p_std))
+    t, w = weighting.sample(sde, u)
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     a, b = expand_as(sde.alpha_bar(t), x0), expand_as(sde.beta_bar(t), x0)
     xt = a * x0 + b * noise
     residual = b * score_fn.score(xt, t, labels) + noise
     losses = w.to(x0.dtype) * residual.reshape(n, -1).square().sum(1)
-    return losses.mean() if reduce == "mean" else losses
+    return reduction(losses)

@@ -10,7 +10,7 @@ import functools
 import torch
 from torch import nn
 
-from sde_lib import SDE, batch_time, expand_as
+from sde_lib import SDE, Registry, batch_time, expand_as
 
 Tensor = torch.Tensor
 
@@ -43,11 +43,11 @@ def _noise_edm(c: Coefficients) -> Tensor:
 
 # What the network receives as noise_input: t (sinusoidal embeddings), log sigma = -log-SNR (Fourier features,
 # NCSN++), or EDM's c_noise = log(sigma)/4.
-NOISE_INPUTS = {
+NOISE_INPUTS = Registry("noise_input", {
     "t": _noise_t,
     "log_sigma": _noise_log_sigma,
     "edm": _noise_edm,
-}
+})
 
 
 def _score_from_score(net, x, a, b, opts) -> Tensor:
@@ -84,19 +84,13 @@ def _score_from_edm(net, x, a, b, opts) -> Tensor:
     return -x / r2 + a * sd * out / (b * torch.sqrt(r2))
 
 
-PARAMETERIZATIONS = {
+PARAMETERIZATIONS = Registry("parameterization", {
     "score": _score_from_score,
     "eps": _score_from_eps,
     "x0": _score_from_x0,
     "v": _score_from_v,
     "edm": _score_from_edm,
-}
-
-
-def _lookup(table: dict, kind: str, name: str):
-    if not isinstance(name, str) or name not in table:
-        raise ValueError(f"unknown {kind} {name!r}; available: {', '.join(sorted(table))}")
-    return table[name]
+})
 
 
 def network_attr(model: nn.Module, name: str):
@@ -132,27 +126,22 @@ class ScoreFn:
     """score_fn(x, t) = grad_x log p_t(x) implied by `model` under `parameterization` (the sde_lib convention).
 
     t may be float64 or x's dtype, scalar or shape (N,); coefficients are computed in float64 and cast to x's dtype.
-    With guidance_scale w > 0 and class labels: score = (1 + w) score(x | y) - w score(x | null label).
+    Classifier-free guidance combines `score` of a class and of the null label: guidance.ClassifierFreeGuidance.
     """
 
     def __init__(self, model: nn.Module, sde: SDE, parameterization: str = "eps", class_labels=None, *,
-                 noise_input: str | None = None, sigma_data: float = 0.5, scale_by_sigma: bool = False,
-                 guidance_scale: float = 0.0):
-        self.to_score = _lookup(PARAMETERIZATIONS, "parameterization", parameterization)
-        noise_input = default_noise_input(model, parameterization) if noise_input is None else noise_input
-        self.noise_fn = _lookup(NOISE_INPUTS, "noise_input", noise_input)
+                 noise_input: str | None = None, sigma_data: float = 0.5, scale_by_sigma: bool = False):
+        parameterization = PARAMETERIZATIONS.canonical(parameterization)
+        self.to_score = PARAMETERIZATIONS[parameterization]
+        noise_input = NOISE_INPUTS.canonical(default_noise_input(model, parameterization) if noise_input is None
+                                             else noise_input)
+        self.noise_fn = NOISE_INPUTS[noise_input]
         if not sigma_data > 0:
             raise ValueError(f"sigma_data must be positive (the data standard deviation, 0.5 for images in [-1, 1]), "
                              f"got {sigma_data}")
-        if guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be non-negative, got {guidance_scale}")
-        self.num_classes = network_attr(model, "num_classes")
-        if guidance_scale and self.num_classes is None:
-            raise ValueError("guidance_scale > 0 needs a class-conditional network (built with num_classes)")
         self.model, self.sde, self.parameterization = model, sde, parameterization
         self.class_labels = class_labels
         self.noise_input = noise_input
-        self.guidance_scale = float(guidance_scale)
         self.opts = {"sigma_data": float(sigma_data), "scale_by_sigma": bool(scale_by_sigma)}
 
     def __call__(self, x: Tensor, t) -> Tensor:
@@ -162,20 +151,12 @@ class ScoreFn:
         """The score at (x, t) for class labels y (an int, a tensor (N,), or None for the unconditional/null label)."""
         c = Coefficients(self.sde, batch_time(t, x))
         y = as_labels(y, x.shape[0], x.device)
-        s = self._score(x, c, y)
-        if self.guidance_scale and y is not None:
-            null = torch.full_like(y, self.num_classes)
-            s = (1.0 + self.guidance_scale) * s - self.guidance_scale * self._score(x, c, null)
-        return s
-
-    def _score(self, x: Tensor, c: Coefficients, y: Tensor | None) -> Tensor:
         net = functools.partial(self.model, noise_input=self.noise_fn(c).to(x.dtype), y=y)
         return self.to_score(net, x, expand_as(c.alpha_bar, x), expand_as(c.beta_bar, x), self.opts)
 
 
 def get_score_fn(model: nn.Module, sde: SDE, parameterization: str = "eps", class_labels=None, *,
-                 noise_input: str | None = None, sigma_data: float = 0.5, scale_by_sigma: bool = False,
-                 guidance_scale: float = 0.0) -> ScoreFn:
+                 noise_input: str | None = None, sigma_data: float = 0.5, scale_by_sigma: bool = False) -> ScoreFn:
     """score_fn(x, t) = grad_x log p_t(x) of a network under a parameterisation (see ScoreFn)."""
     return ScoreFn(model, sde, parameterization, class_labels, noise_input=noise_input, sigma_data=sigma_data,
-                   scale_by_sigma=scale_by_sigma, guidance_scale=guidance_scale)
+                   scale_by_sigma=scale_by_sigma)

@@ -6,17 +6,19 @@ import inspect
 
 from torch import nn
 
+from sde_lib import Registry
+
 from .mlp import MLP
 from .unet import UNet
 
 # DDPM++ cont. and NCSN++ cont. of Song et al. 2021 for CIFAR-10 (NCSN++ here without FIR resampling and
 # progressive pyramids); any argument can still be overridden.
-MODELS = {
+MODELS = Registry("model", {
     "mlp": MLP,
     "unet": UNet,
     "ddpmpp": functools.partial(UNet, embedding="sinusoidal"),
     "ncsnpp": functools.partial(UNet, embedding="fourier"),
-}
+})
 
 
 def _accepted(constructor) -> set[str]:
@@ -25,10 +27,7 @@ def _accepted(constructor) -> set[str]:
 
 def get_model(name: str, **kwargs) -> nn.Module:
     """The network registered under `name` (case-insensitive), built with the given keyword arguments."""
-    key = name.lower() if isinstance(name, str) else name
-    if key not in MODELS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")
-    constructor = MODELS[key]
+    constructor = MODELS[name]
     unknown = sorted(set(kwargs) - _accepted(constructor))
     if unknown:
         raise ValueError(f"unknown arguments {unknown} for model {name!r}; it accepts: "

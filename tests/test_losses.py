@@ -80,13 +80,15 @@ def uniform_average(fn, lo, hi):
     return val / (hi - lo)
 
 
-def loss_samples(sde, n, seed, parameterization="eps", opts=None, shift=0.0, **kwargs):
+def loss_samples(sde, n, seed, parameterization="eps", opts=None, shift=0.0, weighting="eps", eps=1e-5, **kwargs):
     opts = opts or {}
     gen = torch.Generator().manual_seed(seed)
     x0 = DATA.sample(n, generator=gen)
     model = optimal(sde, parameterization, opts, shift)
+    if isinstance(weighting, str):
+        weighting = models.get_weighting(weighting, eps=eps)
     return models.dsm_loss(model, sde, x0, parameterization=parameterization, noise_input="t", reduce="none",
-                           generator=gen, **opts, **kwargs)
+                           weighting=weighting, generator=gen, **opts, **kwargs)
 
 
 def assert_mc_close(samples, expected):
@@ -170,17 +172,17 @@ def test_importance_likelihood_weights_stay_on_the_device(name):
     # Reading a value on the host (float(), .item()) is refused on the meta device, as on CUDA it would stall the
     # training step for a GPU synchronisation.
     sde, eps = SDES[name], 1e-5
-    weighting = models.losses.ImportanceLikelihoodWeighting()
-    t, w = weighting.sample(sde, torch.rand(8, dtype=torch.float64, device="meta"), eps)
+    weighting = models.ImportanceLikelihoodWeighting(eps=eps)
+    t, w = weighting.sample(sde, torch.rand(8, dtype=torch.float64, device="meta"))
     assert t.device.type == w.device.type == "meta" and w.shape == t.shape == (8,)
-    _, w = weighting.sample(sde, torch.rand(8, dtype=torch.float64), eps)
+    _, w = weighting.sample(sde, torch.rand(8, dtype=torch.float64))
     lam_hi, lam_lo = sde.log_snr(torch.tensor(eps, dtype=torch.float64)), sde.log_snr(torch.tensor(sde.T))
     assert torch.allclose(w, 2 * (lam_hi - lam_lo) / (sde.T - eps), rtol=1e-12)
 
 
 def test_edm_weighting_on_the_ve_sde_matches_its_lognormal_expectation():
     sde, sd, eps = SDES["ve"], 0.7, 1e-5
-    losses = loss_samples(sde, 40000, 6, "edm", {"sigma_data": sd}, weighting="edm", eps=eps)
+    losses = loss_samples(sde, 40000, 6, "edm", {"sigma_data": sd}, weighting=models.EDMWeighting(eps=eps, sigma_data=sd))
     # E over log sigma ~ N(-1.2, 1.2^2), sigma mapped to t and clamped to [eps, T] as documented.
     z = np.linspace(-9, 9, 20001)
     t = sde.t_of_log_snr(-torch.as_tensor(-1.2 + 1.2 * z)).clamp(eps, sde.T)
@@ -235,17 +237,51 @@ def test_label_dropout_replaces_labels_by_the_null_label_at_the_given_rate():
 
 def test_bad_loss_arguments_name_the_valid_choices():
     net, x0 = models.MLP(2), torch.zeros(4, 2)
-    with pytest.raises(ValueError, match="unknown weighting 'nll'.*edm, eps, likelihood, likelihood_is"):
+    with pytest.raises(ValueError, match="unknown weighting 'nll'; available: eps, likelihood, likelihood_is, edm$"):
         models.dsm_loss(net, VPSDE(), x0, weighting="nll")
-    with pytest.raises(ValueError, match="unknown parameterization 'epsilon'.*edm, eps, score, v, x0"):
+    with pytest.raises(ValueError, match="unknown parameterization 'epsilon'; available: score, eps, x0, v, edm$"):
         models.dsm_loss(net, VPSDE(), x0, parameterization="epsilon")
-    with pytest.raises(ValueError, match="unknown t_sampling 'sobol'.*antithetic, stratified, uniform"):
+    with pytest.raises(ValueError, match="unknown t_sampling 'sobol'; available: uniform, stratified, antithetic$"):
         models.dsm_loss(net, VPSDE(), x0, t_sampling="sobol")
-    with pytest.raises(ValueError, match="unknown reduce 'sum'.*mean, none"):
+    with pytest.raises(ValueError, match="unknown reduce 'sum'; available: mean, none$"):
         models.dsm_loss(net, VPSDE(), x0, reduce="sum")
     with pytest.raises(ValueError, match=r"eps .* must be in \[0, T=1.0\)"):
-        models.dsm_loss(net, VPSDE(), x0, eps=1.5)
+        models.dsm_loss(net, VPSDE(), x0, weighting=models.EpsWeighting(eps=1.5))
+    with pytest.raises(ValueError, match="likelihood_is' needs eps > 0"):
+        models.get_weighting("likelihood_is", eps=0.0)
+    with pytest.raises(ValueError, match=r"unknown arguments \['sigma_data'\] for weighting 'eps'"):
+        models.get_weighting("eps", sigma_data=0.5)
+    with pytest.raises(ValueError, match=r"hyper-parameters \['eps'\] are for a weighting given by name"):
+        models.get_weighting(models.EpsWeighting(), eps=1e-3)
     with pytest.raises(ValueError, match="label_dropout > 0 needs class_labels"):
         models.dsm_loss(net, VPSDE(), x0, label_dropout=0.1)
     assert set(models.WEIGHTINGS) == {"eps", "likelihood", "likelihood_is", "edm"}
     assert set(models.PARAMETERIZATIONS) == {"score", "eps", "x0", "v", "edm"}
+
+
+@pytest.mark.parametrize("name", ["vp", "subvp", "ve", "cosine"])
+def test_importance_density_is_normalised_and_gives_the_likelihood_weight(name):
+    sde, eps = SDES[name], 1e-3
+    weighting = models.ImportanceLikelihoodWeighting(eps=eps)
+    # p(t) = (g^2/beta_bar^2) / (2 (lambda(eps) - lambda(T))) integrates to 1 on [eps, T] because
+    # g^2/beta_bar^2 = -2 d lambda/dt; quadrature to 1e-9 relative.
+    density = lambda t: weighting.density(sde, torch.as_tensor(t, dtype=torch.float64)).numpy()
+    assert uniform_average(density, eps, sde.T) * (sde.T - eps) == pytest.approx(1.0, rel=1e-8)
+    # w = (g^2/beta_bar^2) p_uniform / p: the same lambda = g^2 relative to uniform t as LikelihoodWeighting.
+    t = torch.linspace(eps, sde.T, 50, dtype=torch.float64)
+    ratio = models.LikelihoodWeighting(eps=eps).weight(sde, t) / ((sde.T - eps) * weighting.density(sde, t))
+    torch.testing.assert_close(weighting.weight(sde, t), ratio, rtol=1e-10, atol=0)
+
+
+def test_weightings_lambda_and_t_range():
+    sde, eps = SDES["vp"], 1e-3
+    t = torch.linspace(eps, sde.T, 20, dtype=torch.float64)
+    torch.testing.assert_close(models.EpsWeighting(eps).lam(sde, t), sde.beta_bar(t) ** 2, rtol=1e-14, atol=0)
+    torch.testing.assert_close(models.LikelihoodWeighting(eps).lam(sde, t), sde.g2(t), rtol=1e-12, atol=0)
+    u = torch.linspace(0, 1, 101, dtype=torch.float64)
+    for name in models.WEIGHTINGS:
+        drawn, w = models.get_weighting(name, eps=eps).sample(sde, u)
+        assert drawn.min() >= eps and drawn.max() <= sde.T and (w > 0).all(), name
+        # Each t_of_u is an inverse CDF: non-decreasing in u.
+        assert (drawn.diff() >= 0).all(), name
+    assert isinstance(models.get_weighting("EDM", sigma_data=0.7), models.EDMWeighting)
