@@ -1,0 +1,135 @@
+"""`evaluate(samples, dataset, ...)`: sample quality as papers report it, for the dataset the samples imitate."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import fidelity
+from . import reference as reference_cache
+from .digits import digits_features, digits_split, load_classifier
+from .frechet import feature_statistics, frechet_distance
+from .inception_score import inception_score, softmax_probs
+from .kid import kid
+from .vectors import energy_distance, sliced_wasserstein
+
+
+@dataclasses.dataclass
+class EvalResult:
+    """Metrics of one set of samples; which fields are set depends on `kind` ("inception", "digits", "vectors")."""
+
+    kind: str
+    num_samples: int
+    fid: float | None = None
+    kid: float | None = None
+    kid_std: float | None = None
+    is_mean: float | None = None
+    is_std: float | None = None
+    fd_digits: float | None = None
+    is_digits: float | None = None
+    is_digits_std: float | None = None
+    energy: float | None = None
+    sliced_w2: float | None = None
+
+    def format(self) -> str:
+        if self.kind == "inception":
+            return (f"FID {self.fid:.2f} | KID {self.kid:.4f} ± {self.kid_std:.4f} | "
+                    f"IS {self.is_mean:.2f} ± {self.is_std:.2f}")
+        if self.kind == "digits":
+            return f"FD-digits {self.fd_digits:.3f} | IS-digits {self.is_digits:.2f} ± {self.is_digits_std:.2f}"
+        return f"ED {self.energy:.4f} | SW2 {self.sliced_w2:.4f}"
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+Reference = torch.Tensor | np.ndarray | Callable[[], torch.Tensor]
+
+
+def evaluate(samples, dataset: str, image_size: int | None = None, num_channels: int | None = None, *,
+             reference: Reference | None = None, reference_split: str = "train",
+             cache_dir: str | Path | None = None, inception_weights: str | Path | None = None,
+             device: str | torch.device = "cpu", batch_size: int = 200, kid_subsets: int = 100,
+             kid_subset_size: int = 1000, is_splits: int = 10, seed: int = 2020) -> EvalResult:
+    """Score data-space samples of `dataset` against its reference data.
+
+    - "digits": FD-digits and IS-digits in the bundled classifier (reference: the train split unless given);
+    - other images (N, C, H, W) in [0, 1]: FID, KID and IS in torch-fidelity's Inception (the `metrics` extra).
+      The reference statistics are read from cache_dir when cached for this dataset, split, shape and weights;
+      otherwise `reference` (images in data space, or a function returning them, called only then) gives them,
+      and they are cached there;
+    - vectors (N, D), e.g. the 2-D toys: energy distance and sliced Wasserstein-2 against `reference`, which
+      should be held-out data.
+    seed fixes the KID subsets and the IS shuffle (2020, torch-fidelity's default).
+    """
+    x = _as_tensor(samples, "samples")
+    dataset = dataset.lower()
+    if x.ndim == 4:
+        expected = (num_channels, image_size, image_size)
+        for got, want, what in zip(x.shape[1:], expected, ("channels", "height", "width")):
+            if want is not None and got != want:
+                raise ValueError(f"samples have {got} {what}, expected {want} (shape {tuple(x.shape)})")
+        if x.shape[1] not in (1, 3):
+            raise ValueError(f"images need 1 or 3 channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+    elif x.ndim != 2:
+        raise ValueError(f"samples must be images (N, C, H, W) or vectors (N, D), got shape {tuple(x.shape)}")
+    if len(x) < 2:
+        raise ValueError(f"the statistics need at least 2 samples, got {len(x)}")
+    if x.ndim == 4 and len(x) < is_splits:
+        raise ValueError(f"the Inception Score with {is_splits} splits needs at least {is_splits} samples, "
+                         f"got {len(x)}")
+
+    if dataset == "digits":
+        if tuple(x.shape[1:]) != (1, 8, 8):
+            raise ValueError(f"digits samples are (N, 1, 8, 8), got shape {tuple(x.shape)}")
+        ref = digits_split(reference_split) if reference is None else _as_tensor(_call(reference), "reference")
+        model = load_classifier()
+        ref_feats, _ = digits_features(ref, model)
+        feats, logits = digits_features(x.clamp(0.0, 1.0), model)
+        is_mean, is_std = inception_score(softmax_probs(logits), is_splits, seed)
+        return EvalResult("digits", len(x), fd_digits=frechet_distance(*feature_statistics(feats),
+                                                                       *feature_statistics(ref_feats)),
+                          is_digits=is_mean, is_digits_std=is_std)
+
+    if x.ndim == 2:
+        if reference is None:
+            raise ValueError(f"vector samples of {dataset!r} are scored against held-out data: pass reference=")
+        ref = _as_tensor(_call(reference), "reference")
+        return EvalResult("vectors", len(x), energy=energy_distance(x, ref), sliced_w2=sliced_wasserstein(x, ref))
+
+    model = fidelity.load_inception(inception_weights, device)
+    meta = {"dataset": dataset, "split": reference_split, "shape": list(x.shape[1:]),
+            "extractor": f"{fidelity.EXTRACTOR}-{fidelity.weights_tag(inception_weights)}"}
+
+    def reference_features() -> np.ndarray:
+        if reference is None:
+            where = f"in {cache_dir}" if cache_dir is not None else "(no cache_dir given)"
+            raise ValueError(f"no cached reference statistics for {dataset} {reference_split} at shape "
+                             f"{tuple(x.shape[1:])} {where}: pass reference= the {reference_split} images")
+        ref = _as_tensor(_call(reference), "reference")
+        if tuple(ref.shape[1:]) != tuple(x.shape[1:]):
+            raise ValueError(f"reference images have shape {tuple(ref.shape[1:])}, samples {tuple(x.shape[1:])}")
+        return fidelity.inception_features(ref, model, batch_size, device)[0]
+
+    stats = reference_cache.reference_stats(meta, reference_features, cache_dir)
+    feats, logits = fidelity.inception_features(x, model, batch_size, device)
+    kid_mean, kid_std = kid(feats, stats.kid_features, kid_subsets, kid_subset_size, seed)
+    is_mean, is_std = inception_score(softmax_probs(logits), is_splits, seed)
+    return EvalResult("inception", len(x), fid=frechet_distance(*feature_statistics(feats), stats.mu, stats.sigma),
+                      kid=kid_mean, kid_std=kid_std, is_mean=is_mean, is_std=is_std)
+
+
+def _call(reference: Reference):
+    return reference() if callable(reference) else reference
+
+
+def _as_tensor(a, what: str) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a).detach().cpu()
+    if not t.dtype.is_floating_point:
+        raise ValueError(f"{what} must be floats in data space ([0, 1] for images), got dtype {t.dtype}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{what} contain {int((~torch.isfinite(t)).sum())} NaN or infinite values")
+    return t
