@@ -78,6 +78,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.solver = "dpm_solver"      # any name of solvers.available()
     sampling.steps = 20                 # solver steps (NFE depends on the solver)
+    sampling.options = ""               # any other solver options, "name=value,...", e.g. "order=2,variant=bh1"
+    #                                     (solvers.solver_options(name) lists them)
     sampling.eps = 1e-3                 # smallest t the sampler reaches
     sampling.grid = ""                  # "" (the solver's default), uniform | logsnr | edm, "calibrated"
     #                                     (<workdir>/grids/<solver>_<steps>.json from --mode calibrate) or a .json path

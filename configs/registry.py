@@ -37,3 +37,16 @@ def load_config(name_or_path: str) -> ml_collections.ConfigDict:
     if not hasattr(module, "get_config"):
         raise ValueError(f"config file {path} does not define get_config()")
     return module.get_config()
+
+
+def resolve_argument(argv: list[str], default: str = "vpsde") -> tuple[list[str], str]:
+    """argv with `--config NAME` (or --config=NAME) rewritten to its file, and the config's name (its file stem)."""
+    argv, name = list(argv), default
+    for k, arg in enumerate(argv):
+        if arg == "--config" and k + 1 < len(argv):
+            name = argv[k + 1]
+            argv[k + 1] = str(config_path(name))
+        elif arg.startswith("--config="):
+            name = arg.split("=", 1)[1]
+            argv[k] = f"--config={config_path(name)}"
+    return argv, Path(name).stem

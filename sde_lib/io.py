@@ -1,4 +1,4 @@
-"""Atomic file output: nothing the framework writes is ever left half-written."""
+"""Atomic file output, for every package: nothing the framework writes is ever left half-written."""
 from __future__ import annotations
 
 import json

@@ -1,11 +1,14 @@
 """Samplers for score-based models: reverse-SDE and probability-flow ODE solvers that count their score calls."""
-from .api import encode, sample
+from .api import Sampler, calibratable, check_calibratable, check_steps, encode, sample, sampler
 from .base import SampleResult, Solver
-from .calibrate import Calibration, calibratable, calibrate_grid, check_calibratable, load_grid, save_grid
+from .calibrate import Calibration, calibrate_grid
 from .counting import CountingScore
-from .grids import GRIDS, time_grid
-from .registry import SOLVERS, available, get_solver, solver_options
+from .grids import GRIDS, calibrated_grid_path, load_grid, resolve_grid, save_grid, time_grid
+from .options import check_options, parse_options, solver_options
+from .random import SampleGenerators, sample_seed
+from .registry import SOLVERS, available, deterministic, get_solver
 
-__all__ = ["sample", "encode", "available", "get_solver", "solver_options", "SampleResult", "Solver",
-           "CountingScore", "SOLVERS", "GRIDS", "time_grid", "calibrate_grid", "Calibration", "save_grid", "load_grid",
-           "calibratable", "check_calibratable"]
+__all__ = ["sample", "encode", "sampler", "Sampler", "available", "get_solver", "solver_options", "check_options",
+           "parse_options", "check_steps", "SampleResult", "Solver", "CountingScore", "SOLVERS", "GRIDS",
+           "time_grid", "resolve_grid", "calibrated_grid_path", "calibrate_grid", "Calibration", "save_grid",
+           "load_grid", "calibratable", "check_calibratable", "deterministic", "SampleGenerators", "sample_seed"]

@@ -10,10 +10,7 @@ passes (`Calibration.nfe` counts the forward ones), spent once; sampling on the 
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from typing import NamedTuple
 
 import torch
@@ -21,11 +18,11 @@ from tqdm.auto import tqdm
 
 from sde_lib import SDE
 
-from .api import sample
+from .api import check_calibratable, sample
 from .counting import CountingScore
-from .grids import as_times, check_grid_name, time_grid
-from .registry import SOLVERS, get_solver
-from .registry import solver_options as solver_option_names
+from .grids import check_grid_name, time_grid
+from .options import check_options
+from .registry import get_solver
 
 Tensor = torch.Tensor
 
@@ -59,19 +56,6 @@ def _times_of(p: Tensor, T: float, eps: float) -> Tensor:
     widths = torch.softmax(p, 0) * (T - eps)
     t = T - torch.cat([widths.new_zeros(1), torch.cumsum(widths, 0)])
     return torch.cat([t[:-1], t.new_full((1,), eps)])
-
-
-def calibratable() -> list[str]:
-    """The solvers a grid can be fitted for: the deterministic ones with a fixed grid."""
-    return [name for name, cls in SOLVERS.items() if not (cls.stochastic or cls.adaptive)]
-
-
-def check_calibratable(solver: str) -> None:
-    """A ValueError unless a grid can be fitted for `solver` (it must be deterministic and use a fixed grid)."""
-    if solver not in calibratable():
-        get_solver(solver)      # an unknown name gets the registry's error, which lists every solver
-        raise ValueError(f"calibration fits the grid of a deterministic fixed-step solver, not {solver!r}: "
-                         f"calibrated grids are fitted for the deterministic solvers {', '.join(calibratable())}")
 
 
 def _fit(solver, name: str, x_T: Tensor, ref: Tensor, start: Tensor, iterations: int, lr: float, bar):
@@ -131,10 +115,7 @@ def calibrate_grid(sde: SDE, score_fn, shape, solver: str = "unipc", *, steps: i
         check_grid_name(name)
     if "grid" in solver_options:
         raise ValueError("calibrate_grid chooses the grid itself; drop the grid option")
-    unknown = sorted(set(solver_options) - set(solver_option_names(solver)))
-    if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)} for solver {solver!r}; "
-                         f"valid options: {', '.join(solver_option_names(solver))}")
+    solver_options = check_options(solver, solver_options)
     if device is None and generator is not None:
         device = generator.device
     x_T = sde.prior_sampling(shape, generator=generator, device=device, dtype=dtype)
@@ -156,32 +137,3 @@ def calibrate_grid(sde: SDE, score_fn, shape, solver: str = "unipc", *, steps: i
             if error < best[0]:
                 best = (error, times)
     return Calibration(best[1], best[0], initial, ref.nfe + score.nfe)
-
-
-def save_grid(path: str, calibration: Calibration, *, solver: str, sde: SDE, **solver_options) -> None:
-    """Write the grid and what it was fitted for as JSON, atomically (a crash never leaves half a file)."""
-    record = {"times": calibration.times.tolist(), "solver": solver, "solver_options": solver_options,
-              "sde": repr(sde), "error": calibration.error, "initial_error": calibration.initial_error,
-              "nfe": calibration.nfe}
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".grid-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def load_grid(path: str) -> Tensor:
-    """The times of a grid written by save_grid."""
-    try:
-        with open(path) as f:
-            record = json.load(f)
-        return as_times(record["times"])
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no grid file at {path!r}; make one with calibrate_grid / --mode calibrate") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{path!r} is not a grid file written by save_grid ({e})") from None

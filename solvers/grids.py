@@ -5,9 +5,14 @@ exactly at T and eps (the log-SNR inversions are only accurate to round-off, so 
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import NamedTuple
+
 import torch
 
-from sde_lib import SDE
+from sde_lib import SDE, Registry
+from sde_lib.io import atomic_write_text
 
 Tensor = torch.Tensor
 
@@ -38,14 +43,12 @@ def _pin(t: Tensor, T: float, eps: float) -> Tensor:
     return t
 
 
-GRIDS = {"uniform": uniform_t, "logsnr": uniform_log_snr, "edm": edm_rho}
+GRIDS = Registry("time grid", {"uniform": uniform_t, "logsnr": uniform_log_snr, "edm": edm_rho})
 
 
 def check_grid_name(name: str) -> str:
-    """name if it is a registered grid, else a ValueError listing the grids."""
-    if name not in GRIDS:
-        raise ValueError(f"unknown time grid {name!r}; available: {', '.join(GRIDS)}")
-    return name
+    """The registered spelling of grid `name`; a ValueError listing the grids if there is none."""
+    return GRIDS.canonical(name)
 
 
 def as_times(times) -> Tensor:
@@ -74,7 +77,7 @@ def check_times(t: Tensor, sde: SDE, steps: int, eps: float) -> Tensor:
 
 def time_grid(sde: SDE, steps: int, eps: float, grid: str = "uniform", rho: float = 7.0) -> Tensor:
     """The steps + 1 times T = t_0 > t_1 > ... > t_steps = eps of the named grid (float64)."""
-    check_grid_name(grid)
+    grid = check_grid_name(grid)
     if grid == "edm":
         t = edm_rho(sde, steps, eps, rho)
     else:
@@ -83,3 +86,69 @@ def time_grid(sde: SDE, steps: int, eps: float, grid: str = "uniform", rho: floa
         raise ValueError(f"the {grid!r} grid with {steps} steps on [{eps}, {sde.T}] is not strictly decreasing; "
                          f"use fewer steps or a larger eps")
     return t
+
+
+def save_grid(path, calibration, *, solver: str, sde: SDE, **solver_options) -> None:
+    """Write a fitted grid (a solvers.Calibration) and what it was fitted for as JSON, atomically."""
+    record = {"times": calibration.times.tolist(), "solver": solver, "solver_options": solver_options,
+              "sde": repr(sde), "error": calibration.error, "initial_error": calibration.initial_error,
+              "nfe": calibration.nfe}
+    atomic_write_text(path, json.dumps(record, indent=1))
+
+
+def load_grid(path) -> Tensor:
+    """The times of a grid written by save_grid."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        return as_times(record["times"])
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no grid file at {str(path)!r}; make one with calibrate_grid / --mode calibrate") \
+            from None
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{str(path)!r} is not a grid file written by save_grid ({e})") from None
+
+
+def calibrated_grid_path(workdir, solver: str, steps: int) -> Path:
+    """Where --mode calibrate keeps the grid of `solver` at `steps` steps for the run in `workdir`."""
+    return Path(workdir) / "grids" / f"{solver}_{steps}.json"
+
+
+class ResolvedGrid(NamedTuple):
+    """grid: the solver's grid option (a name or the times; None = the solver's default); steps: the steps to
+    take; label: what tells the grid apart in file names ("" for the default)."""
+
+    grid: object
+    steps: int | None
+    label: str
+
+
+def resolve_grid(grid: str, solver: str, steps: int | None, *, steps_given: bool = True,
+                 workdir=None) -> ResolvedGrid:
+    """A grid setting ("" for the solver's own, a grid name, "calibrated" or a .json path) as a solver option.
+
+    "calibrated" reads <workdir>/grids/<solver>_<steps>.json (written by --mode calibrate); a .json path gives its
+    times and, unless steps_given, its number of steps.
+    """
+    if grid in ("", None):
+        return ResolvedGrid(None, steps, "")
+    if not isinstance(grid, str):
+        times = as_times(grid)
+        return ResolvedGrid(times, steps if steps_given else len(times) - 1, "given")
+    if grid in GRIDS:
+        return ResolvedGrid(grid, steps, grid)
+    if grid == "calibrated":
+        if workdir is None:
+            raise ValueError("grid 'calibrated' needs the run directory (--workdir); or give the path of the "
+                             ".json grid file")
+        path = calibrated_grid_path(workdir, solver, steps)
+        if not path.is_file():
+            raise FileNotFoundError(f"no calibrated {solver} grid with {steps} steps at {path}; make it with "
+                                    f"`python main.py --mode calibrate --workdir {workdir} --solver {solver} "
+                                    f"--steps {steps}` first")
+        return ResolvedGrid(load_grid(path), steps, "calibrated")
+    if not grid.endswith(".json"):
+        raise ValueError(f"unknown time grid {grid!r}; available: {', '.join(GRIDS)}, calibrated, or the path of "
+                         f"a .json grid file")
+    times = load_grid(grid)
+    return ResolvedGrid(times, steps if steps_given else len(times) - 1, f"grid-{Path(grid).stem}")

@@ -1,14 +1,14 @@
 """Name -> solver class; the names are the CLI's --solver values."""
 from __future__ import annotations
 
-import inspect
+from sde_lib import Registry
 
 from .base import Solver
 from .library_sde import SDEEuler, SDEMidpoint, SDESRK
 from .ode import DDIM, DPMSolver, RK45, Euler, Heun, UniPC
 from .stochastic import Ancestral, EulerMaruyama, PredictorCorrector
 
-SOLVERS: dict[str, type[Solver]] = {
+SOLVERS: Registry[type[Solver]] = Registry("solver", {
     # probability-flow ODE (deterministic)
     "euler": Euler,
     "heun": Heun,
@@ -23,22 +23,19 @@ SOLVERS: dict[str, type[Solver]] = {
     "sde_euler": SDEEuler,
     "sde_srk": SDESRK,
     "sde_midpoint": SDEMidpoint,
-}
+})
 
 
 def available() -> list[str]:
     """The registered solver names."""
-    return list(SOLVERS)
+    return SOLVERS.names()
 
 
 def get_solver(name: str) -> type[Solver]:
     """The solver class registered under `name`; a ValueError lists the names otherwise."""
-    if name not in SOLVERS:
-        raise ValueError(f"unknown solver {name!r}; available: {', '.join(SOLVERS)}")
     return SOLVERS[name]
 
 
-def solver_options(name: str) -> list[str]:
-    """The keyword options solver `name` accepts (its constructor's keyword-only parameters)."""
-    params = inspect.signature(get_solver(name).__init__).parameters.values()
-    return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+def deterministic() -> list[str]:
+    """The probability-flow ODE solvers (those `encode` and `calibrate_grid` accept)."""
+    return [name for name, cls in SOLVERS.items() if not cls.stochastic]

@@ -1,11 +1,14 @@
-"""Training: the loop, checkpoints, metrics and sample snapshots."""
-from .builders import (build_model, build_optimizer, build_sde, calibrated_grid_path, get_device,
-                       sampler_arguments)
+"""Training and trained runs: the loop, checkpoints, metrics, sample snapshots, and load_run for inference."""
+from .builders import build_model, build_optimizer, build_sde, get_device
 from .checkpoint import CheckpointError, find_checkpoint, latest_checkpoint, load_checkpoint
-from .loop import Trainer, TrainingDivergedError, TrainResult, config_of_checkpoint, train
+from .loop import Trainer, TrainingDivergedError, TrainResult, train
+from .run import Run, config_of_checkpoint, load_run, use_checkpoint_config, use_trained_sections
+from . import evaluation, sampling
+from .sampling import Samples, draw_samples, guided_score_fn, sampler_from_config, write_samples
 
 __all__ = [
-    "Trainer", "TrainResult", "TrainingDivergedError", "train", "config_of_checkpoint", "build_model",
-    "build_optimizer", "build_sde", "get_device", "sampler_arguments", "calibrated_grid_path", "CheckpointError",
-    "find_checkpoint", "latest_checkpoint", "load_checkpoint",
+    "Trainer", "TrainResult", "TrainingDivergedError", "train", "Run", "load_run", "config_of_checkpoint",
+    "use_trained_sections", "use_checkpoint_config", "build_model", "build_optimizer", "build_sde", "get_device", "sampler_from_config",
+    "Samples", "draw_samples", "guided_score_fn", "write_samples", "CheckpointError", "find_checkpoint",
+    "latest_checkpoint", "load_checkpoint",
 ]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import atomic_write
+from sde_lib.io import atomic_write
 
 CHECKPOINT_DIR = "checkpoints"
 _PATTERN = re.compile(r"^checkpoint_(\d+)\.pt$")

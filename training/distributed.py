@@ -10,7 +10,6 @@ give each rank a contiguous shard of the samples or test points and gather the r
 from __future__ import annotations
 
 import datetime
-import math
 import os
 from dataclasses import dataclass
 

@@ -22,15 +22,10 @@ import solvers
 
 from . import checkpoint as ckpt
 from . import distributed, precision
-from .builders import (
-    build_model,
-    build_optimizer,
-    build_sde,
-    learning_rate,
-    sampler_arguments,
-)
+from .builders import build_model, build_optimizer, build_sde, build_weighting, learning_rate
 from .images import save_samples
-from .io import atomic_write_text
+from .sampling import reference_points, sampler_from_config
+from sde_lib.io import atomic_write_text
 from .metrics import MetricsLogger
 
 
@@ -79,10 +74,10 @@ class Trainer:
     Under torchrun it trains data-parallel (see training.distributed): rank 0 alone writes the workdir.
     """
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir):
+    def __init__(self, config: ml_collections.ConfigDict, workdir, ctx: distributed.Context | None = None):
         self.config = config
         self.workdir = Path(workdir)
-        self.dist = distributed.setup(config)
+        self.dist = distributed.setup(config) if ctx is None else ctx
         self.device = self.dist.device
         precision.set_tf32(config.allow_tf32)
         self.scaler = precision.grad_scaler(config.precision, self.device)
@@ -94,6 +89,8 @@ class Trainer:
         self.optimizer = build_optimizer(config, self.model.parameters())
         self.step = 0
         self._check_names()
+        # Checked now, so that a bad sampling setting stops the run before its first step, not at a snapshot.
+        self.sampler = sampler_from_config(config, self.workdir, snapshot=True)
         self.network = self._training_network()
 
     def _training_network(self) -> torch.nn.Module:
@@ -110,15 +107,12 @@ class Trainer:
 
     def _check_names(self) -> None:
         c = self.config
-        if c.model.parameterization not in models.PARAMETERIZATIONS:
-            raise ValueError(f"unknown model.parameterization {c.model.parameterization!r}; "
-                             f"available: {', '.join(models.PARAMETERIZATIONS)}")
-        if c.training.weighting not in models.WEIGHTINGS:
-            raise ValueError(f"unknown training.weighting {c.training.weighting!r}; "
-                             f"available: {', '.join(models.WEIGHTINGS)}")
-        if c.training.snapshot_samples > 0 and c.sampling.solver not in solvers.available():
-            raise ValueError(f"unknown sampling.solver {c.sampling.solver!r}; "
-                             f"available: {', '.join(solvers.available())}")
+        models.PARAMETERIZATIONS.canonical(c.model.parameterization)
+        models.T_SAMPLINGS.canonical(c.training.t_sampling)
+        # Built once, here: an unknown name or a bad hyper-parameter stops the run before its first step.
+        self.weighting = build_weighting(c)
+        if c.training.snapshot_samples > 0:
+            solvers.get_solver(c.sampling.solver)
 
     # --- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -175,8 +169,7 @@ class Trainer:
     # --- one step -------------------------------------------------------------------------------
     def loss(self, model, x, y, generator=None, reduce="mean") -> torch.Tensor:
         c = self.config
-        return models.dsm_loss(model, self.sde, x, parameterization=c.model.parameterization,
-                               weighting=c.training.weighting, eps=c.training.eps,
+        return models.dsm_loss(model, self.sde, x, parameterization=c.model.parameterization, weighting=self.weighting,
                                t_sampling=c.training.t_sampling, class_labels=y, generator=generator,
                                label_dropout=c.training.p_uncond if y is not None else 0.0, reduce=reduce)
 
@@ -248,19 +241,10 @@ class Trainer:
         gen = torch.Generator(self.device).manual_seed(c.seed + self.step)
         model = precision.autocast_network(self.ema.module.eval(), c.precision, self.device)
         score_fn = models.get_score_fn(model, self.sde, c.model.parameterization)
-        overrides = {}
-        if c.sampling.grid not in ("", *solvers.GRIDS) and "grid" in solvers.solver_options(c.sampling.solver):
-            # A calibrated grid (or a grid file) fits a finished network: snapshots use the solver's default, so
-            # a missing or mismatched file never stops a training run.
-            overrides["grid"] = ""
-        arguments = sampler_arguments(c, c.sampling.solver, workdir=self.workdir, **overrides)
-        result = solvers.sample(self.sde, score_fn, (n, *self.data.shape), solver=c.sampling.solver, generator=gen,
-                                **arguments)
+        result = self.sampler.sample(self.sde, score_fn, (n, *self.data.shape), generator=gen)
         x = self.data.inverse_scaler(result.x.float()).cpu()
         path = self.workdir / "snapshots" / f"step_{self.step}.png"
-        reference = None if self.data.is_image else self.data.inverse_scaler(
-            torch.stack([self.data.test[i][0] for i in range(min(len(self.data.test), 2000))]))
-        save_samples(x, path, self.data.is_image, reference=reference, title=f"step {self.step}")
+        save_samples(x, path, self.data.is_image, reference=reference_points(self.data), title=f"step {self.step}")
         return path
 
     # --- the loop -------------------------------------------------------------------------------
@@ -326,14 +310,6 @@ class Trainer:
         return TrainResult(self.step, loss, last_ckpt, stopped is not None)
 
 
-def train(config: ml_collections.ConfigDict, workdir) -> TrainResult:
+def train(config: ml_collections.ConfigDict, workdir, ctx: distributed.Context | None = None) -> TrainResult:
     """Train (or resume training) the configured model in `workdir`; see Trainer."""
-    return Trainer(config, workdir).run()
-
-
-def config_of_checkpoint(path, state: dict | None = None) -> ml_collections.ConfigDict:
-    """The config the checkpoint at `path` was trained with; `state`: that checkpoint, if already loaded."""
-    state = ckpt.load_checkpoint(path) if state is None else state
-    if "config" not in state:
-        raise ckpt.CheckpointError(f"checkpoint {path} holds no config; it was not written by training.Trainer")
-    return ml_collections.ConfigDict(json.loads(state["config"]))
+    return Trainer(config, workdir, ctx).run()
