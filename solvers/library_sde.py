@@ -12,7 +12,8 @@ import torch
 import torchsde
 
 from .base import steps_of
-from .stochastic import StochasticSolver, euler_maruyama_step
+from .steps import euler_maruyama_step
+from .stochastic import StochasticSolver
 
 Tensor = torch.Tensor
 
@@ -74,7 +75,7 @@ class TorchSDESolver(StochasticSolver):
             y = ys[-1]
         x = y.reshape(shape).to(dtype)
         if denoise:
-            x, _ = euler_maruyama_step(self, x, self.score_at(x, ts[n - 1]), ts[n - 1], ts[n])
+            x, _ = euler_maruyama_step(self.sde, self.eta, x, self.score_at(x, ts[n - 1]), ts[n - 1], ts[n])
         return x
 
 

@@ -6,7 +6,7 @@ import torch
 
 import solvers
 from sde_lib import VESDE, VPSDE, GaussianMixture
-from solvers.stochastic import langevin_step
+from solvers.steps import langevin_step
 
 MIX = GaussianMixture(weights=[0.3, 0.7], means=[[-1.0, 0.5], [1.5, -0.5]], covs=[0.1, 0.2])
 F64 = torch.float64
@@ -24,11 +24,10 @@ def test_langevin_step_is_the_snr_rule():
     # delta = 2 (snr ||z|| / ||score||)^2 with batch-mean norms and the same z as the update: then the drift and the
     # noise of the step have mean norms in the ratio snr, which is what the signal-to-noise rule means.
     sde, t, snr = VPSDE(), time(0.5), 0.16
-    solver = build("pc", sde, MIX.score_fn(sde), snr=snr)
     x = 2.0 * torch.randn(64, 2, dtype=F64, generator=torch.Generator().manual_seed(3))
-    out = langevin_step(solver, x, t, snr, torch.Generator().manual_seed(7))
     z = torch.randn(x.shape, dtype=F64, generator=torch.Generator().manual_seed(7))
     score = MIX.score(x, sde, t)
+    out = langevin_step(sde, x, score, z, t, snr)
     delta = 2 * (snr * z.norm(dim=1).mean() / score.norm(dim=1).mean()) ** 2
     torch.testing.assert_close(out, x + delta * score + (2 * delta).sqrt() * z, rtol=0, atol=1e-12)
     ratio = (delta * score).norm(dim=1).mean() / ((2 * delta).sqrt() * z).norm(dim=1).mean()
@@ -39,10 +38,9 @@ def test_langevin_step_survives_a_zero_score():
     # A zero score (an untrained network) would give an infinite step; the floor, a thousandth of the kernel's score
     # norm sqrt(D) / beta_bar, caps delta at 2 (snr ||z|| beta_bar / (1e-3 sqrt(D)))^2.
     sde, t, snr = VPSDE(), time(0.5), 0.16
-    solver = build("pc", sde, lambda x, t: torch.zeros_like(x), snr=snr)
     x = torch.zeros(16, 2, dtype=F64)
-    out = langevin_step(solver, x, t, snr, torch.Generator().manual_seed(7))
     z = torch.randn(x.shape, dtype=F64, generator=torch.Generator().manual_seed(7))
+    out = langevin_step(sde, x, torch.zeros_like(x), z, t, snr)
     delta = 2 * (snr * z.norm(dim=1).mean() * sde.beta_bar(t) / (1e-3 * math.sqrt(2))) ** 2
     torch.testing.assert_close(out, (2 * delta).sqrt() * z, rtol=1e-12, atol=0)
 
@@ -57,11 +55,10 @@ def test_langevin_corrector_alone_converges_to_p_t():
     # The old step (times alpha_bar^2 = 3e-4) leaves the samples at 3; per-sample norms give a variance of 1.5
     # (with the old floor ||score||^2 >= D / beta_bar^2) to 30 (without it).
     sde, t, snr, n = VPSDE(), time(0.9), 0.16, 10_000
-    solver = build("pc", sde, MIX.score_fn(sde), snr=snr)
     gen = torch.Generator().manual_seed(0)
     x = 3.0 + 0.5 * torch.randn(n, 2, dtype=F64, generator=gen)
     for _ in range(300):
-        x = langevin_step(solver, x, t, snr, gen)
+        x = langevin_step(sde, x, MIX.score(x, sde, t), torch.randn(x.shape, dtype=F64, generator=gen), t, snr)
     a, b = sde.alpha_bar(t), sde.beta_bar(t)
     mean0 = (MIX.weights[:, None] * MIX.means).sum(0)
     second0 = (MIX.weights[:, None, None] * (MIX.covs + MIX.means[:, :, None] * MIX.means[:, None, :])).sum(0)
@@ -105,7 +102,7 @@ def test_one_ancestral_step_is_the_posterior_given_x_t(sde, lam):
 
 
 def test_ancestral_eta_scales_the_step_std():
-    # DDIM's family (Song et al. 2021a, eq. 7) for a known x_0 = mu: q(x_s | x_t, x_0) has std eta sigma and mean
+    # DDIM's family (Song, Meng & Ermon 2021, eq. 7) for a known x_0 = mu: q(x_s | x_t, x_0) has std eta sigma and mean
     # alpha_bar_s x_0 + sqrt(beta_bar_s^2 - eta^2 sigma^2) (x_t - alpha_bar_t x_0) / beta_bar_t. Tolerances as above.
     sde, t, s, n, eta = VPSDE(), time(0.6), time(0.4), 100_000, 0.5
     mu = torch.tensor([0.7, -0.4], dtype=F64)
@@ -152,11 +149,10 @@ def test_per_sample_langevin_step_uses_each_samples_score_norm():
     # step_size="per_sample": delta_i = 2 (snr sqrt(D) / ||score_i||)^2, the sample's own score norm and the noise's
     # typical norm sqrt(D), so a sample's step does not depend on the rest of the batch.
     sde, t, snr = VPSDE(), time(0.5), 0.16
-    solver = build("pc", sde, MIX.score_fn(sde), snr=snr, step_size="per_sample")
     x = 2.0 * torch.randn(64, 2, dtype=F64, generator=torch.Generator().manual_seed(3))
-    out = langevin_step(solver, x, t, snr, torch.Generator().manual_seed(7), "per_sample")
     z = torch.randn(x.shape, dtype=F64, generator=torch.Generator().manual_seed(7))
     score = MIX.score(x, sde, t)
+    out = langevin_step(sde, x, score, z, t, snr, "per_sample")
     delta = (2 * (snr * math.sqrt(2) / score.norm(dim=1)) ** 2)[:, None]
     torch.testing.assert_close(out, x + delta * score + (2 * delta).sqrt() * z, rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="unknown Langevin step_size 'each'; available: batch, per_sample"):
@@ -171,10 +167,9 @@ def test_per_sample_langevin_targets_p_times_score_norm_squared():
     # coordinates (1.25 sqrt(2 / 8e4) = 0.006) widened 1.5x for the radial coupling of the coordinates.
     sde, t, snr, d = VPSDE(), time(0.5), 0.05, 8
     var_t = float(sde.alpha_bar(t) ** 2 + sde.beta_bar(t) ** 2)      # data N(0, I): p_t = N(0, var_t I)
-    solver = build("pc", sde, lambda x, t: -x / var_t, snr=snr, step_size="per_sample")
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(10_000, d, dtype=F64, generator=gen) * var_t**0.5
     for _ in range(1000):
-        x = langevin_step(solver, x, t, snr, gen, "per_sample")
+        x = langevin_step(sde, x, -x / var_t, torch.randn(x.shape, dtype=F64, generator=gen), t, snr, "per_sample")
     expected = var_t * (d + 2) / d / (1 - snr**2)
     assert float(x.var(0).mean()) == pytest.approx(expected, abs=0.04)
