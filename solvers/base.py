@@ -6,9 +6,10 @@ from typing import NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from sde_lib import SDE, expand_as
+from sde_lib import SDE
 
 from .counting import CountingScore
+from .random import fresh_generator, randn_like  # noqa: F401  (the solvers draw their noise through these)
 from .grids import as_times, check_grid_name, check_times, time_grid
 
 Tensor = torch.Tensor
@@ -21,7 +22,15 @@ class SampleResult(NamedTuple):
 
 
 class Solver:
-    """Integrates the reverse dynamics from x at ts[0] along the float64 time grid ts."""
+    """Integrates the reverse dynamics from x at ts[0] along the float64 time grid ts.
+
+    Step coefficients are 0-d float64 tensors (on the CPU, as ts is): type promotion lets a 0-d tensor scale a
+    batch of the same category without up-casting it, and torch accepts a 0-d CPU tensor as a scalar next to a
+    tensor on any device, so `c * x` keeps x's dtype and device. A coefficient of shape (1,) would do neither.
+
+    Options are the keyword-only parameters of the __init__s along the class hierarchy (solvers/options.py): each
+    class declares its own, typed and with a default, and passes the rest on.
+    """
 
     stochastic = False      # True: integrates the reverse SDE and needs a generator
     adaptive = False        # True: chooses its own steps (no grid, no `steps`)
@@ -58,31 +67,15 @@ class Solver:
         """The (counted) score at a scalar float64 time t."""
         return self.score(x, t.expand(x.shape[0]))
 
-    def coef(self, c: Tensor, x: Tensor) -> Tensor:
-        """A scalar float64 coefficient, cast to x's dtype and device for broadcasting."""
-        return expand_as(c.to(x.device).expand(x.shape[0]), x)
-
     def denoised(self, x: Tensor, t: Tensor, score: Tensor | None = None) -> Tensor:
         """Tweedie's estimate E[x_0 | x_t] = (x + beta_bar^2 score) / alpha_bar."""
         if score is None:
             score = self.score_at(x, t)
         a, b = self.sde.alpha_bar(t), self.sde.beta_bar(t)
-        return self.coef(1 / a, x) * x + self.coef(b**2 / a, x) * score
+        return (1 / a) * x + (b**2 / a) * score
 
 
 def steps_of(ts: Tensor, progress: bool, desc: str):
     """Indices 0 .. len(ts) - 2 of the steps ts[i] -> ts[i + 1], with an optional progress bar."""
     steps = range(len(ts) - 1)
     return tqdm(steps, desc=desc, leave=False) if progress else steps
-
-
-def fresh_generator(device) -> torch.Generator:
-    """A generator seeded non-deterministically on `device`; torch.seed() would reseed the global RNG instead."""
-    generator = torch.Generator(device=device)
-    generator.seed()
-    return generator
-
-
-def randn_like(x: Tensor, generator) -> Tensor:
-    """Standard normal noise like x, drawn from `generator` (which must live on x's device)."""
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)

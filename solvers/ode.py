@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import torch
 
+from sde_lib import Registry
+
 from .adaptive import METHODS, integrate_adaptive
 from .base import Solver, steps_of
+from .steps import ddim_coefficients
 
 Tensor = torch.Tensor
 
@@ -27,7 +30,7 @@ class Euler(ODESolver):
 
     def integrate(self, x, ts, *, generator=None, denoise=False, progress=False):
         for i in steps_of(ts, progress, "euler"):
-            x = x + self.coef(ts[i + 1] - ts[i], x) * self.velocity(x, ts[i])
+            x = x + (ts[i + 1] - ts[i]) * self.velocity(x, ts[i])
         return x
 
 
@@ -41,7 +44,7 @@ class Heun(ODESolver):
         n = len(ts) - 1
         decoding = bool(ts[-1] < ts[0])
         for i in steps_of(ts, progress, "heun"):
-            h = self.coef(ts[i + 1] - ts[i], x)
+            h = ts[i + 1] - ts[i]
             v = self.velocity(x, ts[i])
             x_euler = x + h * v
             if decoding and i == n - 1:
@@ -51,26 +54,19 @@ class Heun(ODESolver):
         return x
 
 
-def ddim_coefficients(sde, t: Tensor, s: Tensor, sigma: Tensor):
-    """(c_x, c_score) of x_s = alpha_bar_s x0_hat + sqrt(beta_bar_s^2 - sigma^2) eps_hat = c_x x_t + c_score score.
-
-    x0_hat = (x_t + beta_bar_t^2 score)/alpha_bar_t and eps_hat = -beta_bar_t score (seed 000 eq. 4.13, corrected).
-    """
-    a_t, b_t, a_s, b_s = sde.alpha_bar(t), sde.beta_bar(t), sde.alpha_bar(s), sde.beta_bar(s)
-    ratio = a_s / a_t
-    return ratio, ratio * b_t**2 - torch.sqrt((b_s**2 - sigma**2).clamp(min=0.0)) * b_t
-
-
 class DDIM(ODESolver):
-    """x_s = (alpha_bar_s/alpha_bar_t) x_t + (alpha_bar_s beta_bar_t/alpha_bar_t - beta_bar_s) eps_hat: exact Euler in beta_bar/alpha_bar."""
+    """DDIM (Song, Meng & Ermon 2021): x_s = (alpha_bar_s/alpha_bar_t) x_t + (alpha_bar_s beta_bar_t/alpha_bar_t
+    - beta_bar_s) eps_hat, exact Euler in (x/alpha_bar, beta_bar/alpha_bar) (docs/math.md, section "DDIM as
+    exponential Euler").
+    """
 
     default_steps = 50
 
     def integrate(self, x, ts, *, generator=None, denoise=False, progress=False):
         zero = torch.zeros((), dtype=torch.float64)
         for i in steps_of(ts, progress, "ddim"):
-            c_x, c_s = ddim_coefficients(self.sde, ts[i], ts[i + 1], zero)
-            x = self.coef(c_x, x) * x + self.coef(c_s, x) * self.score_at(x, ts[i])
+            c_x, c_score = ddim_coefficients(self.sde, ts[i], ts[i + 1], zero)
+            x = c_x * x + c_score * self.score_at(x, ts[i])
         return x
 
 
@@ -78,10 +74,18 @@ LOWER_ORDER_FINAL_STEPS = 5
 
 
 class DPMSolver(ODESolver):
-    """Multistep DPM-Solver++ in lambda = log(alpha_bar/beta_bar): x_s = (beta_bar_s/beta_bar_t) x_t + alpha_bar_s int e^(lambda-lambda_s) D dlambda.
+    """Multistep DPM-Solver++ (Lu et al. 2022b) in lambda = log(alpha_bar/beta_bar), with data prediction:
+    x_s = (beta_bar_s/beta_bar_t) x_t + alpha_bar_s int e^(lambda-lambda_s) D dlambda over [lambda_t, lambda_s].
 
-    D = E[x_0 | x_t] (data prediction) is extrapolated by the polynomial through the last `order` values (Newton
-    divided differences on the non-uniform lambda grid) and integrated exactly against the exponential weight.
+    D = E[x_0 | x_t] is extrapolated by the polynomial through the last `order` values (Newton divided differences
+    on the non-uniform lambda grid) and integrated exactly against the exponential weight. With h = lambda_s -
+    lambda_t, r = (lambda_t - lambda_prev)/h and D_prev the previous value, the second-order step is
+
+        x_s = (beta_bar_s/beta_bar_t) x_t + alpha_bar_s (1 - e^-h) D_t + alpha_bar_s (h - 1 + e^-h)/h (D_t - D_prev)/r,
+
+    the exact integral of the line through the two points: the update diffusers' DPMSolverMultistepScheduler uses
+    with solver_type="heun", not Lu et al.'s Algorithm 2 (DPM-Solver++(2M), solver_type="midpoint"), whose last
+    term is alpha_bar_s (1 - e^-h)/2 (D_t - D_prev)/r; the two differ by O(h^3) per step and are both second order.
     The first steps (no history yet) use lower order; so do the last ones at 5 steps or fewer (lower_order_final),
     where extrapolating over steps of h > 1.5 in lambda close to the data is unstable.
     """
@@ -90,8 +94,8 @@ class DPMSolver(ODESolver):
     default_grid = "logsnr"
     default_steps = 20
 
-    def __init__(self, sde, score, *, order: int = 3, lower_order_final: bool = True, grid=None, rho=7.0):
-        super().__init__(sde, score, grid=grid, rho=rho)
+    def __init__(self, sde, score, *, order: int = 3, lower_order_final: bool = True, **options):
+        super().__init__(sde, score, **options)
         if order not in (1, 2, 3):
             raise ValueError(f"{self.name} order must be 1, 2 or 3, got order={order!r}")
         self.order = order
@@ -122,18 +126,18 @@ class DPMSolver(ODESolver):
         lam0, d0 = history[-1]
         h = lam_next - lam0
         c1 = -torch.expm1(-h)
-        x = self.coef(b_ratio, x) * x + self.coef(a_next * c1, x) * d0
+        x = b_ratio * x + (a_next * c1) * d0
         if len(history) >= 2:
             lam1, d1 = history[-2]
-            d01 = (d0 - d1) / self.coef(lam0 - lam1, x)
+            d01 = (d0 - d1) / (lam0 - lam1)
             slope = d01
             if len(history) == 3:
                 lam2, d2 = history[-3]
-                d12 = (d1 - d2) / self.coef(lam1 - lam2, x)
-                d012 = (d01 - d12) / self.coef(lam0 - lam2, x)
-                slope = d01 + self.coef(lam0 - lam1, x) * d012
-                x = x + self.coef(a_next * (h**2 / 2 - h + c1), x) * (2 * d012)
-            x = x + self.coef(a_next * (h - c1), x) * slope
+                d12 = (d1 - d2) / (lam1 - lam2)
+                d012 = (d01 - d12) / (lam0 - lam2)
+                slope = d01 + (lam0 - lam1) * d012
+                x = x + (a_next * (h**2 / 2 - h + c1)) * (2 * d012)
+            x = x + (a_next * (h - c1)) * slope
         return x
 
 
@@ -143,17 +147,17 @@ class UniPC(DPMSolver):
 
     The predictor UniP uses the last `order` points of (lambda, D); the corrector UniC redoes the step once D at
     the new point is known, raising the order by one at no extra NFE (the new D, taken before the correction, is
-    kept in the history). The last step has no corrector: it would need one more evaluation.
+    kept in the history). The last step has no corrector: it would need one more evaluation. `integrate` follows
+    the paper's multistep UniPC-p: evaluate D at the predicted point, correct the previous step with it, predict
+    the next one.
     """
 
     name = "unipc"
 
-    def __init__(self, sde, score, *, order: int = 3, variant: str = "bh2", corrector: bool = True,
-                 lower_order_final: bool = True, grid=None, rho=7.0):
-        super().__init__(sde, score, order=order, lower_order_final=lower_order_final, grid=grid, rho=rho)
-        if variant not in UNIPC_VARIANTS:
-            raise ValueError(f"unknown unipc variant {variant!r}; available: {', '.join(UNIPC_VARIANTS)}")
-        self.variant = variant
+    def __init__(self, sde, score, *, variant: str = "bh2", corrector: bool = True, **options):
+        super().__init__(sde, score, **options)
+        self.variant = UNIPC_VARIANTS.canonical(variant)
+        self.b_of_h = UNIPC_VARIANTS[variant]
         self.corrector = bool(corrector)
 
     def integrate(self, x, ts, *, generator=None, denoise=False, progress=False):
@@ -161,29 +165,38 @@ class UniPC(DPMSolver):
         lam, b = self.sde.log_snr(ts), self.sde.beta_bar(ts)
         a = self.sde.alpha_bar(ts)
         history: list[tuple[Tensor, Tensor]] = []     # (lambda_j, D_j), most recent last
-        x_prev, used = x, history                       # the previous step's start and points, for its corrector
+        x_start, used = x, []                           # the last step's start and the points UniP took it with
         for i in steps_of(ts, progress, self.name):
-            d = self.denoised(x, ts[i])
+            d = self.denoised(x, ts[i])                 # the step's one NFE, at the predicted point
             if i > 0 and self.corrector:
-                x = self.update(x_prev, used[-1], used[:-1] + [(lam[i], d)], lam[i], a[i], b[i] / b[i - 1])
+                x = self.unic(x_start, used, (lam[i], d), a[i], b[i] / b[i - 1])
             history = (history + [(lam[i], d)])[-self.order:]
             used = history[-self.step_order(i, n, len(history)):]
-            x_prev = x
-            x = self.update(x, used[-1], used[:-1], lam[i + 1], a[i + 1], b[i + 1] / b[i])
+            x_start = x
+            x = self.unip(x, used, lam[i + 1], a[i + 1], b[i + 1] / b[i])
         return x
 
+    def unip(self, x: Tensor, points, lam_next: Tensor, a_next: Tensor, b_ratio: Tensor) -> Tensor:
+        """UniP-p: the step from (lambda_t, D_t) = points[-1] to lam_next, with the p - 1 earlier points."""
+        return self.update(x, points[-1], points[:-1], lam_next, a_next, b_ratio)
+
+    def unic(self, x: Tensor, points, new, a_next: Tensor, b_ratio: Tensor) -> Tensor:
+        """UniC-p: the step UniP took from x with `points` again, now also through new = (lambda_s, D_s) at its end."""
+        return self.update(x, points[-1], points[:-1] + [new], new[0], a_next, b_ratio)
+
     def update(self, x: Tensor, base, others, lam_next: Tensor, a_next: Tensor, b_ratio: Tensor) -> Tensor:
-        """One UniP step (others: earlier points) or UniC step (others end at lam_next) from base = (lambda_t, D_t)."""
+        """The UniPC update from base = (lambda_t, D_t) with the other points' differences D_k - D_t."""
         lam0, d0 = base
         h = lam_next - lam0
-        x = self.coef(b_ratio, x) * x + self.coef(-a_next * torch.expm1(-h), x) * d0
+        x = b_ratio * x + (-a_next * torch.expm1(-h)) * d0
         if not others:
             return x
         r = torch.stack([(lam - lam0) / h for lam, _ in others])
-        rho = unipc_rhos(h, r, self.variant)
-        weight = a_next * UNIPC_VARIANTS[self.variant](h)
+        b_h = self.b_of_h(h)
+        rho = unipc_rhos(h, r, b_h)
+        weight = a_next * b_h
         for (_, d), rho_k, r_k in zip(others, rho, r):
-            x = x + self.coef(weight * rho_k / r_k, x) * (d - d0)
+            x = x + (weight * rho_k / r_k) * (d - d0)
         return x
 
 
@@ -197,10 +210,10 @@ def b_h2(h: Tensor) -> Tensor:
     return -torch.expm1(-h)
 
 
-UNIPC_VARIANTS = {"bh1": b_h1, "bh2": b_h2}
+UNIPC_VARIANTS = Registry("unipc variant", {"bh1": b_h1, "bh2": b_h2})
 
 
-def unipc_rhos(h: Tensor, r: Tensor, variant: str) -> Tensor:
+def unipc_rhos(h: Tensor, r: Tensor, b_h: Tensor) -> Tensor:
     """rho_1..rho_K with sum_k rho_k r_k^(m-1) = m! psi_m(-h) / -B(h), m = 1..K, in float64 (UniPC's order conditions).
 
     psi_1(z) = (e^z - 1)/z - 1 and psi_(m+1)(z) = psi_m(z)/z - 1/(m+1)!: the remainders of e^z's Taylor series
@@ -214,7 +227,7 @@ def unipc_rhos(h: Tensor, r: Tensor, variant: str) -> Tensor:
     factorial = 1.0
     b = []
     for m in range(1, len(r) + 1):
-        b.append(psi * factorial / -UNIPC_VARIANTS[variant](h))
+        b.append(psi * factorial / -b_h)
         factorial *= m + 1
         psi = psi / z - 1 / factorial
     powers = torch.arange(len(r), dtype=torch.float64)

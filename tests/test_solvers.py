@@ -140,6 +140,25 @@ def test_cosine_and_float32_and_denoise_defaults():
     assert solvers.sample(sde, MIX.score_fn(sde), (8, 2), "euler_maruyama", steps=5).nfe == 5
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", solvers.available())
+def test_samples_keep_the_dtype_of_x_T(name, dtype):
+    # The step coefficients are 0-d float64 tensors; type promotion must not up-cast a float32 or bfloat16 batch.
+    sde = VPSDE()
+    x_T = prior(sde, 16).to(dtype)
+    out = solvers.sample(sde, MIX.score_fn(sde), None, name, x_T=x_T, steps=None if name == "rk45" else 4,
+                         generator=torch.Generator().manual_seed(0))
+    assert out.x.dtype == dtype and torch.isfinite(out.x.float()).all()
+
+
+def test_options_are_collected_along_the_class_hierarchy():
+    # Each class declares its own options and passes the rest on to its base class.
+    assert solvers.solver_options("unipc") == ["variant", "corrector", "order", "lower_order_final", "grid", "rho"]
+    assert solvers.solver_options("pc") == ["predictor", "corrector", "snr", "corrector_steps", "step_size", "eta",
+                                            "grid", "rho"]
+    assert solvers.solver_options("sde_srk") == ["eta", "grid", "rho"]
+
+
 def test_same_generator_same_samples():
     sde = VPSDE()
     run = lambda: solvers.sample(sde, MIX.score_fn(sde), (8, 2), "pc", steps=10,  # noqa: E731
@@ -160,7 +179,7 @@ def test_bad_input_gets_clear_errors():
     sde, score = VPSDE(), MIX.score_fn(VPSDE())
     with pytest.raises(ValueError, match="unknown solver 'nope'; available: euler, heun"):
         solvers.sample(sde, score, (4, 2), "nope")
-    with pytest.raises(ValueError, match="unknown option.*bogus.*valid options: order"):
+    with pytest.raises(ValueError, match="unknown option.*bogus.*its options: order, lower_order_final, grid, rho"):
         solvers.sample(sde, score, (4, 2), "dpm_solver", bogus=1)
     with pytest.raises(ValueError, match="unipc order must be 1, 2 or 3"):
         solvers.sample(sde, score, (4, 2), "unipc", order=4)
