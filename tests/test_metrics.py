@@ -221,10 +221,20 @@ def test_reference_cache_round_trip_and_invalidation(tmp_path):
 
 # --- the Inception path (torch-fidelity) -------------------------------------------------------------------------
 
-def test_missing_extra_or_weights_give_one_clear_line(tmp_path):
+def test_missing_extra_or_weights_give_one_clear_line(tmp_path, monkeypatch):
     if fidelity.is_available():
         with pytest.raises(FileNotFoundError, match="no Inception weights at"):
             fidelity.load_inception(tmp_path / "missing.pth")
+        import urllib.error
+
+        import torch_fidelity.feature_extractor_inceptionv3 as tfi
+
+        def offline(*args, **kwargs):
+            raise urllib.error.URLError("Name or service not known")
+
+        monkeypatch.setattr(tfi, "load_state_dict_from_url", offline)
+        with pytest.raises(RuntimeError, match=f"put {fidelity.WEIGHTS_FILE} at .* or pass inception_weights=PATH"):
+            fidelity.load_inception()
     else:
         with pytest.raises(ImportError, match=r"pip install 'scoresde\[metrics\]'"):
             metrics.evaluate(torch.rand(12, 3, 8, 8), "cifar10", 8, 3, reference=torch.rand(12, 3, 8, 8))
@@ -245,6 +255,7 @@ def random_inception_weights(tmp_path, monkeypatch):
     return path
 
 
+@pytest.mark.slow
 def test_inception_path_end_to_end(random_inception_weights, tmp_path):
     gen = torch.Generator().manual_seed(1)
     images = torch.rand(12, 1, 16, 16, generator=gen)
