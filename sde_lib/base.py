@@ -124,12 +124,6 @@ class SDE(abc.ABC):
         a = self.alpha_bar(t) / self.alpha_bar(s)
         return a, self.beta_bar(t) ** 2 - a**2 * self.beta_bar(s) ** 2
 
-    def discrete_betas(self, n: int) -> Tensor:
-        """DDPM betas of the n-step uniform discretisation: beta_i = 1 - (alpha_bar(t_i)/alpha_bar(t_{i-1}))^2."""
-        t = torch.linspace(0.0, self.T, n + 1, dtype=torch.float64)
-        a, _ = self.transition(t[:-1], t[1:])
-        return 1.0 - a**2
-
     # --- the process ----------------------------------------------------------------------------
     def sde(self, x: Tensor, t) -> tuple[Tensor, Tensor]:
         """(drift, diffusion) of the forward SDE: (f(t) x, g(t)); diffusion has shape (N,)."""

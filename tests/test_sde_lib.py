@@ -125,7 +125,8 @@ def test_schedule_sde_reproduces_vp():
 
 
 def test_schedule_in_a_few_lines_from_seed():
-    # alpha_bar(s) = exp(-5 s^2) is VP with beta(s) = 20 s (MATH.md).
+    # alpha_bar(s) = exp(-5 s^2) is VP with beta(s) = 20 s: f = d log alpha_bar/ds = -10 s and g^2 = -2 f
+    # (docs/math.md, section Drift and diffusion from the marginals).
     user = ScheduleSDE(alpha_bar=lambda t: torch.exp(-5 * t**2), beta_bar=lambda t: torch.sqrt(-torch.expm1(-10 * t**2)))
     t = grid(user)[1:]
     torch.testing.assert_close(user.g2(t), 20 * t, rtol=1e-9, atol=1e-9)
@@ -141,14 +142,13 @@ def test_log_snr_inverse(sde):
     torch.testing.assert_close(SDE.t_of_log_snr(sde, lam), t, rtol=1e-9, atol=1e-9)
 
 
-def test_discrete_betas_and_transition():
-    sde = VPSDE()
-    betas = sde.discrete_betas(1000)
-    # Product of (1 - beta_i) telescopes to alpha_bar(T)^2 (Ho's alpha_bar).
-    torch.testing.assert_close(torch.prod(1 - betas), sde.alpha_bar(torch.tensor(1.0)) ** 2, rtol=1e-9, atol=0)
-    # beta_i = 1 - exp(-int_{t_{i-1}}^{t_i} beta) ~ beta(t_i)/N (Song et al.'s discretisation).
-    assert float(betas[0]) == pytest.approx(0.1 / 1000, rel=0.2)
-    assert float(betas[-1]) == pytest.approx(-math.expm1(-float(sde.integral_beta(1.0) - sde.integral_beta(0.999))), rel=1e-9)
+def test_transition():
+    vp = VPSDE()
+    s, t = torch.tensor(0.3, dtype=torch.float64), torch.tensor(0.7, dtype=torch.float64)
+    a, v = vp.transition(s, t)
+    # VP: a = exp(-(B(t) - B(s))/2) and, as the process preserves variance, v = 1 - a^2.
+    assert float(a) == pytest.approx(math.exp(-0.5 * float(vp.integral_beta(t) - vp.integral_beta(s))), rel=1e-12)
+    assert float(v) == pytest.approx(-math.expm1(-float(vp.integral_beta(t) - vp.integral_beta(s))), rel=1e-9)
     ve = VESDE()
     a, v = ve.transition(torch.tensor(0.2), torch.tensor(0.5))
     assert float(a) == 1.0
@@ -230,7 +230,7 @@ def test_schedule_sde_rejects_invalid_schedules(alpha_bar, beta_bar, match, t_ba
 def test_registry():
     assert isinstance(sde_lib.get_sde("vpsde"), VPSDE)
     assert isinstance(sde_lib.get_sde("VESDE", sigma_max=10.0), VESDE)
-    with pytest.raises(ValueError, match="available: cosine, subvpsde, vesde, vpsde"):
+    with pytest.raises(ValueError, match="unknown SDE 'ddpm'; available: vpsde, subvpsde, vesde, cosine$"):
         sde_lib.get_sde("ddpm")
     with pytest.raises(ValueError, match="bad arguments for SDE 'vpsde'"):
         sde_lib.get_sde("vpsde", sigma_max=1.0)
