@@ -66,16 +66,6 @@ class InfiniteLoader:
         self.step += 1
         return batch
 
-    def state_dict(self) -> dict:
-        return {"step": self.step, "seed": self.seed, "batch_size": self.batch_size}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continue from a state_dict; seed and batch size must match, or the stream would not be the same."""
-        if (state["seed"], state["batch_size"]) != (self.seed, self.batch_size):
-            raise ValueError(f"loader state is for seed {state['seed']} and batch size {state['batch_size']}, "
-                             f"not {self.seed} and {self.batch_size}; resume with the original config")
-        self.step = int(state["step"])
-
 
 def infinite_loader(dataset: Dataset, batch_size: int, seed: int, start_step: int = 0) -> InfiniteLoader:
     """Endless (x, y) batches of `dataset`; batch k depends only on (seed, k), so start_step=k resumes exactly."""

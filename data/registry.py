@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from sde_lib import Registry
+
 from .array import load_array
 from .core import DataInfo
 from .digits import load_digits
@@ -11,14 +13,14 @@ from .options import DataOptions
 from .torchvision_format import load_cifar10, load_mnist
 from .toys import TOYS, load_toy
 
-DATASETS: dict[str, Callable[[DataOptions], DataInfo]] = {
+DATASETS: Registry[Callable[[DataOptions], DataInfo]] = Registry("dataset", {
     "digits": load_digits,
     **{name: load_toy for name in TOYS},
     "mnist": load_mnist,
     "cifar10": load_cifar10,
     "image_folder": load_image_folder,
     "array": load_array,
-}
+})
 
 
 def available() -> list[str]:
@@ -29,6 +31,4 @@ def available() -> list[str]:
 def get_dataset(config) -> DataInfo:
     """The dataset named by config.data.dataset (case-insensitive), with the options of config.data (see DEFAULTS)."""
     options = DataOptions.from_config(config)
-    if options.dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {config.data.dataset!r}; available: {', '.join(available())}")
     return DATASETS[options.dataset](options)

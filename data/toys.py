@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from sklearn import datasets as skdata
 
-from sde_lib import GaussianMixture
+from sde_lib import GaussianMixture, Registry
 
 from .core import DataInfo, continuous_info, derived_seed, labels_or_none
 
@@ -58,7 +58,8 @@ def gmm8(n: int, rng: np.random.RandomState):
     return means[k] + GMM8_STD * rng.standard_normal((n, 2)), k
 
 
-TOYS = {"swissroll": swissroll, "moons": moons, "circles": circles, "checkerboard": checkerboard, "gmm8": gmm8}
+TOYS = Registry("toy", {"swissroll": swissroll, "moons": moons, "circles": circles, "checkerboard": checkerboard,
+                        "gmm8": gmm8})
 
 
 def load_toy(options) -> DataInfo:

@@ -17,16 +17,11 @@ def take(loader, n):
 def test_resuming_gives_the_batches_of_an_unbroken_run():
     # 1500 digits in batches of 64: 23 steps per epoch, so 60 steps cross two epoch boundaries.
     straight = take(data.infinite_loader(digits().train, 64, seed=3), 60)
-    first = data.infinite_loader(digits().train, 64, seed=3)
-    take(first, 31)
-    # A new process: fresh dataset objects, the loader rebuilt from the checkpointed state.
-    resumed = data.infinite_loader(digits().train, 64, seed=3)
-    resumed.load_state_dict(first.state_dict())
-    assert resumed.step == 31
+    # A new process: fresh dataset objects, the loader rebuilt at the checkpointed step.
+    resumed = data.infinite_loader(digits().train, 64, seed=3, start_step=31)
     for (x, y), (x_ref, y_ref) in zip(take(resumed, 29), straight[31:]):
         assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
-    same_as_start_step = take(data.infinite_loader(digits().train, 64, seed=3, start_step=31), 29)
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(same_as_start_step, straight[31:]))
+    assert resumed.step == 60
     x, y = straight[0]
     assert x.shape == (64, 1, 8, 8) and x.dtype == torch.float32 and y.shape == (64,) and y.dtype == torch.int64
 
@@ -88,9 +83,6 @@ def test_loader_errors():
         data.infinite_loader(train, 0, seed=0)
     with pytest.raises(ValueError, match="start_step"):
         data.infinite_loader(train, 10, seed=0, start_step=-1)
-    loader = data.infinite_loader(train, 10, seed=0)
-    with pytest.raises(ValueError, match="seed 1 and batch size 10"):
-        loader.load_state_dict({"step": 5, "seed": 1, "batch_size": 10})
     with pytest.raises(ValueError, match="random_flip needs images"):
         data.ArrayDataset(torch.zeros(4, 2), torch.zeros(4), random_flip=True)
 
@@ -98,7 +90,7 @@ def test_loader_errors():
 def test_registry_names_and_config_errors():
     assert data.available() == sorted(["digits", "swissroll", "moons", "circles", "checkerboard", "gmm8", "mnist",
                                        "cifar10", "image_folder", "array"])
-    names = "array, checkerboard, cifar10, circles, digits, gmm8, image_folder, mnist, moons, swissroll"
+    names = "digits, swissroll, moons, circles, checkerboard, gmm8, mnist, cifar10, image_folder, array"
     with pytest.raises(ValueError, match=f"unknown dataset 'cifar100'; available: {names}$"):
         data.get_dataset(ml_collections.ConfigDict({"data": {"dataset": "cifar100"}}))
     with pytest.raises(ValueError, match="config.data.dataset"):
