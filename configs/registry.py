@@ -6,13 +6,20 @@ from pathlib import Path
 
 import ml_collections
 
+from sde_lib import Registry
+
 CONFIG_DIR = Path(__file__).resolve().parent
 _NOT_CONFIGS = {"__init__", "registry", "default", "cifar10_base"}
 
 
+def bundled() -> Registry[Path]:
+    """The bundled configs, name -> file, listed afresh from CONFIG_DIR."""
+    return Registry("config", {p.stem: p for p in sorted(CONFIG_DIR.glob("*.py")) if p.stem not in _NOT_CONFIGS})
+
+
 def available() -> list[str]:
     """Names of the bundled configs."""
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in _NOT_CONFIGS)
+    return bundled().names()
 
 
 def config_path(name_or_path: str) -> Path:
@@ -22,10 +29,10 @@ def config_path(name_or_path: str) -> Path:
         if not p.is_file():
             raise ValueError(f"config file {name_or_path} does not exist")
         return p
-    if name_or_path not in available():
-        raise ValueError(f"unknown config {name_or_path!r}; available: {', '.join(available())} "
-                         "(or pass a path to a .py file defining get_config())")
-    return CONFIG_DIR / f"{name_or_path}.py"
+    try:
+        return bundled()[name_or_path]
+    except ValueError as e:
+        raise ValueError(f"{e} (or pass a path to a .py file defining get_config())") from None
 
 
 def load_config(name_or_path: str) -> ml_collections.ConfigDict:

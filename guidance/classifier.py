@@ -4,33 +4,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.embeddings import make_activation, make_embedding
+from models import MLP
+from models.embeddings import make_embedding
 from sde_lib import SDE, expand_as
 
 Tensor = torch.Tensor
 
 
-class MLPClassifier(nn.Module):
-    """logits = W_out act(h_depth), h_{k+1} = h_k + W_k act(h_k + emb(t)), h_1 = W_in x: for vector data (N, dim)."""
+class MLPClassifier(MLP):
+    """models.MLP with num_classes logits as its output, fed t: the noisy classifier for vector data (N, dim)."""
 
     def __init__(self, dim: int, num_classes: int, width: int = 128, depth: int = 3, activation: str = "silu"):
-        super().__init__()
-        self.dim, self.num_classes = dim, num_classes
-        self.act = make_activation(activation)
-        self.embed = nn.Sequential(make_embedding("sinusoidal", width), nn.Linear(width, width),
-                                   make_activation(activation), nn.Linear(width, width))
-        self.inp = nn.Linear(dim, width)
-        self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(depth - 1))
-        self.out = nn.Linear(width, num_classes)
-
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"MLPClassifier(dim={self.dim}) expects x of shape (N, {self.dim}), got {tuple(x.shape)}")
-        emb = self.embed(t.expand(x.shape[0])).to(x.dtype)
-        h = self.inp(x)
-        for layer in self.hidden:
-            h = h + layer(self.act(h + emb))
-        return self.out(self.act(h + emb))
+        super().__init__(dim, width=width, depth=depth, activation=activation, out_dim=num_classes)
 
 
 class _ConvBlock(nn.Module):

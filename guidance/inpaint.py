@@ -12,11 +12,18 @@ import torch
 from tqdm.auto import tqdm
 
 import solvers
-from sde_lib import SDE
+from sde_lib import SDE, Registry
 from solvers import CountingScore, SampleResult
-from solvers.base import fresh_generator
+from solvers.random import fresh_generator
 
 Tensor = torch.Tensor
+
+# Each method's number of reverse steps per grid interval; None takes inpaint's `resample`. Song et al.'s
+# replacement method is RePaint with a single pass.
+INPAINTERS: Registry[int | None] = Registry("inpainting method", {
+    "replacement": 1,
+    "repaint": None,
+})
 
 
 def _noise(x: Tensor, generator) -> Tensor:
@@ -48,8 +55,7 @@ def inpaint(sde: SDE, score_fn, x_obs: Tensor, mask: Tensor, *, method: str = "r
     steps * resample). x_obs: (N, ...) in model space (its missing entries are ignored, NaN allowed there);
     mask: 0/1, shaped like x_obs or broadcastable to it.
     """
-    if method not in INPAINTERS:
-        raise ValueError(f"unknown inpainting method {method!r}; available: {', '.join(INPAINTERS)}")
+    passes = INPAINTERS[method]
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if isinstance(resample, bool) or not isinstance(resample, int) or resample < 1:
@@ -60,8 +66,11 @@ def inpaint(sde: SDE, score_fn, x_obs: Tensor, mask: Tensor, *, method: str = "r
     x_obs = torch.where(mask.bool(), x_obs, torch.zeros_like(x_obs))
     if generator is None:
         generator = fresh_generator(x_obs.device)
-    return INPAINTERS[method](sde, score_fn, x_obs, mask, steps=steps, resample=resample, eps=eps,
-                              generator=generator, progress=progress)
+    ts = torch.linspace(sde.T, eps, steps + 1, dtype=torch.float64)
+    painter = _Inpainter(sde, score_fn, x_obs, mask, generator, eps)
+    with torch.no_grad():
+        x = painter.run(ts, resample if passes is None else passes, progress)
+    return SampleResult(x, painter.nfe)
 
 
 class _Inpainter:
@@ -107,29 +116,3 @@ class _Inpainter:
                     x = self.renoise(x, ts[i + 1], ts[i])
                 x = self.replace(self.step(x, ts[i:i + 2], last), ts[i + 1], last)
         return x
-
-
-def _run(sde, score_fn, x_obs, mask, *, steps, resample, eps, generator, progress) -> SampleResult:
-    ts = torch.linspace(sde.T, eps, steps + 1, dtype=torch.float64)
-    painter = _Inpainter(sde, score_fn, x_obs, mask, generator, eps)
-    with torch.no_grad():
-        x = painter.run(ts, resample, progress)
-    return SampleResult(x, painter.nfe)
-
-
-def replacement(sde, score_fn, x_obs, mask, *, steps, eps, generator, progress, **_) -> SampleResult:
-    """Song et al.'s replacement method: one reverse step per interval, observed entries re-noised after each."""
-    return _run(sde, score_fn, x_obs, mask, steps=steps, resample=1, eps=eps, generator=generator,
-                progress=progress)
-
-
-def repaint(sde, score_fn, x_obs, mask, *, steps, resample, eps, generator, progress) -> SampleResult:
-    """RePaint: the replacement step repeated `resample` times per interval, re-noising to t_i in between."""
-    return _run(sde, score_fn, x_obs, mask, steps=steps, resample=resample, eps=eps, generator=generator,
-                progress=progress)
-
-
-INPAINTERS = {
-    "replacement": replacement,
-    "repaint": repaint,
-}

@@ -1,4 +1,4 @@
-"""Guidance at the score level (MATH.md, conditional generation): score_fn(x, t) wrappers every solver inherits."""
+"""Guidance at the score level (Dhariwal & Nichol 2021; Ho & Salimans 2022): score_fn(x, t) wrappers every solver inherits."""
 from __future__ import annotations
 
 from typing import Callable
@@ -23,7 +23,7 @@ class ClassifierFreeGuidance:
 
     `conditional_score(x, t, y)` is the score of class y, and of the null label for y=None: for a network,
     `models.get_score_fn(net, sde, parameterization).score`. The score is affine in eps_hat at fixed t, so this is
-    the formula eps = (1 + omega) eps(x, y) - omega eps(x, null) of MATH.md for every parameterisation.
+    Ho & Salimans' eps = (1 + omega) eps(x, y) - omega eps(x, null) for every parameterisation.
     `labels`: an int, or a list/tensor cycled over the batch.
     """
 

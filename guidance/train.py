@@ -1,4 +1,8 @@
-"""Training the noise-conditional classifier on forward-noised data (`python main.py --mode train_classifier`)."""
+"""Training the noise-conditional classifier on forward-noised data (`python main.py --mode train_classifier`).
+
+The run's objects come in as arguments (the SDE, the device, the checkpoint store `training.checkpoint`), so that
+this package sits below `training`, which uses it for guided sampling.
+"""
 from __future__ import annotations
 
 import math
@@ -9,9 +13,7 @@ import torch
 from absl import logging
 
 import data as data_lib
-from training import build_sde, get_device
-from training import checkpoint as ckpt
-from training.loop import seed_everything
+from sde_lib import SDE
 
 from .classifier import build_classifier, classifier_loss
 
@@ -46,20 +48,22 @@ def noisy_accuracy(classifier, sde, dataset, device, t: float, batch_size: int =
     return correct / len(idx)
 
 
-def train_classifier(config, workdir) -> ClassifierResult:
-    """Train (or resume) config.classifier on the configured dataset; checkpoints in <workdir>/classifier."""
+def train_classifier(config, workdir, *, sde: SDE, device: torch.device, checkpoints) -> ClassifierResult:
+    """Train (or resume) config.classifier on the configured dataset; checkpoints in <workdir>/classifier.
+
+    checkpoints: the checkpoint store (training.checkpoint: latest_checkpoint, load_checkpoint,
+    load_module_state, save_checkpoint).
+    """
     c = config.classifier
-    device = get_device(config.device)
-    seed_everything(config.seed)
+    torch.manual_seed(config.seed)
     info = data_lib.get_dataset(config)
-    sde = build_sde(config)
     net = build_classifier(config, info.shape, info.num_classes).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=c.lr)
     out = classifier_dir(workdir)
-    step, path = 0, ckpt.latest_checkpoint(out)
+    step, path = 0, checkpoints.latest_checkpoint(out)
     if path is not None:
-        state = ckpt.load_checkpoint(path, map_location=device)
-        ckpt.load_module_state(net, state["classifier"], "classifier", path)
+        state = checkpoints.load_checkpoint(path, map_location=device)
+        checkpoints.load_module_state(net, state["classifier"], "classifier", path)
         optimizer.load_state_dict(state["optimizer"])
         step = int(state["step"])
         logging.info("resumed the classifier from %s (step %d)", path, step)
@@ -78,22 +82,25 @@ def train_classifier(config, workdir) -> ClassifierResult:
         if step % c.log_freq == 0:
             logging.info("classifier step %d: cross-entropy %.4f", step, loss)
         if step % c.snapshot_freq == 0 or step == c.n_iters:
-            path = ckpt.save_checkpoint(out, step, {"step": step, "classifier": net.state_dict(),
-                                                    "optimizer": optimizer.state_dict(),
-                                                    "config": config.to_json()}, keep=1)
+            path = checkpoints.save_checkpoint(out, step, {"step": step, "classifier": net.state_dict(),
+                                                           "optimizer": optimizer.state_dict(),
+                                                           "config": config.to_json()}, keep=1)
     net.eval()
     accuracy = noisy_accuracy(net, sde, info.test, device, t=0.1 * sde.T, seed=config.seed)
     return ClassifierResult(step, loss, accuracy, path)
 
 
-def load_classifier(config, workdir, shape, num_classes, device) -> torch.nn.Module:
-    """The newest classifier checkpoint of a run (trained by --mode train_classifier), in eval mode on `device`."""
+def load_classifier(config, workdir, shape, num_classes, device, *, checkpoints) -> torch.nn.Module:
+    """The newest classifier checkpoint of a run (trained by --mode train_classifier), in eval mode on `device`.
+
+    checkpoints: the checkpoint store, as for train_classifier (also checkpoint_dir and CheckpointError).
+    """
     out = classifier_dir(workdir)
-    path = ckpt.latest_checkpoint(out)
+    path = checkpoints.latest_checkpoint(out)
     if path is None:
-        raise ckpt.CheckpointError(f"no classifier checkpoint in {ckpt.checkpoint_dir(out)}; train one first "
-                                   f"(python main.py --mode train_classifier --workdir {workdir})")
+        raise checkpoints.CheckpointError(f"no classifier checkpoint in {checkpoints.checkpoint_dir(out)}; train "
+                                          f"one first (python main.py --mode train_classifier --workdir {workdir})")
     net = build_classifier(config, shape, num_classes)
-    ckpt.load_module_state(net, ckpt.load_checkpoint(path)["classifier"], "classifier", path)
+    checkpoints.load_module_state(net, checkpoints.load_checkpoint(path)["classifier"], "classifier", path)
     logging.info("loaded the classifier %s", path)
     return net.to(device).eval()

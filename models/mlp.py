@@ -8,12 +8,18 @@ from .embeddings import LabelEmbedding, check_no_labels, make_activation, make_e
 
 
 class MLP(nn.Module):
-    """out = W_out act(h_depth), h_{k+1} = h_k + W_k act(h_k + emb(noise_input, y)), h_1 = W_in x."""
+    """out = W_out act(h_depth), h_{k+1} = h_k + W_k act(h_k + emb(noise_input, y)), h_1 = W_in x.
+
+    The output has out_dim entries (default dim, a score or eps; the number of classes for a noisy classifier's
+    logits); num_classes makes the network conditional on class labels y.
+    """
 
     def __init__(self, dim: int, width: int = 128, depth: int = 3, activation: str = "silu",
-                 embedding: str = "sinusoidal", num_classes: int | None = None, embedding_scale: float | None = None):
+                 embedding: str = "sinusoidal", num_classes: int | None = None, embedding_scale: float | None = None,
+                 out_dim: int | None = None):
         super().__init__()
-        for name, value in (("dim", dim), ("width", width), ("depth", depth)):
+        out_dim = dim if out_dim is None else out_dim
+        for name, value in (("dim", dim), ("width", width), ("depth", depth), ("out_dim", out_dim)):
             if not (isinstance(value, int) and value > 0):
                 raise ValueError(f"MLP {name} must be a positive int, got {value!r}")
         self.dim, self.embedding, self.num_classes = dim, embedding, num_classes
@@ -23,7 +29,7 @@ class MLP(nn.Module):
         self.label_embed = LabelEmbedding(num_classes, width) if num_classes is not None else None
         self.inp = nn.Linear(dim, width)
         self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(depth - 1))
-        self.out = nn.Linear(width, dim)
+        self.out = nn.Linear(width, out_dim)
         # Zero output: the untrained network predicts 0 (eps-prediction starts at the prior-free guess).
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)

@@ -147,3 +147,14 @@ def test_bad_inpainting_arguments_raise_clear_errors(kwargs, error, message):
     kwargs = {"mask": mask, **kwargs}
     with pytest.raises(error, match=message):
         guidance.inpaint(VPSDE(), DATA.score_fn(VPSDE()), x_obs[:3], **kwargs)
+
+
+def test_replacement_is_repaint_with_one_pass():
+    sde = VPSDE()
+    x_obs = DATA.sample(5, generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float64)
+    runs = [guidance.inpaint(sde, DATA.score_fn(sde), x_obs, mask, method=method, steps=6, resample=resample,
+                             generator=torch.Generator().manual_seed(2))
+            for method, resample in (("replacement", 4), ("repaint", 1))]
+    # Same draws in the same order: bit-identical, and one score evaluation per step.
+    assert torch.equal(runs[0].x, runs[1].x) and runs[0].nfe == runs[1].nfe == 6
