@@ -12,6 +12,7 @@ import torch
 import torchsde
 
 from .base import steps_of
+from .random import SampleGenerators
 from .steps import euler_maruyama_step
 from .stochastic import StochasticSolver
 
@@ -54,6 +55,9 @@ class TorchSDESolver(StochasticSolver):
     sde_type = "ito"
 
     def integrate(self, x, ts, *, generator=None, denoise=True, progress=False):
+        if isinstance(generator, SampleGenerators):
+            raise ValueError(f"sde_{self.method} draws one Brownian path for the whole batch and cannot take "
+                             f"per-sample generators; use euler_maruyama, pc or ancestral for per-sample noise")
         T = self.sde.T
         s = (T - ts).to(x.device)
         shape, dtype = x.shape, x.dtype

@@ -82,6 +82,31 @@ def test_ddim_is_first_order_dpm_solver():
     torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("order", [2, 3])
+def test_dpm_solver_step_integrates_the_interpolating_polynomial_exactly(order):
+    # x_s = (beta_bar_s/beta_bar_t) x_t + alpha_bar_s int e^(lambda - lambda_s) D dlambda (Lu et al. 2022b). For D a
+    # polynomial of degree order - 1 in lambda the multistep update is exact, so it must match the integral by
+    # 40-point Gauss-Legendre quadrature (exact to round-off for these smooth integrands). This is the "heun"
+    # 2M update: Lu et al.'s Algorithm 2 ("midpoint") is off by about alpha_bar_s h^3/12 c_1 here, 1e-2 at h = 0.8.
+    import numpy as np
+    from solvers.counting import CountingScore
+    sde = VPSDE()
+    solver = solvers.get_solver("dpm_solver")(sde, CountingScore(MIX.score_fn(sde), 1e-3, 1.0), order=order)
+    ts = torch.tensor([0.9, 0.7, 0.55, 0.4], dtype=torch.float64)
+    lam = sde.log_snr(ts)
+    coefs = torch.tensor([[0.3, -1.2], [0.8, 0.5], [-0.2, 0.1]], dtype=torch.float64)[:order]
+    d_of = lambda l: sum(c * l**k for k, c in enumerate(coefs))  # noqa: E731
+    x = torch.tensor([[0.4, -0.7]], dtype=torch.float64)
+    history = [(lam[j], d_of(lam[j])[None]) for j in range(3 - order, 3)]
+    out = solver.step(x, history, lam[3], sde.alpha_bar(ts[3]), sde.beta_bar(ts[3]) / sde.beta_bar(ts[2]))
+    nodes, weights = (torch.from_numpy(a) for a in np.polynomial.legendre.leggauss(40))
+    lo, hi = lam[2], lam[3]
+    grid = (hi - lo) / 2 * nodes + (hi + lo) / 2
+    integral = ((hi - lo) / 2 * weights * torch.exp(grid - hi))[:, None].mul(torch.stack([d_of(g) for g in grid]))
+    exact = sde.beta_bar(ts[3]) / sde.beta_bar(ts[2]) * x + sde.alpha_bar(ts[3]) * integral.sum(0)
+    torch.testing.assert_close(out, exact, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("sde", [VPSDE(), SubVPSDE(), VESDE(sigma_max=5.0)], ids=["vp", "subvp", "ve"])
 def test_encode_decode_round_trip(sde):
     # dopri5 at rtol = atol = 1e-8 each way: the round trip is exact up to ~1e-7 (x and z are O(1), O(5) for VE).
@@ -149,6 +174,22 @@ def test_samples_keep_the_dtype_of_x_T(name, dtype):
     out = solvers.sample(sde, MIX.score_fn(sde), None, name, x_T=x_T, steps=None if name == "rk45" else 4,
                          generator=torch.Generator().manual_seed(0))
     assert out.x.dtype == dtype and torch.isfinite(out.x.float()).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", solvers.available())
+def test_cpu_coefficients_scale_cuda_batches(name):
+    # The grid and the step coefficients stay 0-d float64 CPU tensors, which torch takes as scalars next to a CUDA
+    # batch; the samples must match the CPU run to float64 round-off (the score is the same closed form).
+    sde = VPSDE()
+    x_T = prior(sde, 16)
+    steps = None if name == "rk45" else 4
+    out = solvers.sample(sde, MIX.score_fn(sde), None, name, x_T=x_T.cuda(), steps=steps,
+                         generator=torch.Generator("cuda").manual_seed(0))
+    assert out.x.device.type == "cuda" and out.x.dtype == torch.float64
+    if not solvers.get_solver(name).stochastic:
+        cpu = solvers.sample(sde, MIX.score_fn(sde), None, name, x_T=x_T, steps=steps).x
+        torch.testing.assert_close(out.x.cpu(), cpu, rtol=1e-10, atol=1e-10)
 
 
 def test_options_are_collected_along_the_class_hierarchy():

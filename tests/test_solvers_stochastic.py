@@ -145,6 +145,14 @@ def test_sampling_without_a_generator_leaves_the_global_rng_alone(name):
     assert not torch.equal(runs[0], runs[1])
 
 
+def test_torchsde_solvers_refuse_per_sample_generators():
+    # One torchsde Brownian path covers the whole batch, so sample i cannot depend on generator i alone.
+    sde = VPSDE()
+    with pytest.raises(ValueError, match="cannot take per-sample generators"):
+        solvers.sample(sde, MIX.score_fn(sde), (4, 2), "sde_euler", steps=2,
+                       generator=solvers.SampleGenerators(0, range(4)))
+
+
 def test_per_sample_langevin_step_uses_each_samples_score_norm():
     # step_size="per_sample": delta_i = 2 (snr sqrt(D) / ||score_i||)^2, the sample's own score norm and the noise's
     # typical norm sqrt(D), so a sample's step does not depend on the rest of the batch.
