@@ -1,4 +1,4 @@
-"""Guidance at the score level (Dhariwal & Nichol 2021; Ho & Salimans 2022): score_fn(x, t) wrappers every solver inherits."""
+"""Guidance at the score level (Dhariwal & Nichol 2021; Ho & Salimans 2022): score_fn(x, t) wrappers for any solver."""
 from __future__ import annotations
 
 from typing import Callable

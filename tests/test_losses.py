@@ -182,7 +182,8 @@ def test_importance_likelihood_weights_stay_on_the_device(name):
 
 def test_edm_weighting_on_the_ve_sde_matches_its_lognormal_expectation():
     sde, sd, eps = SDES["ve"], 0.7, 1e-5
-    losses = loss_samples(sde, 40000, 6, "edm", {"sigma_data": sd}, weighting=models.EDMWeighting(eps=eps, sigma_data=sd))
+    weighting = models.EDMWeighting(eps=eps, sigma_data=sd)
+    losses = loss_samples(sde, 40000, 6, "edm", {"sigma_data": sd}, weighting=weighting)
     # E over log sigma ~ N(-1.2, 1.2^2), sigma mapped to t and clamped to [eps, T] as documented.
     z = np.linspace(-9, 9, 20001)
     t = sde.t_of_log_snr(-torch.as_tensor(-1.2 + 1.2 * z)).clamp(eps, sde.T)
