@@ -1,8 +1,12 @@
-"""Shared pieces of the tests: a tiny training config and a `python main.py` runner."""
+"""Shared pieces of the tests: a tiny training config, and main.py run in process (cli) or as a subprocess."""
+import contextlib
+import io
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import configs
 
@@ -39,3 +43,37 @@ def main_py(*args, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f"main.py {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+class Result(NamedTuple):
+    """What one command line gave: its exit status, stdout, stderr and the log messages (absl, in process)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    log: str
+
+
+def cli(*args, check=True) -> Result:
+    """`main.run(["main.py", *args])` in this process, capturing stdout, stderr and the log; raise if it fails and
+    check. In process it takes milliseconds where `python main.py` pays seconds of imports."""
+    import main
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    handler, root = Keep(logging.DEBUG), logging.getLogger()
+    root.addHandler(handler)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main.run(["main.py", *map(str, args)])
+    finally:
+        root.removeHandler(handler)
+    result = Result(code, out.getvalue(), err.getvalue(), "\n".join(r.getMessage() for r in records))
+    if check and code != 0:
+        raise AssertionError(f"main.py {' '.join(map(str, args))} failed ({code}):\n{result.stdout}\n{result.stderr}")
+    return result

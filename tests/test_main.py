@@ -1,5 +1,6 @@
-"""main.py's helpers in process: the trained config of a checkpoint, and what sample/inpaint write."""
+"""The pieces behind main.py, in process: the trained config of a checkpoint, and what sample/inpaint write."""
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ import torch
 from helpers import tiny_config
 from PIL import Image
 
-import main
+import training
 
 
 def trained_config(**changes):
@@ -25,7 +26,7 @@ def test_inference_takes_the_trained_sections_of_the_checkpoint(caplog):
     config.data.path = "/new/place"
     trained = trained_config(**{"model.ch_mult": [1, 2, 2], "data.path": "/old/place"})
     with caplog.at_level("WARNING"):
-        main._as_trained(config, trained, {"model.mlp_width": 32, "data.path": "/new/place"})
+        training.use_trained_sections(config, trained, {"model.mlp_width": 32, "data.path": "/new/place"})
     assert (config.sde.name, config.model.embedding_type, config.model.ch_mult) == ("vpsde", "sinusoidal", (1, 2, 2))
     # Sampling options stay those of the command line; the data may have moved.
     assert config.sampling.steps == 200 and config.data.path == "/new/place"
@@ -40,32 +41,42 @@ def test_an_override_that_contradicts_the_checkpoint_is_refused(key, given, save
     config = tiny_config()
     section, field = key.split(".")
     config[section][field] = given
-    with pytest.raises(main.UsageError, match=f"--config.{key}={given!r} conflicts with the checkpoint, which was "
+    with pytest.raises(ValueError, match=f"--config.{key}={given!r} conflicts with the checkpoint, which was "
                                               f"trained with {key}={saved!r}".replace("(", r"\(").replace(")", r"\)")):
-        main._as_trained(config, trained_config(), {key: given})
+        training.use_trained_sections(config, trained_config(), {key: given})
 
 
 def test_an_override_that_agrees_with_the_checkpoint_is_fine():
     config = tiny_config()
-    main._as_trained(config, trained_config(), {"model.mlp_width": 32, "model.ch_mult": (1, 2), "sde.name": "vpsde"})
+    training.use_trained_sections(config, trained_config(),
+                                  {"model.mlp_width": 32, "model.ch_mult": (1, 2), "sde.name": "vpsde"})
     assert config.to_dict() == tiny_config().to_dict()
     # Without an override the data are where they were in training.
-    main._as_trained(config, trained_config(**{"data.path": "/old/place"}), {})
+    training.use_trained_sections(config, trained_config(**{"data.path": "/old/place"}), {})
     assert config.data.path == "/old/place"
+
+
+def data_info(is_image: bool, dim: int = 2):
+    """The parts of a data.DataInfo that write_samples reads: is_image, and test points (in model scale, with the
+    inverse scaler) drawn behind a scatter plot."""
+    test = [(torch.full((dim,), float(i)), 0) for i in range(3)]
+    return SimpleNamespace(is_image=is_image, test=test, inverse_scaler=lambda x: (x + 1) / 2)
 
 
 def test_vector_samples_without_a_picture_write_only_the_npz(tmp_path):
     x = torch.randn(5, 3)
-    written = main._write_samples(tmp_path / "s", x, False, "hint")
+    written = training.write_samples(tmp_path / "s", x, data_info(False, 3), "hint")
     assert written == [tmp_path / "s.npz"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"]
     np.testing.assert_array_equal(np.load(tmp_path / "s.npz")["samples"], x.numpy())
 
 
 def test_points_and_images_also_get_a_png(tmp_path):
-    assert main._write_samples(tmp_path / "p", torch.randn(5, 2), False, "hint") == [tmp_path / "p.png",
-                                                                                     tmp_path / "p.npz"]
-    written = main._write_samples(tmp_path / "i", torch.rand(4, 1, 8, 8), True, "hint", mask=np.ones((1, 8, 8)))
+    assert training.write_samples(tmp_path / "p", torch.randn(5, 2), data_info(False), "hint") == [
+        tmp_path / "p.png", tmp_path / "p.npz"]
+    assert Image.open(tmp_path / "p.png").size[0] > 100
+    written = training.write_samples(tmp_path / "i", torch.rand(4, 1, 8, 8), data_info(True), "hint",
+                                     mask=np.ones((1, 8, 8)))
     assert written == [tmp_path / "i.png", tmp_path / "i.npz"]
     assert Image.open(tmp_path / "i.png").mode == "L"
     assert np.load(tmp_path / "i.npz")["mask"].shape == (1, 8, 8)
@@ -76,5 +87,5 @@ def test_non_finite_samples_raise_and_write_nothing(tmp_path, bad):
     x = torch.rand(4, 1, 8, 8)
     x[2, 0, 3, 3] = bad
     with pytest.raises(ValueError, match=r"the samples contain NaN/inf \(nothing written\); try more --steps"):
-        main._write_samples(tmp_path / "out" / "s", x, True, "try more --steps")
+        training.write_samples(tmp_path / "out" / "s", x, data_info(True), "try more --steps")
     assert not (tmp_path / "out").exists()
