@@ -1,17 +1,17 @@
-"""End to end through `python main.py`, with tiny overrides so that each command takes seconds."""
+"""End to end through main.py's command line: in process (main.run) with tiny overrides, so that each command
+takes a fraction of a second; one test runs the console entry point `python main.py` itself."""
 import json
 import math
-import os
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from helpers import ROOT, main_py
+import solvers
+from helpers import cli, main_py
 
 TINY = ["--config.model.nf=8", "--config.model.ch_mult=(1,)", "--config.training.batch_size=16",
         "--config.training.log_freq=2", "--config.training.eval_freq=4", "--config.training.snapshot_freq=4",
@@ -21,10 +21,18 @@ TINY = ["--config.model.nf=8", "--config.model.ch_mult=(1,)", "--config.training
 pytestmark = pytest.mark.slow
 
 
+def one_line_error(result, message):
+    """The command failed with exit status 1 and exactly one line `error: ...` containing message on stderr."""
+    assert result.returncode == 1, result
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
-    main_py("--mode", "train", "--config", "vpsde", "--workdir", str(workdir), "--config.training.n_iters=4", *TINY)
+    cli("--mode", "train", "--config", "vpsde", "--workdir", workdir, "--config.training.n_iters=4", *TINY)
     return workdir
 
 
@@ -36,33 +44,34 @@ def test_train_writes_checkpoint_metrics_snapshot(trained):
     assert Image.open(trained / "snapshots" / "step_4.png").size[0] > 8
 
 
-def test_resume_of_an_interrupted_run(trained, tmp_path):
+def test_resume_of_an_interrupted_run(tmp_path):
     workdir = tmp_path / "resume"
-    main_py("--mode", "train", "--workdir", str(workdir), "--config.training.n_iters=4", *TINY)
-    proc = main_py("--mode", "train", "--workdir", str(workdir), "--config.training.n_iters=8", *TINY)
-    assert "resumed from" in proc.stderr and "step 4" in proc.stderr
-    assert "finished at step 8" in proc.stdout
+    first = cli("--mode", "train", "--workdir", workdir, "--config.training.n_iters=4", *TINY)
+    assert "resumed from" not in first.log and "finished at step 4" in first.stdout
+    result = cli("--mode", "train", "--workdir", workdir, "--config.training.n_iters=8", *TINY)
+    assert f"resumed from {workdir / 'checkpoints' / 'checkpoint_4.pt'} (step 4)" in result.log
+    assert re.fullmatch(r"finished at step 8, loss \d+\.\d{5}; checkpoint \S+checkpoint_8\.pt\n", result.stdout)
 
 
 @pytest.mark.parametrize("solver, extra", [
-    ("euler_maruyama", []), ("pc", ["--snr=0.1"]), ("heun", []), ("dpm_solver", []),
-    ("rk45", ["--rtol=1e-2", "--atol=1e-2"]),
+    ("euler_maruyama", ["--steps=3"]), ("pc", ["--steps=3", "--snr=0.1"]), ("heun", ["--steps=3"]),
+    ("dpm_solver", ["--steps=3"]), ("rk45", ["--rtol=1e-2", "--atol=1e-2"]),
 ])
 def test_sample_each_solver_family(trained, solver, extra):
-    proc = main_py("--mode", "sample", "--workdir", str(trained), "--solver", solver, "--num_samples=6",
-                   "--batch_size=4", "--steps=3", *extra, *TINY)
+    result = cli("--mode", "sample", "--workdir", trained, "--solver", solver, "--num_samples=6", "--batch_size=4",
+                 *extra, *TINY)
     stem = "adaptive" if solver == "rk45" else "3"
     samples = np.load(trained / "samples" / f"{solver}_{stem}_seed42.npz")["samples"]
     assert samples.shape == (6, 1, 8, 8) and np.isfinite(samples).all()
     assert Image.open(trained / "samples" / f"{solver}_{stem}_seed42.png").mode == "L"
-    assert re.search(r"NFE \d+", proc.stdout)
+    assert re.search(rf"^6 samples with {solver}, .*: NFE \d+ per batch", result.stdout)
 
 
 def test_likelihood_prints_finite_bits_per_dim(trained):
-    proc = main_py("--mode", "likelihood", "--workdir", str(trained), "--num_samples=3", "--rtol=1e-3",
-                   "--atol=1e-3", *TINY)
-    m = re.search(r"bits/dim: ([0-9.]+) ± ([0-9.]+) \(3 samples, mean NFE (\d+)\)", proc.stdout)
-    assert m, proc.stdout
+    result = cli("--mode", "likelihood", "--workdir", trained, "--num_samples=3", "--rtol=1e-3", "--atol=1e-3",
+                 *TINY)
+    m = re.search(r"bits/dim: ([0-9.]+) ± ([0-9.]+) \(3 samples, mean NFE (\d+)\)", result.stdout)
+    assert m, result.stdout
     # A 4-step model is far from trained: only a finite, positive value is meaningful here (the bits/dim of a
     # trained model is checked against the README's figure by the likelihood tests' exact oracles instead).
     assert math.isfinite(float(m.group(1))) and float(m.group(1)) > 0
@@ -70,51 +79,59 @@ def test_likelihood_prints_finite_bits_per_dim(trained):
     assert report["num_samples"] == 3 and report["bits_per_dim"] == pytest.approx(float(m.group(1)), abs=1e-4)
 
 
+def test_eval_prints_the_test_loss_of_the_checkpoint(trained):
+    result = cli("--mode", "eval", "--workdir", trained, *TINY)
+    m = re.fullmatch(r"test loss \(EMA, step 4\): (\d+\.\d{5})\n", result.stdout)
+    assert m, result.stdout
+    # A denoising loss is a mean of squares: finite and positive for any network that is not exact.
+    assert 0 < float(m.group(1)) < math.inf
+
+
 def test_two_dimensional_data_uses_the_mlp_and_a_scatter_plot(tmp_path):
-    main_py("--mode", "train", "--workdir", str(tmp_path), "--config.data.dataset=moons",
-            "--config.data.num_samples=500", "--config.training.n_iters=2", *TINY)
-    main_py("--mode", "sample", "--workdir", str(tmp_path), "--config.data.dataset=moons", "--solver=heun",
-            "--num_samples=50", *TINY)
+    cli("--mode", "train", "--workdir", tmp_path, "--config.data.dataset=moons", "--config.data.num_samples=500",
+        "--config.training.n_iters=2", *TINY)
+    cli("--mode", "sample", "--workdir", tmp_path, "--config.data.dataset=moons", "--solver=heun",
+        "--num_samples=50", *TINY)
     assert np.load(tmp_path / "samples" / "heun_3_seed42.npz")["samples"].shape == (50, 2)
     assert Image.open(tmp_path / "samples" / "heun_3_seed42.png").size[0] > 100
 
 
 @pytest.mark.parametrize("args, message", [
     (["--config", "nosuch"], "unknown config 'nosuch'; available: cifar10_subvpsde"),
-    (["--mode", "fly"], "unknown --mode 'fly'; available: train, sample, likelihood, eval"),
+    (["--mode", "fly"], "value should be one of <train|sample|likelihood|eval|calibrate|train_classifier|inpaint>"),
     (["--mode", "sample", "--solver", "magic"], "unknown solver 'magic'; available: euler"),
     (["--config.training.nope=1"], "unknown config field 'nope'"),
     (["--mode", "sample", "--workdir", "/nonexistent/run"], "no checkpoint in /nonexistent/run/checkpoints"),
     (["--config.data.dataset=array", "--config.data.path=/nonexistent.npy"], "/nonexistent.npy"),
     (["--config.data.dataset=imagenet"], "unknown dataset 'imagenet'"),
-    (["--mode", "sample", "--solver=heun", "--snr=0.1"], "--snr does not apply to solver 'heun' (its options: grid, rho)"),
-    (["--mode", "sample", "--solver=rk45", "--grid=logsnr"], "--grid does not apply to solver 'rk45'"),
+    (["--mode", "sample", "--solver=heun", "--snr=0.1"], "unknown option 'snr' for solver 'heun'; its options: grid, rho"),
+    (["--mode", "sample", "--solver=rk45", "--steps=3"], "rk45 is adaptive and takes no `steps`"),
+    (["--mode", "sample", "--solver=rk45", "--grid=logsnr"], "solver 'rk45' takes no grid"),
     (["--mode", "sample", "--solver=pc", "--grid=calibrated"], "calibrated grids are fitted for the deterministic"),
     (["--mode", "sample", "--solver=heun", "--grid=/nonexistent.json"], "no grid file at '/nonexistent.json'"),
     (["--mode", "calibrate", "--solver=pc"], "fits the grid of a deterministic fixed-step solver, not 'pc'"),
+    (["--mode", "sample", "extra"], "unexpected arguments extra"),
 ])
 def test_user_errors_are_one_line_without_traceback(args, message):
-    proc = main_py(*args, "--config.training.n_iters=1", *TINY, check=False)
-    assert proc.returncode != 0
-    assert message in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr
+    one_line_error(cli(*args, "--config.training.n_iters=1", *TINY, check=False), message)
 
 
 def test_an_override_that_contradicts_the_checkpoint_is_refused(trained):
-    proc = main_py("--mode", "sample", "--workdir", str(trained), *TINY, "--config.model.nf=16", check=False)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert "--config.model.nf=16 conflicts with the checkpoint, which was trained with model.nf=8" in proc.stderr
+    result = cli("--mode", "sample", "--workdir", trained, *TINY, "--config.model.nf=16", check=False)
+    one_line_error(result, "--config.model.nf=16 conflicts with the checkpoint, which was trained with model.nf=8")
 
 
 def test_calibrate_then_sample_on_the_calibrated_grid(trained):
-    proc = main_py("--mode", "calibrate", "--workdir", str(trained), "--solver=unipc", "--steps=3",
-                   "--config.sampling.calibration_pilot=4", "--config.sampling.calibration_iterations=3", *TINY)
-    record = json.loads((trained / "grids" / "unipc_3.json").read_text())
+    result = cli("--mode", "calibrate", "--workdir", trained, "--solver=unipc", "--steps=3",
+                 "--config.sampling.calibration_pilot=4", "--config.sampling.calibration_iterations=3", *TINY)
+    path = solvers.calibrated_grid_path(trained, "unipc", 3)
+    assert path == trained / "grids" / "unipc_3.json"
+    record = json.loads(path.read_text())
     assert len(record["times"]) == 4 and record["solver"] == "unipc"
-    assert record["error"] <= record["initial_error"] and f"wrote {trained / 'grids' / 'unipc_3.json'}" in proc.stdout
-    proc = main_py("--mode", "sample", "--workdir", str(trained), "--solver=unipc", "--steps=3", "--grid=calibrated",
-                   "--num_samples=4", "--batch_size=4", *TINY)
-    assert "NFE 3 per batch" in proc.stdout
+    assert record["error"] <= record["initial_error"] and f"wrote {path}" in result.stdout
+    result = cli("--mode", "sample", "--workdir", trained, "--solver=unipc", "--steps=3", "--grid=calibrated",
+                 "--num_samples=4", "--batch_size=4", *TINY)
+    assert "NFE 3 per batch" in result.stdout
     assert np.isfinite(np.load(trained / "samples" / "unipc_3_calibrated_seed42.npz")["samples"]).all()
 
 
@@ -126,50 +143,99 @@ SAMPLE = ["--mode", "sample", "--solver=euler_maruyama", "--steps=3", "--num_sam
 def vectors(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("vectors")
     np.save(workdir / "points.npy", np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32))
-    main_py("--mode", "train", "--config", "vpsde", "--workdir", str(workdir), "--config.data.dataset=array",
-            f"--config.data.path={workdir / 'points.npy'}", "--config.model.mlp_width=16",
-            "--config.model.mlp_depth=1", "--config.training.n_iters=2", *TINY)
+    cli("--mode", "train", "--config", "vpsde", "--workdir", workdir, "--config.data.dataset=array",
+        f"--config.data.path={workdir / 'points.npy'}", "--config.model.mlp_width=16", "--config.model.mlp_depth=1",
+        "--config.training.n_iters=2", *TINY)
     return workdir
 
 
 def test_inference_uses_the_sde_model_and_data_of_the_checkpoint(vectors):
     # vesde's config has another SDE, a Fourier-feature network and the digits: the checkpoint's settings win, so
     # the samples are those of the config the run was trained with, bit for bit.
-    main_py("--workdir", str(vectors), "--config", "vpsde", *SAMPLE)
+    cli("--workdir", vectors, "--config", "vpsde", *SAMPLE)
     expected = np.load(vectors / "samples" / "euler_maruyama_3_seed42.npz")["samples"]
-    proc = main_py("--workdir", str(vectors), "--config", "vesde", *SAMPLE)
-    assert "using the checkpoint's sde.name='vpsde' (not 'vesde')" in proc.stderr
-    assert "data.dataset='array' (not 'digits')" in proc.stderr
+    result = cli("--workdir", vectors, "--config", "vesde", *SAMPLE)
+    assert "using the checkpoint's sde.name='vpsde' (not 'vesde')" in result.log
+    assert "data.dataset='array' (not 'digits')" in result.log
     np.testing.assert_array_equal(np.load(vectors / "samples" / "euler_maruyama_3_seed42.npz")["samples"], expected)
-    proc = main_py("--workdir", str(vectors), "--config.sde.name=vesde", *SAMPLE, check=False)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert "--config.sde.name='vesde' conflicts with the checkpoint, which was trained with sde.name='vpsde'" \
-        in proc.stderr
+    result = cli("--workdir", vectors, "--config.sde.name=vesde", *SAMPLE, check=False)
+    one_line_error(result, "--config.sde.name='vesde' conflicts with the checkpoint, which was trained with "
+                           "sde.name='vpsde'")
 
 
 def test_sample_reports_only_the_files_it_wrote(vectors):
-    proc = main_py("--workdir", str(vectors), *SAMPLE)
+    result = cli("--workdir", vectors, *SAMPLE)
     stem = vectors / "samples" / "euler_maruyama_3_seed42"
-    assert proc.stdout.strip().endswith(f"wrote {stem}.npz") and not stem.with_suffix(".png").exists()
+    assert result.stdout.strip().endswith(f"wrote {stem}.npz") and not stem.with_suffix(".png").exists()
     assert np.load(f"{stem}.npz")["samples"].shape == (5, 3)
 
 
-def test_samples_with_nan_are_refused_before_anything_is_written(vectors, tmp_path):
+def test_samples_with_nan_are_refused_before_anything_is_written(vectors, tmp_path, monkeypatch):
     workdir = tmp_path / "run"
     shutil.copytree(vectors / "checkpoints", workdir / "checkpoints")
     # Every sampler with a finite score checks it (CountingScore); NaN can still appear in the samples themselves.
-    patch = ("import solvers\nreal = solvers.sample\n"
-             "def sample(*args, **kwargs):\n    result = real(*args, **kwargs)\n"
-             "    return result._replace(x=result.x * float('nan'))\n"
-             "solvers.sample = sample\n")
-    proc = main_py_with(patch, "--workdir", str(workdir), *SAMPLE)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert "the samples contain NaN/inf (nothing written)" in proc.stderr
+    real = solvers.Sampler.sample
+
+    def with_nan(self, *args, **kwargs):
+        result = real(self, *args, **kwargs)
+        return result._replace(x=result.x * float("nan"))
+    monkeypatch.setattr(solvers.Sampler, "sample", with_nan)
+    one_line_error(cli("--workdir", workdir, *SAMPLE, check=False), "the samples contain NaN/inf (nothing written)")
     assert sorted(p.name for p in workdir.iterdir()) == ["checkpoints"]
 
 
-def main_py_with(patch: str, *args):
-    """`python main.py *args` after running the Python code `patch` in the same process."""
-    script = f"{patch}\nimport runpy, sys\nsys.argv[0] = 'main.py'\nrunpy.run_path('main.py', run_name='__main__')"
-    return subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, capture_output=True, text=True, check=False,
-                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+def samples_of(workdir, label, *args):
+    """Run `--mode sample` and return the samples it wrote under samples/<label>_seed<seed>.npz."""
+    result = cli("--workdir", workdir, "--mode", "sample", "--device=cpu", *args)
+    seed = next(a.split("=")[1] for a in args if a.startswith("--seed="))
+    path = workdir / "samples" / f"{label}_seed{seed}.npz"
+    assert f"wrote {path}" in result.stdout
+    return np.load(path)["samples"]
+
+
+@pytest.mark.parametrize("solver", ["heun", "euler_maruyama", "ancestral"])
+def test_the_same_seed_gives_the_same_samples_for_any_batch_size(vectors, solver):
+    common = ("--solver", solver, "--steps=4", "--num_samples=8", "--seed=7")
+    by3 = samples_of(vectors, f"{solver}_4", *common, "--batch_size=3")     # batches of 3 + 3 + 2
+    by7 = samples_of(vectors, f"{solver}_4", *common, "--batch_size=7")     # 7 + 1
+    assert by3.shape == by7.shape == (8, 3)
+    # Sample i depends only on (seed, i); only the batched matrix products' float32 round-off may differ (~1e-7).
+    assert np.abs(by3 - by7).max() <= 1e-5
+    # ... and the samples are not copies of each other: every one gets its own noise (at least 1e-2 apart for
+    # standard-normal-sized noise in 3-D; a batch that repeated its noise would give exactly zero).
+    gaps = np.abs(by3[:, None] - by3[None]).max(-1) + np.eye(8)
+    assert gaps.min() > 1e-2
+    other = samples_of(vectors, f"{solver}_4", *common[:-1], "--seed=8", "--batch_size=3")
+    assert np.abs(other - by3).max() > 1e-2
+
+
+def test_solver_options_reach_the_solver(vectors):
+    common = ("--solver=unipc", "--steps=4", "--num_samples=6", "--seed=3")
+    result = cli("--workdir", vectors, "--mode", "sample", "--device=cpu", *common,
+                 "--solver_options", "order=2,variant=bh1")
+    assert "6 samples with unipc, 4 steps, order=2, variant=bh1: NFE 4 per batch" in result.stdout
+    two = np.load(vectors / "samples" / "unipc_4_seed3.npz")["samples"]
+    three = samples_of(vectors, "unipc_4", *common, "--solver_options=order=3")
+    # Same prior noise and network: another order and variant move the samples by far more than round-off.
+    assert np.isfinite(two).all() and np.abs(two - three).max() > 1e-4
+    # The config field is the default of the flag.
+    assert np.array_equal(samples_of(vectors, "unipc_4", *common, "--config.sampling.options=order=2,variant=bh1"),
+                          two)
+
+
+@pytest.mark.parametrize("options, message", [
+    ("orderr=2", "unknown option 'orderr' for solver 'unipc'; its options: variant, corrector, order"),
+    ("order=x", "solver 'unipc' option order='x': expected int"),
+])
+def test_bad_solver_options_are_one_line_errors(vectors, options, message):
+    one_line_error(cli("--workdir", vectors, "--mode=sample", "--solver=unipc", f"--solver_options={options}",
+                       check=False), message)
+
+
+def test_the_console_entry_point(vectors):
+    # The one run through `python main.py`: absl's flags from sys.argv, its log handler on stderr, the exit status.
+    proc = main_py("--workdir", str(vectors), *SAMPLE)
+    stem = vectors / "samples" / "euler_maruyama_3_seed42"
+    assert re.fullmatch(rf"5 samples with euler_maruyama, 3 steps: NFE 3 per batch, .*; wrote {stem}\.npz\n",
+                        proc.stdout), proc.stdout
+    assert "loaded the EMA weights of" in proc.stderr
