@@ -1,4 +1,4 @@
-"""End to end through `python main.py`: conditional training, guided sampling, the classifier, inpainting."""
+"""End to end through main.py (in process): conditional training, guided sampling, the classifier, inpainting."""
 import numpy as np
 import pytest
 
@@ -13,30 +13,30 @@ TINY = ["--config.model.nf=8", "--config.model.ch_mult=(1,)", "--config.training
 pytestmark = pytest.mark.slow
 
 
-def main_py(*args, check=True):
-    return helpers.main_py(*args, *TINY, check=check)
+def cli(*args, check=True):
+    return helpers.cli(*args, *TINY, check=check)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("conditional")
-    main_py("--mode", "train", "--workdir", str(workdir), "--config.training.n_iters=4")
+    cli("--mode", "train", "--workdir", str(workdir), "--config.training.n_iters=4")
     return workdir
 
 
 def test_guided_sampling_with_a_list_of_labels(trained):
-    proc = main_py("--mode", "sample", "--workdir", str(trained), "--solver=heun", "--steps=2", "--guidance=2",
+    result = cli("--mode", "sample", "--workdir", str(trained), "--solver=heun", "--steps=2", "--guidance=2",
                    "--class_label=0,5,9", "--num_samples=6", "--batch_size=3")
     samples = np.load(trained / "samples" / "heun_2_seed42_y0-5-9_w2.npz")["samples"]
     assert samples.shape == (6, 1, 8, 8) and np.isfinite(samples).all()
-    assert "6 samples with heun" in proc.stdout
+    assert "6 samples with heun" in result.stdout
 
 
 def test_classifier_training_then_classifier_guided_sampling(trained):
-    proc = main_py("--mode", "train_classifier", "--workdir", str(trained))
-    assert "classifier at step 4" in proc.stdout
+    result = cli("--mode", "train_classifier", "--workdir", str(trained))
+    assert "classifier at step 4" in result.stdout
     assert (trained / "classifier" / "checkpoints" / "checkpoint_4.pt").is_file()
-    main_py("--mode", "sample", "--workdir", str(trained), "--solver=euler_maruyama", "--steps=2",
+    cli("--mode", "sample", "--workdir", str(trained), "--solver=euler_maruyama", "--steps=2",
             "--classifier_scale=1.5", "--class_label=3", "--num_samples=2")
     assert np.isfinite(np.load(trained / "samples" / "euler_maruyama_2_seed42_y3_g1.5.npz")["samples"]).all()
 
@@ -47,9 +47,9 @@ def test_inpainting_keeps_the_observed_pixels(trained, tmp_path):
     mask[:, 2:6, 2:6] = 0
     np.savez(tmp_path / "obs.npz", x=x)
     np.save(tmp_path / "mask.npy", mask)
-    proc = main_py("--mode", "inpaint", "--workdir", str(trained), f"--input={tmp_path / 'obs.npz'}",
+    result = cli("--mode", "inpaint", "--workdir", str(trained), f"--input={tmp_path / 'obs.npz'}",
                    f"--mask={tmp_path / 'mask.npy'}", "--steps=3", "--resample=2", "--class_label=1")
-    assert "NFE 5 per batch" in proc.stdout   # (3 - 1) steps * 2 resamplings + the last step
+    assert "NFE 5 per batch" in result.stdout   # (3 - 1) steps * 2 resamplings + the last step
     out = np.load(trained / "inpaint" / "repaint_3_seed42.npz")["samples"]
     observed = np.broadcast_to(mask, x.shape).astype(bool)
     # Observed pixels come back exactly up to the float32 round trip through the [-1, 1] model scale.
@@ -63,6 +63,8 @@ def test_inpainting_keeps_the_observed_pixels(trained, tmp_path):
     (["--mode", "inpaint"], "--mode inpaint needs --input=FILE"),
 ])
 def test_guidance_user_errors_are_one_line(trained, args, message):
-    proc = main_py(*args, "--workdir", str(trained), check=False)
-    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr
+    result = cli(*args, "--workdir", str(trained), check=False)
+    assert result.returncode == 1, result
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
