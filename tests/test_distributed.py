@@ -16,7 +16,7 @@ import helpers
 import data as data_lib
 import models
 import training
-from likelihood.bpd import BitsPerDim
+from likelihood.bpd import BitsPerDim, merge_bits_per_dim
 from training import checkpoint as ckpt
 from training import distributed, precision
 from training.metrics import read_metrics
@@ -91,13 +91,13 @@ def test_merge_bits_per_dim_equals_the_pooled_statistics():
     pieces = [values[:10], values[10:11], values[11:]]  # a shard of one point has stderr nan
     parts = [BitsPerDim(float(p.mean()), float(p.std() / math.sqrt(len(p))) if len(p) > 1 else math.nan, len(p), 10.0)
              for p in pieces]
-    merged = distributed.merge_bits_per_dim(parts + [None])
+    merged = merge_bits_per_dim(parts + [None])
     # float64 sums of 23 numbers: agreement to ~1e-15 relative; 1e-12 leaves room.
     assert merged.mean == pytest.approx(float(values.mean()), rel=1e-12)
     assert merged.stderr == pytest.approx(float(values.std() / math.sqrt(23)), rel=1e-12)
     assert merged.count == 23 and merged.nfe == 10.0
-    with pytest.raises(ValueError, match="empty"):
-        distributed.merge_bits_per_dim([None])
+    with pytest.raises(ValueError, match="every shard was empty"):
+        merge_bits_per_dim([None])
 
 
 def _randomise(net):
@@ -150,9 +150,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _env(rank, world_size, port) -> dict:
+    """The variables torchrun sets for one process."""
+    return dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+                LOCAL_RANK=str(rank))
+
+
 def _worker(rank, world_size, port, jobs):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(_env(rank, world_size, port))
+    _jobs(rank, jobs)
+
+
+def _jobs(rank, jobs):
     torch.set_num_threads(1)
     try:
         for kind, workdir, n_iters in jobs:
@@ -178,10 +187,15 @@ def _params(workdir, step):
 
 
 @pytest.mark.slow
-def test_two_ranks_give_the_one_rank_update_and_resume_across_world_sizes(tmp_path):
+def test_two_ranks_give_the_one_rank_update_and_resume_across_world_sizes(tmp_path, monkeypatch):
     (tmp_path / "g").mkdir()
     _spawn(2, [("grad", tmp_path / "g", 1), ("train", tmp_path / "two", 6), ("train", tmp_path / "two_one", 3)])
-    _spawn(1, [("train", tmp_path / "one", 6), ("train", tmp_path / "two_one", 6)])
+    # The one-rank runs in this process: a process group of one, as `torchrun --nproc_per_node=1` makes.
+    for name, value in _env(0, 1, _free_port()).items():
+        monkeypatch.setenv(name, value)
+    _jobs(0, [("train", tmp_path / "one", 6), ("train", tmp_path / "two_one", 6)])
+    monkeypatch.undo()
+    assert not distributed.launched() and not torch.distributed.is_initialized()
 
     # The independent reference: plain dsm_loss of the whole first global batch with the step-0 generator.
     config = tiny_config()
@@ -235,19 +249,25 @@ def test_torchrun_two_ranks_train_sample_and_likelihood_end_to_end(tmp_path):
     rows = [r for r in read_metrics(tmp_path) if "loss" in r]
     assert [r["step"] for r in rows] == [2, 4] and all(math.isfinite(r["loss"]) for r in rows)
 
-    out = _torchrun("--mode", "sample", *workdir, *TINY, "--solver", "euler", "--steps", "3", "--num_samples", "9",
-                    "--batch_size", "4").stdout
-    assert out.count("9 samples with euler") == 1  # printed once, by rank 0
-    x = np.load(tmp_path / "samples" / "euler_3_seed42.npz")["samples"]
-    assert x.shape == (9, 2) and np.isfinite(x).all()
-    # Shards are 4 + 5 samples with different seeds: rank 1's first sample is not rank 0's.
-    assert not np.allclose(x[0], x[4])
+    samples = tmp_path / "samples" / "euler_maruyama_3_seed5.npz"
+    sample = ["--mode", "sample", *workdir, *TINY, "--solver", "euler_maruyama", "--steps", "3", "--num_samples", "9",
+              "--seed", "5"]
+    out = _torchrun(*sample, "--batch_size", "4").stdout
+    assert out.count("9 samples with euler_maruyama") == 1  # printed once, by rank 0
+    two = np.load(samples)["samples"]
+    assert two.shape == (9, 2) and np.isfinite(two).all()
+    # Sample i depends only on (seed, i): the shards of 4 + 5 samples (in batches of 4) give the samples of one
+    # process in batches of 3, up to the float32 round-off of other batch sizes in the network (~1e-7).
+    helpers.cli(*sample, "--batch_size", "3")
+    one = np.load(samples)["samples"]
+    assert np.abs(two - one).max() <= 1e-5
+    # ... and rank 1's samples are not rank 0's again (a per-rank seed reused would repeat them exactly).
+    assert np.abs(two[:4] - two[5:]).max() > 1e-2
 
     lik = ["--mode", "likelihood", *workdir, *TINY, "--divergence", "exact", "--num_samples", "25"]
     _torchrun(*lik)
     two = json.loads((tmp_path / "likelihood.json").read_text())
-    subprocess.run([sys.executable, "main.py", *lik], cwd=ROOT, check=True, capture_output=True, timeout=300,
-                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    helpers.cli(*lik)
     one = json.loads((tmp_path / "likelihood.json").read_text())
     assert two["num_samples"] == one["num_samples"] == 25
     # Continuous 2-D data and the exact divergence: no randomness, so the 13 + 12 shards give the single-process
