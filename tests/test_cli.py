@@ -112,8 +112,11 @@ def test_two_dimensional_data_uses_the_mlp_and_a_scatter_plot(tmp_path):
     (["--mode", "calibrate", "--solver=pc"], "fits the grid of a deterministic fixed-step solver, not 'pc'"),
     (["--mode", "sample", "extra"], "unexpected arguments extra"),
 ])
-def test_user_errors_are_one_line_without_traceback(args, message):
-    one_line_error(cli(*args, "--config.training.n_iters=1", *TINY, check=False), message)
+def test_user_errors_are_one_line_without_traceback(args, message, tmp_path):
+    # A workdir of its own first (a later --workdir wins): a command that got further would not write runs/ here.
+    one_line_error(cli("--workdir", tmp_path / "run", *args, "--config.training.n_iters=1", *TINY, check=False),
+                   message)
+    assert not (tmp_path / "run").exists()
 
 
 def test_an_override_that_contradicts_the_checkpoint_is_refused(trained):
