@@ -65,105 +65,111 @@ def _or(value, default):
     return default if value is None else value
 
 
-def _sampler(a, config, workdir) -> solvers.Sampler:
-    options = solvers.parse_options(a.solver_options or "")
-    options.update({k: getattr(a, k) for k in SOLVER_FLAGS if getattr(a, k) is not None})
-    return training.sampler_from_config(config, workdir, solver=a.solver, steps=a.steps, grid=a.grid, options=options)
+class Job:
+    """One command line: its flags, config (with --seed/--device applied), workdir and distributed context."""
+
+    def __init__(self, fv: flags.FlagValues, name: str):
+        self.a, self.config = fv, fv.config
+        with self.config.unlocked():
+            self.config.seed, self.config.device = _or(fv.seed, self.config.seed), _or(fv.device, self.config.device)
+        self.overridden = config_flags.get_override_values(fv["config"])
+        self.workdir = Path(fv.workdir or Path("runs") / name)
+        self.ctx = distributed.setup(self.config)
+
+    def load(self, autocast: bool = False) -> training.Run:
+        return training.load_run(self.workdir, self.a.checkpoint, self.ctx.device, config=self.config,
+                                 overridden=self.overridden, autocast=autocast)
+
+    def sampler(self) -> solvers.Sampler:
+        options = solvers.parse_options(self.a.solver_options or "")
+        options.update({k: getattr(self.a, k) for k in SOLVER_FLAGS if getattr(self.a, k) is not None})
+        return training.sampler_from_config(self.config, self.workdir, solver=self.a.solver, steps=self.a.steps,
+                                            grid=self.a.grid, options=options)
+
+    def guidance(self) -> tuple:
+        s = self.config.sampling
+        return (_or(self.a.class_label, s.class_label), _or(self.a.guidance, s.guidance),
+                _or(self.a.classifier_scale, s.classifier_scale))
 
 
-def _guidance(a, config) -> tuple:
-    return (_or(a.class_label, config.sampling.class_label), _or(a.guidance, config.sampling.guidance),
-            _or(a.classifier_scale, config.sampling.classifier_scale))
+def train(job: Job) -> None:
+    r = training.train(job.config, job.workdir, job.ctx)
+    if job.ctx.is_main:
+        print(r.line())
 
 
-def train(a, config, workdir, ctx, load) -> None:
-    result = training.train(config, workdir, ctx)
-    if ctx.is_main:
-        print(f"{'stopped' if result.interrupted else 'finished'} at step {result.step}, loss {result.loss:.5f}; "
-              f"checkpoint {result.checkpoint}")
-
-
-def sample(a, config, workdir, ctx, load) -> None:
-    sampler, labels = _sampler(a, config, workdir), _guidance(a, config)
-    num, batch = _or(a.num_samples, config.sampling.num_samples), _or(a.batch_size, config.sampling.batch_size)
-    run = load(autocast=True)
-    done = training.sampling.sample_to_files(run, training.guided_score_fn(run, *labels), sampler, num, batch,
-                                             config.seed, ctx, training.sampling.guidance_tag(*labels))
+def sample(job: Job) -> None:
+    sampler, labels, s = job.sampler(), job.guidance(), job.config.sampling
+    run = job.load(autocast=True)
+    done = training.sampling.sample_to_files(
+        run, training.guided_score_fn(run, *labels), sampler, _or(job.a.num_samples, s.num_samples),
+        _or(job.a.batch_size, s.batch_size), job.config.seed, job.ctx, training.sampling.guidance_tag(*labels))
     if done is not None:
-        (_, nfe, seconds), written = done
-        print(f"{num} samples with {sampler.describe()}: NFE {nfe:.0f} per batch, {seconds:.2f} s "
-              f"({1000 * seconds / num:.2f} ms/sample); wrote {' and '.join(map(str, written))}")
+        print(done.line())
 
 
-def calibrate(a, config, workdir, ctx, load) -> None:
-    sampler = _sampler(a, config, workdir)
+def calibrate(job: Job) -> None:
+    sampler, s = job.sampler(), job.config.sampling
     solvers.check_calibratable(sampler.solver)
-    run = load(autocast=True)       # in the precision the samples will be drawn in
-    if ctx.is_main:
-        s = config.sampling
-        cal, path = training.evaluation.calibrate(run, sampler, pilot=s.calibration_pilot,
-                                                  iterations=s.calibration_iterations, seed=config.seed)
-        print(f"{sampler.solver} grid with {sampler.steps} steps fitted on {s.calibration_pilot} pilot paths: "
-              f"pathwise RMSE {cal.initial_error:.3g} (uniform log-SNR) -> {cal.error:.3g}, {cal.nfe} NFE; wrote "
-              f"{path}; sample with --workdir {workdir} --solver {sampler.solver} --steps {sampler.steps} "
-              "--grid calibrated")
+    run = job.load(autocast=True)       # in the precision the samples will be drawn in
+    if job.ctx.is_main:
+        print(training.evaluation.calibrate(run, sampler, pilot=s.calibration_pilot,
+                                            iterations=s.calibration_iterations, seed=job.config.seed))
 
 
-def likelihood(a, config, workdir, ctx, load) -> None:
-    options = dict(divergence=a.divergence, repeats=a.dequant_repeats, rtol=a.rtol, atol=a.atol)
-    r = training.evaluation.evaluate_likelihood(load(), ctx, num_samples=_or(a.num_samples, config.eval.num_samples),
-                                                batch_size=a.batch_size, **options)
+def likelihood(job: Job) -> None:
+    a = job.a
+    r = training.evaluation.evaluate_likelihood(
+        job.load(), job.ctx, num_samples=_or(a.num_samples, job.config.eval.num_samples), batch_size=a.batch_size,
+        divergence=a.divergence, repeats=a.dequant_repeats, rtol=a.rtol, atol=a.atol)
     if r is not None:
         print(r.line())
-        atomic_write_json(workdir / "likelihood.json", r.as_json())
+        atomic_write_json(job.workdir / "likelihood.json", r.as_json())
 
 
-def evaluate(a, config, workdir, ctx, load) -> None:
-    path, state = training.use_checkpoint_config(config, workdir, a.checkpoint, _overridden())
-    trainer = training.Trainer(config, workdir, ctx)
+def evaluate(job: Job) -> None:
+    path, state = training.use_checkpoint_config(job.config, job.workdir, job.a.checkpoint, job.overridden)
+    trainer = training.Trainer(job.config, job.workdir, job.ctx)
     trainer.load_state_dict(state, path)
     print(f"test loss (EMA, step {trainer.step}): {trainer.test_loss(max_batches=10**9):.5f}")
 
 
-def train_classifier(a, config, workdir, ctx, load) -> None:
-    if training.latest_checkpoint(workdir) is not None:     # it guides this run's model: same noise, same data
-        training.use_checkpoint_config(config, workdir, None, _overridden())
-    r = guidance.train_classifier(config, workdir)
+def train_classifier(job: Job) -> None:
+    if training.latest_checkpoint(job.workdir) is not None:     # it guides this run's model: same noise and data
+        training.use_checkpoint_config(job.config, job.workdir, None, job.overridden)
+    r = training.train_classifier(job.config, job.workdir, job.ctx.device)
     print(f"classifier at step {r.step}, cross-entropy {r.loss:.4f}, test accuracy {r.test_accuracy:.3f} at "
           f"t = 0.1 T; checkpoint {r.checkpoint}")
 
 
-def inpaint(a, config, workdir, ctx, load) -> None:
+def inpaint(job: Job) -> None:
+    a, c = job.a, job.config
     if not a.input:
         raise ValueError(f"--mode inpaint needs --input=FILE: {guidance.io.ACCEPTED}")
-    method = guidance.INPAINTERS.canonical(_or(a.inpaint_method, config.inpainting.method))
-    steps, resample = _or(a.steps, config.inpainting.steps), _or(a.resample, config.inpainting.resample)
-    run = load()
-    written, nfe, n = training.evaluation.inpaint_file(
-        run, training.guided_score_fn(run, *_guidance(a, config)), a.input, a.mask, method=method, steps=steps,
-        resample=resample, batch_size=_or(a.batch_size, config.sampling.batch_size), seed=config.seed)
-    print(f"inpainted {n} items with {method}: NFE {nfe} per batch; wrote {' and '.join(map(str, written))}")
+    method = guidance.INPAINTERS.canonical(_or(a.inpaint_method, c.inpainting.method))
+    steps = _or(a.steps, c.inpainting.steps)
+    run = job.load()
+    print(training.evaluation.inpaint_file(
+        run, training.guided_score_fn(run, *job.guidance()), a.input, a.mask, method=method, steps=steps,
+        resample=_or(a.resample, c.inpainting.resample), batch_size=_or(a.batch_size, c.sampling.batch_size),
+        seed=c.seed))
 
 
-FV: flags.FlagValues | None = None
-
-
-def _overridden() -> dict:
-    return config_flags.get_override_values(FV["config"])
+RUNNERS = {"train": train, "sample": sample, "likelihood": likelihood, "eval": evaluate, "calibrate": calibrate,
+           "train_classifier": train_classifier, "inpaint": inpaint}
 
 
 def run(argv: list[str]) -> int:
     """Run one command line (argv[0] is the program name) in this process; returns the exit status."""
-    global FV
-    FV = flags.FlagValues()
-    define_flags(FV)
+    fv = flags.FlagValues()
+    define_flags(fv)
     try:
         argv, name = configs.registry.resolve_argument(argv)
         # ml_collections applies --config.a.b=value overrides while defining the flag, so a bad field fails here.
         config_flags.DEFINE_config_file("config", str(configs.registry.config_path("vpsde")), "Config name "
                                         "(configs/NAME.py) or path; override fields with --config.a.b=value.",
-                                        flag_values=FV, lock_config=True, sys_argv=argv)
-        rest = FV(argv)
+                                        flag_values=fv, lock_config=True, sys_argv=argv)
+        rest = fv(argv)
     except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
         if isinstance(e, (KeyError, AttributeError)):
             e = f"unknown config field {str(e).strip(chr(34) + chr(39))!r} in a --config.* override; see " \
@@ -174,16 +180,7 @@ def run(argv: list[str]) -> int:
     try:
         if len(rest) > 1:
             raise ValueError(f"unexpected arguments {' '.join(rest[1:])}; flags are written --name=value")
-        a, config = FV, FV.config
-        with config.unlocked():
-            config.seed, config.device = _or(a.seed, config.seed), _or(a.device, config.device)
-        workdir = Path(a.workdir or Path("runs") / name)
-        ctx = distributed.setup(config)
-
-        def load(autocast=False):
-            return training.load_run(workdir, a.checkpoint, ctx.device, config=config, overridden=_overridden(),
-                                     autocast=autocast)
-        globals()[a.mode if a.mode != "eval" else "evaluate"](a, config, workdir, ctx, load)
+        RUNNERS[fv.mode](Job(fv, name))
     except (ValueError, FileNotFoundError, training.CheckpointError, training.TrainingDivergedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -5,10 +5,8 @@ from . import io
 from .io import read_observation
 from .labels import batch_labels, check_labels, parse_labels
 from .scores import ClassifierFreeGuidance, ClassifierGuidance
-from .train import ClassifierResult, load_classifier, noisy_accuracy, train_classifier
 
 __all__ = [
     "ClassifierFreeGuidance", "ClassifierGuidance", "ClassifierLogits", "MLPClassifier", "ConvClassifier",
-    "build_classifier", "classifier_loss", "train_classifier", "load_classifier", "noisy_accuracy",
-    "ClassifierResult", "inpaint", "INPAINTERS", "io", "read_observation", "batch_labels", "check_labels", "parse_labels",
+    "build_classifier", "classifier_loss", "inpaint", "INPAINTERS", "io", "read_observation", "batch_labels", "check_labels", "parse_labels",
 ]

@@ -1,4 +1,4 @@
-"""What every sampler shares: the result type, the time grid options, and the step loop with its progress bar."""
+"""What every sampler shares: the result type, the score and velocity, the time grid options, the step loop."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -22,7 +22,8 @@ class SampleResult(NamedTuple):
 
 
 class Solver:
-    """Integrates the reverse dynamics from x at ts[0] along the float64 time grid ts.
+    """Integrates the reverse dynamics from x at ts[0] along the float64 times ts (adaptive solvers: from ts[0]
+    to ts[-1], choosing their own steps in between).
 
     Step coefficients are 0-d float64 tensors (on the CPU, as ts is): type promotion lets a 0-d tensor scale a
     batch of the same category without up-casting it, and torch accepts a 0-d CPU tensor as a scalar next to a
@@ -35,11 +36,39 @@ class Solver:
     stochastic = False      # True: integrates the reverse SDE and needs a generator
     adaptive = False        # True: chooses its own steps (no grid, no `steps`)
     default_steps = 100
+
+    def __init__(self, sde: SDE, score: CountingScore):
+        self.sde = sde
+        self.score = score
+
+    def integrate(self, x: Tensor, ts: Tensor, *, generator=None, denoise: bool = False,
+                  progress: bool = False) -> Tensor:
+        raise NotImplementedError
+
+    # --- shared pieces ---------------------------------------------------------------------------
+    def score_at(self, x: Tensor, t: Tensor) -> Tensor:
+        """The (counted) score at a scalar float64 time t."""
+        return self.score(x, t.expand(x.shape[0]))
+
+    def velocity(self, x: Tensor, t: Tensor) -> Tensor:
+        """The probability-flow ODE's dx/dt = f(t) x - g(t)^2/2 score(x, t) at a scalar float64 t."""
+        return self.sde.reverse(self.score, eta=0.0).drift(x, t, score=self.score_at(x, t))
+
+    def denoised(self, x: Tensor, t: Tensor, score: Tensor | None = None) -> Tensor:
+        """Tweedie's estimate E[x_0 | x_t] = (x + beta_bar^2 score) / alpha_bar."""
+        if score is None:
+            score = self.score_at(x, t)
+        a, b = self.sde.alpha_bar(t), self.sde.beta_bar(t)
+        return (1 / a) * x + (b**2 / a) * score
+
+
+class FixedStepSolver(Solver):
+    """A solver on a time grid: `grid` names one of grids.GRIDS (with EDM's `rho`) or gives the times."""
+
     default_grid = "uniform"
 
     def __init__(self, sde: SDE, score: CountingScore, *, grid=None, rho: float = 7.0):
-        self.sde = sde
-        self.score = score
+        super().__init__(sde, score)
         # grid: a name from grids.GRIDS, or the times themselves (then `steps` defaults to theirs).
         self.times = None
         if grid is None or isinstance(grid, str):
@@ -57,22 +86,6 @@ class Solver:
         if self.times is not None:
             return check_times(self.times, self.sde, steps, eps)
         return time_grid(self.sde, steps, eps, self.grid, self.rho)
-
-    def integrate(self, x: Tensor, ts: Tensor, *, generator=None, denoise: bool = False,
-                  progress: bool = False) -> Tensor:
-        raise NotImplementedError
-
-    # --- shared pieces ---------------------------------------------------------------------------
-    def score_at(self, x: Tensor, t: Tensor) -> Tensor:
-        """The (counted) score at a scalar float64 time t."""
-        return self.score(x, t.expand(x.shape[0]))
-
-    def denoised(self, x: Tensor, t: Tensor, score: Tensor | None = None) -> Tensor:
-        """Tweedie's estimate E[x_0 | x_t] = (x + beta_bar^2 score) / alpha_bar."""
-        if score is None:
-            score = self.score_at(x, t)
-        a, b = self.sde.alpha_bar(t), self.sde.beta_bar(t)
-        return (1 / a) * x + (b**2 / a) * score
 
 
 def steps_of(ts: Tensor, progress: bool, desc: str):

@@ -48,6 +48,38 @@ class _ReversedClockSDE(torch.nn.Module):
         return (self.solver.eta * self.solver.sde.g(self.solver.sde.T - s)).to(y).expand_as(y)
 
 
+class PerSampleBrownian(torchsde.BaseBrownian):
+    """One Brownian path per sample, stacked: sample i's noise comes from its own path (solvers.SampleGenerators)."""
+
+    def __init__(self, paths: list):
+        self.paths = paths
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):
+        parts = [path(ta, tb, return_U=return_U, return_A=return_A) for path in self.paths]
+        if isinstance(parts[0], tuple):
+            return tuple(torch.cat(group) for group in zip(*parts))
+        return torch.cat(parts)
+
+    def __repr__(self):
+        return f"PerSampleBrownian({len(self.paths)} paths)"
+
+    @property
+    def dtype(self):
+        return self.paths[0].dtype
+
+    @property
+    def device(self):
+        return self.paths[0].device
+
+    @property
+    def shape(self):
+        return torch.Size((len(self.paths), *self.paths[0].shape[1:]))
+
+    @property
+    def levy_area_approximation(self):
+        return self.paths[0].levy_area_approximation
+
+
 class TorchSDESolver(StochasticSolver):
     """torchsde.sdeint(method=...) on the reverse SDE with the steps of the time grid."""
 
@@ -55,17 +87,20 @@ class TorchSDESolver(StochasticSolver):
     sde_type = "ito"
 
     def integrate(self, x, ts, *, generator=None, denoise=True, progress=False):
-        if isinstance(generator, SampleGenerators):
-            raise ValueError(f"sde_{self.method} draws one Brownian path for the whole batch and cannot take "
-                             f"per-sample generators; use euler_maruyama, pc or ancestral for per-sample noise")
         T = self.sde.T
         s = (T - ts).to(x.device)
         shape, dtype = x.shape, x.dtype
         y = x.to(torch.float64).reshape(shape[0], -1)
-        entropy = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device if generator else None))
-        bm = torchsde.BrownianInterval(
-            t0=float(s[0]), t1=float(s[-1]), size=y.shape, dtype=torch.float64, device=x.device, entropy=entropy,
-            levy_area_approximation="space-time" if self.method == "srk" else "none")
+        levy = "space-time" if self.method == "srk" else "none"
+        if isinstance(generator, SampleGenerators):
+            bm = PerSampleBrownian([torchsde.BrownianInterval(
+                t0=float(s[0]), t1=float(s[-1]), size=(1, y.shape[1]), dtype=torch.float64, device=x.device,
+                entropy=entropy, levy_area_approximation=levy) for entropy in generator.seed_integers()])
+        else:
+            entropy = int(torch.randint(0, 2**62, (), generator=generator,
+                                        device=generator.device if generator else None))
+            bm = torchsde.BrownianInterval(t0=float(s[0]), t1=float(s[-1]), size=y.shape, dtype=torch.float64,
+                                           device=x.device, entropy=entropy, levy_area_approximation=levy)
         process = _ReversedClockSDE(self, shape, dtype, self.sde_type)
         n = len(ts) - 1
         last = n - 1 if denoise else n

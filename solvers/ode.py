@@ -11,18 +11,14 @@ import torch
 from sde_lib import Registry
 
 from .adaptive import METHODS, integrate_adaptive
-from .base import Solver, steps_of
+from .base import FixedStepSolver, Solver, steps_of
 from .steps import ddim_coefficients
 
 Tensor = torch.Tensor
 
 
-class ODESolver(Solver):
-    """A deterministic solver of the probability-flow ODE."""
-
-    def velocity(self, x: Tensor, t: Tensor) -> Tensor:
-        """dx/dt = f(t) x - g(t)^2/2 score(x, t) at a scalar float64 t."""
-        return self.sde.reverse(self.score, eta=0.0).drift(x, t, score=self.score_at(x, t))
+class ODESolver(FixedStepSolver):
+    """A fixed-step solver of the probability-flow ODE."""
 
 
 class Euler(ODESolver):
@@ -234,7 +230,7 @@ def unipc_rhos(h: Tensor, r: Tensor, b_h: Tensor) -> Tensor:
     return torch.linalg.solve(r[None, :] ** powers[:, None], torch.stack(b))
 
 
-class RK45(ODESolver):
+class RK45(Solver):
     """Adaptive Runge-Kutta with rtol/atol (torchdiffeq; dopri5, Dormand-Prince 5(4), unless `method` says otherwise).
 
     Integrated by `solvers.adaptive.integrate_adaptive`, so the score is never evaluated outside [eps, T];

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Solver, steps_of
+from .base import FixedStepSolver, steps_of
 from .random import randn_like
 from .steps import (CORRECTORS, LANGEVIN_STEP_SIZES, PREDICTORS, ancestral_std, ddim_coefficients,
                     euler_maruyama_step)
@@ -16,7 +16,7 @@ from .steps import (CORRECTORS, LANGEVIN_STEP_SIZES, PREDICTORS, ancestral_std, 
 Tensor = torch.Tensor
 
 
-class StochasticSolver(Solver):
+class StochasticSolver(FixedStepSolver):
     """A sampler of the reverse SDE with noise scale eta * g(t)."""
 
     stochastic = True

@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 
 import torch
 
 import models
 import sde_lib
-import solvers
 
 OPTIMIZERS = sde_lib.Registry("optimizer", {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW})
 

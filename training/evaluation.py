@@ -59,9 +59,9 @@ def evaluate_likelihood(run, ctx, *, num_samples: int = 0, batch_size: int | Non
     return LikelihoodReport(r.mean, r.stderr, r.count, r.nfe, settings)
 
 
-def calibrate(run, sampler: solvers.Sampler, *, pilot: int, iterations: int, seed: int):
-    """Fit `sampler`'s grid to the run's network on `pilot` prior samples and save it where
-    `--grid calibrated` finds it; returns (Calibration, path)."""
+def calibrate(run, sampler: solvers.Sampler, *, pilot: int, iterations: int, seed: int) -> str:
+    """Fit `sampler`'s grid to the run's network on `pilot` prior samples and save it where `--grid calibrated`
+    finds it; returns the line that says what was fitted and written."""
     solvers.check_calibratable(sampler.solver)
     options = {k: v for k, v in sampler.options.items() if k != "grid"}
     cal = solvers.calibrate_grid(run.sde, run.score_fn, (pilot, *run.data.shape), sampler.solver,
@@ -70,13 +70,15 @@ def calibrate(run, sampler: solvers.Sampler, *, pilot: int, iterations: int, see
                                  **options)
     path = solvers.calibrated_grid_path(run.workdir, sampler.solver, sampler.steps)
     solvers.save_grid(path, cal, solver=sampler.solver, sde=run.sde, **options)
-    return cal, path
+    return (f"{sampler.solver} grid with {sampler.steps} steps fitted on {pilot} pilot paths: pathwise RMSE "
+            f"{cal.initial_error:.3g} (uniform log-SNR) -> {cal.error:.3g}, {cal.nfe} NFE; wrote {path}; sample "
+            f"with --workdir {run.workdir} --solver {sampler.solver} --steps {sampler.steps} --grid calibrated")
 
 
 def inpaint_file(run, score_fn, input_path: str, mask_path: str | None, *, method: str, steps: int, resample: int,
                  batch_size: int, seed: int):
     """Inpaint the observations in `input_path` (mask from `mask_path`, the file's 'mask' or its NaNs) in batches;
-    writes <workdir>/inpaint/<method>_<steps>_seed<seed>.{npz,png}; returns (files, NFE per batch, count)."""
+    writes <workdir>/inpaint/<method>_<steps>_seed<seed>.{npz,png}; returns the line saying what was written."""
     guidance.INPAINTERS[method]
     info = run.data
     x, mask = guidance.read_observation(input_path, mask_path, info.shape)
@@ -93,4 +95,4 @@ def inpaint_file(run, score_fn, input_path: str, mask_path: str | None, *, metho
     stem = run.workdir / "inpaint" / f"{method}_{steps}_seed{seed}"
     written = write_samples(stem, out, info, "try more --steps", title=f"{method}, NFE {per_batch}",
                             mask=mask.cpu().numpy())
-    return written, per_batch, len(out)
+    return f"inpainted {len(out)} items with {method}: NFE {per_batch} per batch; wrote {' and '.join(map(str, written))}"

@@ -18,7 +18,6 @@ from tqdm.auto import tqdm
 
 import data as data_lib
 import models
-import solvers
 
 from . import checkpoint as ckpt
 from . import distributed, precision
@@ -38,6 +37,10 @@ class TrainResult(NamedTuple):
     loss: float
     checkpoint: Path | None
     interrupted: bool
+
+    def line(self) -> str:
+        return (f"{'stopped' if self.interrupted else 'finished'} at step {self.step}, loss {self.loss:.5f}; "
+                f"checkpoint {self.checkpoint}")
 
 
 def seed_everything(seed: int) -> None:
@@ -88,8 +91,10 @@ class Trainer:
         self.ema = models.create_ema(self.model, decay=config.model.ema_rate)
         self.optimizer = build_optimizer(config, self.model.parameters())
         self.step = 0
-        self._check_names()
-        # Checked now, so that a bad sampling setting stops the run before its first step, not at a snapshot.
+        # Built and checked now, so that a bad name or setting stops the run before its first step.
+        models.PARAMETERIZATIONS.canonical(config.model.parameterization)
+        models.T_SAMPLINGS.canonical(config.training.t_sampling)
+        self.weighting = build_weighting(config)
         self.sampler = sampler_from_config(config, self.workdir, snapshot=True)
         self.network = self._training_network()
 
@@ -104,15 +109,6 @@ class Trainer:
             b = distributed.local_batch_size(c.training.batch_size, self.dist)
             net = distributed.LocalRows(net, self.dist.rank * b, (self.dist.rank + 1) * b)
         return net
-
-    def _check_names(self) -> None:
-        c = self.config
-        models.PARAMETERIZATIONS.canonical(c.model.parameterization)
-        models.T_SAMPLINGS.canonical(c.training.t_sampling)
-        # Built once, here: an unknown name or a bad hyper-parameter stops the run before its first step.
-        self.weighting = build_weighting(c)
-        if c.training.snapshot_samples > 0:
-            solvers.get_solver(c.sampling.solver)
 
     # --- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 import guidance
 import solvers
 
+from .classifier import load_classifier
 from .images import save_npz, save_samples
 
 # Fields of config.sampling that are also options of some solvers; each reaches a solver that takes it.
@@ -64,7 +65,7 @@ def guided_score_fn(run, class_label: str = "", omega: float = 0.0, gamma: float
         raise ValueError("this model is unconditional: --class_label needs classifier guidance "
                          "(--classifier_scale > 0, after --mode train_classifier)")
     if gamma:
-        net = guidance.load_classifier(run.config, run.workdir, run.data.shape, run.data.num_classes, run.device)
+        net = load_classifier(run.config, run.workdir, run.data.shape, run.data.num_classes, run.device)
         score_fn = guidance.ClassifierGuidance(score_fn, guidance.ClassifierLogits(net), labels, gamma)
     return score_fn
 
@@ -136,8 +137,21 @@ def write_samples(stem: Path, x: torch.Tensor, data, hint: str, title: str | Non
     return [p for p in (png, npz) if p is not None]
 
 
+class SampleRun(NamedTuple):
+    """What sample_to_files did: the samples, the files written, and the sampler's description."""
+
+    samples: Samples
+    written: list[Path]
+    description: str
+
+    def line(self) -> str:
+        n, (_, nfe, seconds) = len(self.samples.x), self.samples
+        return (f"{n} samples with {self.description}: NFE {nfe:.0f} per batch, {seconds:.2f} s "
+                f"({1000 * seconds / n:.2f} ms/sample); wrote {' and '.join(map(str, self.written))}")
+
+
 def sample_to_files(run, score_fn, sampler: solvers.Sampler, num: int, batch_size: int, seed: int, ctx,
-                    tag: str = "") -> tuple[Samples, list[Path]] | None:
+                    tag: str = "") -> SampleRun | None:
     """draw_samples, then (rank 0) write them as <workdir>/samples/<sampler.label>_seed<seed><tag>.{npz,png}."""
     out = draw_samples(run.sde, score_fn, run.data, sampler, num, batch_size, seed, ctx)
     if out is None:
@@ -145,4 +159,4 @@ def sample_to_files(run, score_fn, sampler: solvers.Sampler, num: int, batch_siz
     stem = run.workdir / "samples" / f"{sampler.label}_seed{seed}{tag}"
     written = write_samples(stem, out.x, run.data, "try more --steps or another --solver",
                             title=f"{sampler.solver}, NFE {out.nfe:.0f}")
-    return out, written
+    return SampleRun(out, written, sampler.describe())

@@ -1,7 +1,7 @@
-"""Training the noise-conditional classifier on forward-noised data (`python main.py --mode train_classifier`).
+"""Training the noise-conditional classifier of classifier guidance on forward-noised data (--mode train_classifier).
 
-The run's objects come in as arguments (the SDE, the device, the checkpoint store `training.checkpoint`), so that
-this package sits below `training`, which uses it for guided sampling.
+The classifier (guidance.build_classifier) and its loss live in `guidance`; this is the run around them: the
+run's own SDE and data, checkpoints under <workdir>/classifier, resume.
 """
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import torch
 from absl import logging
 
 import data as data_lib
-from sde_lib import SDE
+from guidance import build_classifier, classifier_loss
 
-from .classifier import build_classifier, classifier_loss
+from . import checkpoint as checkpoints
+from .builders import build_sde, get_device
 
 CLASSIFIER_DIR = "classifier"  # under the run's workdir: <workdir>/classifier/checkpoints/checkpoint_<step>.pt
 
@@ -48,13 +49,12 @@ def noisy_accuracy(classifier, sde, dataset, device, t: float, batch_size: int =
     return correct / len(idx)
 
 
-def train_classifier(config, workdir, *, sde: SDE, device: torch.device, checkpoints) -> ClassifierResult:
-    """Train (or resume) config.classifier on the configured dataset; checkpoints in <workdir>/classifier.
-
-    checkpoints: the checkpoint store (training.checkpoint: latest_checkpoint, load_checkpoint,
-    load_module_state, save_checkpoint).
-    """
+def train_classifier(config, workdir, device: torch.device | None = None) -> ClassifierResult:
+    """Train (or resume) config.classifier on the configured dataset with the run's SDE; checkpoints in
+    <workdir>/classifier. device: default config.device."""
     c = config.classifier
+    sde = build_sde(config)
+    device = get_device(config.device) if device is None else device
     torch.manual_seed(config.seed)
     info = data_lib.get_dataset(config)
     net = build_classifier(config, info.shape, info.num_classes).to(device)
@@ -90,11 +90,8 @@ def train_classifier(config, workdir, *, sde: SDE, device: torch.device, checkpo
     return ClassifierResult(step, loss, accuracy, path)
 
 
-def load_classifier(config, workdir, shape, num_classes, device, *, checkpoints) -> torch.nn.Module:
-    """The newest classifier checkpoint of a run (trained by --mode train_classifier), in eval mode on `device`.
-
-    checkpoints: the checkpoint store, as for train_classifier (also checkpoint_dir and CheckpointError).
-    """
+def load_classifier(config, workdir, shape, num_classes, device) -> torch.nn.Module:
+    """The newest classifier checkpoint of a run (trained by --mode train_classifier), in eval mode on `device`."""
     out = classifier_dir(workdir)
     path = checkpoints.latest_checkpoint(out)
     if path is None:
