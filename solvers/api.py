@@ -146,12 +146,15 @@ class Sampler:
 
 
 def sampler(solver: str, steps: int | None = None, *, eps: float = 1e-3, grid=None, workdir=None,
-            **options) -> Sampler:
-    """A checked Sampler: the solver name, its steps (None: the solver's default; adaptive solvers take none),
-    its grid ("" or None: the solver's own, a grid name, "calibrated" with `workdir`, a .json path, or times)
-    and its options (strings from the command line are converted)."""
+            default_steps: int | None = None, **options) -> Sampler:
+    """A checked Sampler: the solver name, its steps (adaptive solvers take none), its grid ("" or None: the
+    solver's own, a grid name, "calibrated" with `workdir`, a .json path, or times) and its options (strings
+    from the command line are converted). Without `steps`, a grid file or given times set them, else
+    default_steps, else the solver's default."""
     solver = SOLVERS.canonical(solver)
     steps_given = steps is not None
+    if steps is None and not get_solver(solver).adaptive:
+        steps = default_steps
     steps = check_steps(solver, steps)
     if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
         raise ValueError(f"eps must be a positive number, got eps={eps!r}")

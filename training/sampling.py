@@ -35,14 +35,11 @@ def sampler_from_config(config, workdir=None, *, solver: str | None = None, step
     merged = {k: s[k] for k in OPTION_FIELDS if k in takes}
     merged.update(solvers.parse_options(s.get("options", "")))
     merged.update(options or {})
-    adaptive = solvers.get_solver(name).adaptive
-    if steps is None and not adaptive:
-        steps = s.steps
     if grid is None:
         grid = s.grid if "grid" in takes else ""
         if snapshot and grid not in solvers.GRIDS:
             grid = ""
-    return solvers.sampler(name, steps, eps=s.eps, grid=grid, workdir=workdir, **merged)
+    return solvers.sampler(name, steps, eps=s.eps, grid=grid, workdir=workdir, default_steps=s.steps, **merged)
 
 
 def guided_score_fn(run, class_label: str = "", omega: float = 0.0, gamma: float = 0.0):
