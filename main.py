@@ -22,6 +22,8 @@ MODES = {
     "calibrate": "fit --solver's grid at --steps to the network; writes grids/<solver>_<steps>.json",
     "train_classifier": "train the noise-conditional classifier for classifier guidance",
     "inpaint": "fill the missing entries of --input (mask --mask) with the run's model",
+    "fid": "sample quality (FID/KID/IS, FD-digits, energy distance) of --num_samples or of --samples FILE; "
+           "writes metrics/*.json",
 }
 SOLVER_FLAGS = ("snr", "corrector_steps", "eta", "rtol", "atol")
 
@@ -35,7 +37,8 @@ FLAG_SPECS = [  # name, type, help; every default is None: the config's value
     ("steps", int, "Solver steps (default config.sampling.steps)."),
     ("grid", str, "uniform | logsnr | edm | calibrated (from --mode calibrate) | a .json grid file."),
     ("solver_options", str, "Any solver options, e.g. 'order=2,variant=bh1' (over config.sampling.options)."),
-    ("num_samples", int, "sample: samples to draw; likelihood: test points (0 = all)."),
+    ("num_samples", int, "sample, fid: samples to draw (fid: default config.metrics.num_samples, 50000); "
+                         "likelihood: test points (0 = all)."),
     ("batch_size", int, "Samples or test points per batch."),
     ("snr", float, "pc: Langevin signal-to-noise ratio (shorthand for --solver_options snr=...)."),
     ("corrector_steps", int, "pc: Langevin steps per predictor step."),
@@ -51,6 +54,8 @@ FLAG_SPECS = [  # name, type, help; every default is None: the config's value
     ("mask", str, "inpaint: .npy/.npz 0/1 mask (1 = observed); default the input's 'mask' or its NaNs."),
     ("inpaint_method", str, "inpaint: replacement | repaint (default config.inpainting.method)."),
     ("resample", int, "inpaint: RePaint steps per interval (default config.inpainting.resample)."),
+    ("samples", str, "fid: score this .npz (key 'samples', data space, as --mode sample writes) instead of sampling."),
+    ("inception_weights", str, "fid: local Inception weights file (default config.metrics.inception_weights)."),
 ]
 DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEFINE_float}
 
@@ -98,14 +103,17 @@ def train(job: Job) -> None:
         print(r.line())
 
 
-def sample(job: Job) -> None:
+def sample(job: Job) -> int:
     sampler, labels, s = job.sampler(), job.guidance(), job.config.sampling
     run = job.load(autocast=True)
-    done = training.sampling.sample_to_files(
-        run, training.guided_score_fn(run, *labels), sampler, _or(job.a.num_samples, s.num_samples),
-        _or(job.a.batch_size, s.batch_size), job.config.seed, job.ctx, training.sampling.guidance_tag(*labels))
+    with training.interrupts.StopRequested() as stop:
+        done = training.sampling.sample_to_files(
+            run, training.guided_score_fn(run, *labels), sampler, _or(job.a.num_samples, s.num_samples),
+            _or(job.a.batch_size, s.batch_size), job.config.seed, job.ctx, training.sampling.guidance_tag(*labels),
+            stop=stop)
     if done is not None:
         print(done.line())
+    return stop.exit_code
 
 
 def calibrate(job: Job) -> None:
@@ -155,8 +163,29 @@ def inpaint(job: Job) -> None:
         seed=c.seed))
 
 
+def fid(job: Job) -> None:
+    a, c = job.a, job.config
+    quality = training.quality
+    cache, weights = quality.cache_dir(c), quality.inception_weights(c, a.inception_weights)
+    if a.samples:
+        if training.latest_checkpoint(job.workdir) is not None:     # the data the run's model was trained on
+            training.use_checkpoint_config(c, job.workdir, a.checkpoint, job.overridden)
+        report = quality.score_file(a.samples, c, cache=cache, weights=weights, device=job.ctx.device) \
+            if job.ctx.is_main else None
+    else:
+        sampler, labels = job.sampler(), job.guidance()
+        run = job.load(autocast=True)
+        report = quality.score_run(run, training.guided_score_fn(run, *labels), sampler,
+                                   _or(a.num_samples, c.metrics.num_samples), _or(a.batch_size, c.sampling.batch_size),
+                                   c.seed, job.ctx, cache=cache, weights=weights,
+                                   tag=training.sampling.guidance_tag(*labels))
+    if report is not None:
+        print(report.line())
+        logging.info("wrote %s", report.write(job.workdir))
+
+
 RUNNERS = {"train": train, "sample": sample, "likelihood": likelihood, "eval": evaluate, "calibrate": calibrate,
-           "train_classifier": train_classifier, "inpaint": inpaint}
+           "train_classifier": train_classifier, "inpaint": inpaint, "fid": fid}
 
 
 def run(argv: list[str]) -> int:
@@ -180,13 +209,17 @@ def run(argv: list[str]) -> int:
     try:
         if len(rest) > 1:
             raise ValueError(f"unexpected arguments {' '.join(rest[1:])}; flags are written --name=value")
-        RUNNERS[fv.mode](Job(fv, name))
-    except (ValueError, FileNotFoundError, training.CheckpointError, training.TrainingDivergedError) as e:
+        return RUNNERS[fv.mode](Job(fv, name)) or 0
+    except (ValueError, FileNotFoundError, training.CheckpointError, training.TrainingDivergedError,
+            training.WorkdirBusyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as e:
+        name = str(e) or "SIGINT"
+        print(f"error: stopped by {name}; results of the batches in progress are lost", file=sys.stderr)
+        return training.interrupts.EXIT_CODES.get(name, 130)
     finally:
         distributed.shutdown()
-    return 0
 
 
 def entry() -> None:

@@ -8,13 +8,23 @@ from pathlib import Path
 from typing import Callable
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path, write: Callable[[str], None]) -> Path:
-    """Call write(tmp_path) on a temporary file next to `path`, fsync it, then rename it over `path`."""
+    """Call write(tmp_path) on a temporary file next to `path`, fsync it, then rename it over `path`.
+
+    The file gets the permissions of an ordinary new file (0666 less the umask), not mkstemp's private 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())

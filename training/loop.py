@@ -21,11 +21,13 @@ import models
 
 from . import checkpoint as ckpt
 from . import distributed, precision
+from . import workdir as workdir_lib
 from .builders import build_model, build_optimizer, build_sde, build_weighting, learning_rate
 from .images import save_samples
 from .sampling import reference_points, sampler_from_config
 from sde_lib.io import atomic_write_text
 from .metrics import MetricsLogger
+from .quality import TrainingQuality
 
 
 class TrainingDivergedError(RuntimeError):
@@ -37,8 +39,12 @@ class TrainResult(NamedTuple):
     loss: float
     checkpoint: Path | None
     interrupted: bool
+    already_complete: bool = False
 
     def line(self) -> str:
+        if self.already_complete:
+            return (f"already complete at step {self.step} (training.n_iters); checkpoint {self.checkpoint}; raise "
+                    "--config.training.n_iters to train further")
         return (f"{'stopped' if self.interrupted else 'finished'} at step {self.step}, loss {self.loss:.5f}; "
                 f"checkpoint {self.checkpoint}")
 
@@ -50,11 +56,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class _ForcedStop(Exception):
+    """A second signal during a snapshot: skip the rest of it (the checkpoint is already saved)."""
+
+
 class _StopFlag:
-    """Turns SIGINT/SIGTERM into a flag the loop checks once per step, so a preempted run saves and exits."""
+    """Turns SIGINT/SIGTERM into a flag the loop checks once per step, so a preempted run saves and exits.
+
+    A second signal while `forceable` (during a snapshot, which can take seconds) raises _ForcedStop instead of
+    waiting for the snapshot to finish.
+    """
 
     def __init__(self):
         self.signal = None
+        self.forceable = False
         self._previous = {}
 
     def __enter__(self):
@@ -64,7 +79,10 @@ class _StopFlag:
         return self
 
     def _handle(self, signum, frame):
+        again = self.signal is not None
         self.signal = signal.Signals(signum).name
+        if again and self.forceable:
+            raise _ForcedStop(self.signal)
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -96,6 +114,7 @@ class Trainer:
         models.T_SAMPLINGS.canonical(config.training.t_sampling)
         self.weighting = build_weighting(config)
         self.sampler = sampler_from_config(config, self.workdir, snapshot=True)
+        self.quality = TrainingQuality.from_config(config, self.data)
         self.network = self._training_network()
 
     def _training_network(self) -> torch.nn.Module:
@@ -142,16 +161,27 @@ class Trainer:
         if not self.dist.distributed:
             path = ckpt.latest_checkpoint(self.workdir)
             if path is not None:
-                self.load_state_dict(ckpt.load_checkpoint(path, map_location=self.device), path)
+                state = ckpt.load_checkpoint(path, map_location=self.device)
+                self._check_same_experiment(state)
+                self.load_state_dict(state, path)
                 logging.info("resumed from %s (step %d)", path, self.step)
             return path
         path, state, error = self.dist.broadcast(self._read_latest() if self.dist.is_main else None)
         if error is not None:
             raise error
         if path is not None:
+            self._check_same_experiment(state)
             self.load_state_dict(state, path)
             logging.info("resumed from %s (step %d) on %d processes", path, self.step, self.dist.world_size)
         return path
+
+    def _check_same_experiment(self, state: dict) -> None:
+        """Refuse to resume under a config that defines another experiment; record the changes that are allowed."""
+        if "config" not in state:
+            return
+        self.config_changes = workdir_lib.check_resume_config(state["config"], self.config)
+        if self.config_changes:
+            logging.info("resuming with %s", "; ".join(self.config_changes))
 
     def _read_latest(self) -> tuple:
         """(path, state, error) of the newest checkpoint; errors travel as values, so that a rank that failed
@@ -251,13 +281,25 @@ class Trainer:
         return data_lib.infinite_loader(self.data.train, c.training.batch_size, c.seed, start_step=start)
 
     def run(self) -> TrainResult:
+        """Train to config.training.n_iters, holding the run directory's lock (one writer per run)."""
+        if not self.dist.is_main:
+            return self._run()
+        workdir_lib.check_directory(self.workdir)
+        with workdir_lib.WorkdirLock(self.workdir, "train"):
+            return self._run()
+
+    def _run(self) -> TrainResult:
         c = self.config
         main = self.dist.is_main
-        if main:
-            self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_changes = []
         self.resume()
-        if self.step == 0 and main:
+        if self.step >= c.training.n_iters and self.step > 0:
+            return TrainResult(self.step, float("nan"), ckpt.latest_checkpoint(self.workdir), False, True)
+        if main and (self.step == 0 or self.config_changes):
             atomic_write_text(self.workdir / "config.json", c.to_json(indent=2))
+        if main and self.config_changes:
+            with open(self.workdir / "config_changes.jsonl", "a") as f:
+                f.write(json.dumps({"step": self.step, "changes": self.config_changes}) + "\n")
         metrics = MetricsLogger(self.workdir, resume_step=self.step) if main else None
         batches = self._batches()
         loss, last_ckpt, saved_step, stopped = float("nan"), ckpt.latest_checkpoint(self.workdir), self.step, None
@@ -288,10 +330,23 @@ class Trainer:
                             metrics.log(self.step, test_loss=test_loss)
                             logging.info("step %d: test loss %.5f", self.step, test_loss)
                         self.dist.barrier()
+                    if self.quality is not None and self.step % c.training.fid_freq == 0:
+                        scores = self.quality(self.ema.module, self.sde, self.sampler, self.dist)
+                        if scores:
+                            metrics.log(self.step, **scores)
+                            logging.info("step %d: %s", self.step, ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
                     if self.step % c.training.snapshot_freq == 0 or self.step == c.training.n_iters:
                         last_ckpt, saved_step = self.save(), self.step
                         if main:
-                            self.snapshot()
+                            stop.forceable = True
+                            try:
+                                self.snapshot()
+                            except _ForcedStop:
+                                logging.info("second %s: snapshot skipped", stop.signal)
+                                # Under torchrun the other ranks learn of the signal at the next step's sum.
+                                stop_now = stop_now or not self.dist.distributed
+                            finally:
+                                stop.forceable = False
                         self.dist.barrier()
                     if stop_now:
                         stopped = stop.signal or "a signal to another rank"

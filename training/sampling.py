@@ -13,6 +13,8 @@ import solvers
 
 from .classifier import load_classifier
 from .images import save_npz, save_samples
+from .interrupts import NEVER
+from .workdir import check_directory, fresh_stem
 
 # Fields of config.sampling that are also options of some solvers; each reaches a solver that takes it.
 OPTION_FIELDS = ("snr", "corrector_steps")
@@ -80,20 +82,23 @@ def guidance_tag(class_label: str = "", omega: float = 0.0, gamma: float = 0.0) 
 
 class Samples(NamedTuple):
     """x: the samples in data space (CPU), rows in sample order; nfe: mean score evaluations per batch;
-    seconds: wall time of the sampling."""
+    seconds: wall time of the sampling; stopped_by: the signal that stopped it early (x then holds the batches
+    finished before it), else None."""
 
     x: torch.Tensor
     nfe: float
     seconds: float
+    stopped_by: str | None = None
 
 
 def draw_samples(sde, score_fn, data, sampler: solvers.Sampler, num: int, batch_size: int, seed: int, ctx,
-                 progress: bool = True) -> Samples | None:
+                 progress: bool = True, stop=NEVER) -> Samples | None:
     """`num` samples with `sampler`, this process drawing its shard ctx.shard(num) (training.distributed).
 
     Sample i gets its own generator seeded by (seed, i) (solvers.SampleGenerators) for its prior noise and every
-    step's noise, so the samples are the same for any batch size and number of processes. Returns the gathered
-    Samples on rank 0, None on the others.
+    step's noise, so the samples are the same for any batch size and number of processes. stop: a
+    training.interrupts.StopRequested; once it has a signal no new batch starts (single process). Returns the
+    gathered Samples on rank 0, None on the others.
     """
     if num < 1 or batch_size < 1:
         raise ValueError(f"the number of samples and the batch size must be positive, got {num} and {batch_size}")
@@ -101,16 +106,19 @@ def draw_samples(sde, score_fn, data, sampler: solvers.Sampler, num: int, batch_
     chunks, nfe, start = [], [], time.perf_counter()
     for i in tqdm(range(shard.start, shard.stop, batch_size), desc=f"sampling ({sampler.solver})",
                   disable=not progress or len(shard) <= batch_size or not ctx.is_main):
-        stop = min(i + batch_size, shard.stop)
-        generators = solvers.SampleGenerators(seed, range(i, stop), ctx.device)
-        result = sampler.sample(sde, score_fn, (stop - i, *data.shape), generator=generators, device=ctx.device)
+        if stop.signal is not None and not ctx.distributed:
+            break
+        stop_at = min(i + batch_size, shard.stop)
+        generators = solvers.SampleGenerators(seed, range(i, stop_at), ctx.device)
+        result = sampler.sample(sde, score_fn, (stop_at - i, *data.shape), generator=generators, device=ctx.device)
         chunks.append(data.inverse_scaler(result.x.float()).cpu())
         nfe.append(result.nfe)
     parts = ctx.gather((torch.cat(chunks) if chunks else torch.empty(0, *data.shape), nfe))
     if not ctx.is_main:
         return None
     counts = [n for p in parts for n in p[1]]
-    return Samples(torch.cat([p[0] for p in parts]), sum(counts) / len(counts), time.perf_counter() - start)
+    return Samples(torch.cat([p[0] for p in parts]), sum(counts) / max(len(counts), 1), time.perf_counter() - start,
+                   stop.signal)
 
 
 def reference_points(data, limit: int = 2000) -> torch.Tensor | None:
@@ -142,18 +150,33 @@ class SampleRun(NamedTuple):
     description: str
 
     def line(self) -> str:
-        n, (_, nfe, seconds) = len(self.samples.x), self.samples
-        return (f"{n} samples with {self.description}: NFE {nfe:.0f} per batch, {seconds:.2f} s "
-                f"({1000 * seconds / n:.2f} ms/sample); wrote {' and '.join(map(str, self.written))}")
+        n, (_, nfe, seconds, stopped) = len(self.samples.x), self.samples
+        head = f"stopped by {stopped} after {n} samples" if stopped else f"{n} samples"
+        files = " and ".join(map(str, self.written)) or "nothing"
+        return (f"{head} with {self.description}: NFE {nfe:.0f} per batch, {seconds:.2f} s "
+                f"({1000 * seconds / max(n, 1):.2f} ms/sample); wrote {files}")
+
+
+def sample_stem(run, sampler: solvers.Sampler, num: int, seed: int, tag: str = "") -> Path:
+    """<workdir>/samples/<label>_n<num>_step<checkpoint step>_seed<seed><tag>, or a fresh variant (_2, ...)
+    where those files exist: a new sampling run never overwrites an earlier one."""
+    stem = run.workdir / "samples" / f"{sampler.label}_n{num}_step{run.step}_seed{seed}{tag}"
+    return fresh_stem(stem, (".npz", ".png", "_partial.npz", "_partial.png"))
 
 
 def sample_to_files(run, score_fn, sampler: solvers.Sampler, num: int, batch_size: int, seed: int, ctx,
-                    tag: str = "") -> SampleRun | None:
-    """draw_samples, then (rank 0) write them as <workdir>/samples/<sampler.label>_seed<seed><tag>.{npz,png}."""
-    out = draw_samples(run.sde, score_fn, run.data, sampler, num, batch_size, seed, ctx)
+                    tag: str = "", stop=NEVER) -> SampleRun | None:
+    """draw_samples, then (rank 0) write them to sample_stem(...).{npz,png} (with "_partial" when a signal
+    stopped the run early; the batches finished are kept)."""
+    stem = sample_stem(run, sampler, num, seed, tag)
+    if ctx.is_main:
+        check_directory(stem.parent)      # before any work: a result is never computed and then lost
+    out = draw_samples(run.sde, score_fn, run.data, sampler, num, batch_size, seed, ctx, stop=stop)
     if out is None:
         return None
-    stem = run.workdir / "samples" / f"{sampler.label}_seed{seed}{tag}"
-    written = write_samples(stem, out.x, run.data, "try more --steps or another --solver",
-                            title=f"{sampler.solver}, NFE {out.nfe:.0f}")
+    written = []
+    if len(out.x):
+        stem = Path(f"{stem}_partial") if out.stopped_by else stem
+        written = write_samples(stem, out.x, run.data, "try more --steps or another --solver",
+                                title=f"{sampler.solver}, NFE {out.nfe:.0f}")
     return SampleRun(out, written, sampler.describe())

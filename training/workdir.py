@@ -1,0 +1,128 @@
+"""Run directories: one writer at a time (an OS lock), outputs checked writable before work starts, fresh names
+instead of overwrites, and a run that stays one experiment when it is resumed."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import tempfile
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:     # Windows: no advisory locks; the run goes unlocked
+    fcntl = None
+
+# Config keys that only continue, extend or observe a run; any other difference on resume is another experiment.
+RESUMABLE_CHANGES = (
+    "training.n_iters", "training.snapshot_freq", "training.log_freq", "training.eval_freq", "training.fid_freq",
+    "training.keep_checkpoints", "training.snapshot_samples", "training.progress", "sampling", "eval", "metrics",
+    "classifier", "inpainting", "device", "distributed", "compile", "num_threads", "data.path", "data.download",
+)
+
+
+class WorkdirBusyError(RuntimeError):
+    """Another process holds the run directory's lock."""
+
+
+def check_directory(path) -> Path:
+    """`path` as a directory that exists or can be made, and can be written (a clear ValueError otherwise)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} is a file, not a run directory; choose another --workdir")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(f"cannot write to {path} ({e.strerror or e}); choose another --workdir or fix its "
+                         "permissions (nothing was computed)") from None
+    return path
+
+
+class WorkdirLock:
+    """An exclusive advisory lock (fcntl.flock) on <directory>/.lock-<name>, released on exit and by the OS when
+    the process dies (kill -9 included), holding the holder's PID for the error a second process gets."""
+
+    def __init__(self, directory, name: str = "train"):
+        self.path = Path(directory) / f".lock-{name}"
+        self.name = name
+        self._file = None
+
+    def __enter__(self) -> "WorkdirLock":
+        if fcntl is None:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise WorkdirBusyError(f"{self.path.parent} is in use by another {self.name} process (PID {holder}); "
+                                   "wait for it to finish, stop it, or use another --workdir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self._file = f
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            self._file.truncate(0)
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+def fresh_stem(stem: Path, suffixes: tuple[str, ...]) -> Path:
+    """`stem`, or stem_2, stem_3, ... : the first whose files with these suffixes do not exist yet."""
+    candidate, k = Path(stem), 1
+    while any(Path(f"{candidate}{s}").exists() for s in suffixes):
+        k += 1
+        candidate = Path(f"{stem}_{k}")
+    return candidate
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{key}."))
+        else:
+            out[key] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def _resumable(key: str) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in RESUMABLE_CHANGES)
+
+
+def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
+    """(refused, allowed): 'key: old -> new' for every config key that differs between a run's saved config
+    and the one it is resumed with; refused are those that would make the checkpoints another experiment."""
+    old, new = _flat(saved), _flat(current)
+    refused, allowed = [], []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
+        if a != b:
+            (allowed if _resumable(key) else refused).append(f"{key}: {a!r} -> {b!r}")
+    return refused, allowed
+
+
+def check_resume_config(saved_json: str, config) -> list[str]:
+    """The allowed changes of `config` against the config a run was trained with (JSON); a ValueError naming
+    the first refused one (field and both values) if resuming would change the experiment."""
+    refused, allowed = config_changes(json.loads(saved_json), json.loads(config.to_json()))
+    if refused:
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        raise ValueError(f"this run was trained with another config: {refused[0]}{more}; a run is one experiment, "
+                         "so resume it with its own settings (only n_iters, logging/snapshot frequencies, sampling "
+                         "and evaluation settings may change) or train in another --workdir")
+    return allowed
