@@ -10,17 +10,21 @@ from sde_lib import Registry
 
 
 class SinusoidalEmbedding(nn.Module):
-    """emb(s) = [sin(scale s w_k), cos(scale s w_k)], w_k = 10000^(-k/(dim/2)) (the transformer/DDPM positional code).
+    """emb(s) = [sin(scale s w_k), cos(scale s w_k)], w_k = 10000^(-k/(dim/2 - freq_shift)), k < dim/2.
 
-    scale=1000 maps t in [0, 1] onto the range of DDPM's discrete indices, as DDPM++ cont. does.
+    The transformer/DDPM positional code; scale=1000 maps t in [0, 1] onto the range of DDPM's discrete indices.
+    score_sde_pytorch's DDPM++ cont. uses scale 999 and freq_shift 1 (registered as "positional"): its networks
+    are only right with exactly that embedding.
     """
 
-    def __init__(self, dim: int, scale: float = 1000.0, max_period: float = 10000.0):
+    def __init__(self, dim: int, scale: float = 1000.0, max_period: float = 10000.0, freq_shift: int = 0):
         super().__init__()
         if dim < 2 or dim % 2:
             raise ValueError(f"embedding dim must be a positive even number, got {dim}")
         half = dim // 2
-        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+        if half - freq_shift <= 0:
+            raise ValueError(f"embedding dim {dim} is too small for freq_shift={freq_shift}")
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / (half - freq_shift))
         self.register_buffer("freqs", freqs, persistent=False)
         self.scale = float(scale)
 
@@ -45,8 +49,16 @@ class GaussianFourierEmbedding(nn.Module):
         return torch.cat([torch.sin(arg), torch.cos(arg)], dim=1)
 
 
+class PositionalEmbedding(SinusoidalEmbedding):
+    """score_sde_pytorch's sinusoidal embedding of t: SinusoidalEmbedding(scale=999, freq_shift=1)."""
+
+    def __init__(self, dim: int, scale: float = 999.0):
+        super().__init__(dim, scale=scale, freq_shift=1)
+
+
 EMBEDDINGS: Registry[type[nn.Module]] = Registry("embedding", {
     "sinusoidal": SinusoidalEmbedding,
+    "positional": PositionalEmbedding,
     "fourier": GaussianFourierEmbedding,
 })
 
@@ -60,7 +72,8 @@ ACTIVATIONS: Registry[type[nn.Module]] = Registry("activation", {
 
 
 def make_embedding(name: str, dim: int, scale: float | None = None) -> nn.Module:
-    """The noise-level embedding registered under `name` ("sinusoidal" or "fourier"), with its default scale if None."""
+    """The noise-level embedding registered under `name` ("sinusoidal", "positional" or "fourier"), with its default
+    scale if None; its output has `dim` features (a Fourier embedding has dim/2 frequencies)."""
     cls = EMBEDDINGS[name]
     return cls(dim) if scale is None else cls(dim, scale=scale)
 

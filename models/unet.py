@@ -1,7 +1,8 @@
-"""A DDPM++ / NCSN++-style U-Net (Song et al. 2021): BigGAN residual blocks, GroupNorm, attention, skip rescaling.
+"""The DDPM++ / NCSN++ U-Net (Song et al. 2021): BigGAN residual blocks, GroupNorm, attention, skip rescaling.
 
-Differences from the reference NCSN++: no FIR resampling and no progressive input/output pyramids (DDPM++ cont.
-uses neither); NCSN++ is obtained here by switching the embedding to Fourier features of log sigma.
+DDPM++ cont. is the default; NCSN++ cont. adds FIR resampling, the residual input pyramid, Fourier features of
+log sigma, input centring and the output divided by sigma (see `UNet`). Not implemented: score_sde's output
+pyramids (progressive="output_skip"/"residual") and the input_skip pyramid, which no released CIFAR-10 model uses.
 """
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .embeddings import LabelEmbedding, check_no_labels, make_activation, make_embedding
+from .upfirdn import FIRDownConv2d, downsample_2d, upsample_2d
+
+PROGRESSIVE_INPUTS = ("none", "residual")
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -26,12 +30,16 @@ def _zero(module: nn.Module) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    """BigGAN residual block: h = conv(drop(act(GN(conv(resample(act(GN x)))) + temb)))); out = (skip(x) + h) / sqrt 2."""
+    """BigGAN residual block: h = conv(drop(act(GN(conv(resample(act(GN x)))) + temb)))); out = (skip(x) + h) / sqrt 2.
+
+    Resampling is nearest/average pooling, or FIR filtering with fir_kernel (NCSN++).
+    """
 
     def __init__(self, in_ch: int, out_ch: int, temb_dim: int, dropout: float, activation: str,
-                 skip_rescale: bool, up: bool = False, down: bool = False):
+                 skip_rescale: bool, up: bool = False, down: bool = False, fir_kernel=None):
         super().__init__()
         self.up, self.down, self.skip_rescale = up, down, skip_rescale
+        self.fir_kernel = None if fir_kernel is None else tuple(fir_kernel)
         self.act = make_activation(activation)
         self.norm0 = _group_norm(in_ch)
         self.conv0 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
@@ -43,8 +51,12 @@ class ResBlock(nn.Module):
 
     def _resample(self, x: torch.Tensor) -> torch.Tensor:
         if self.up:
+            if self.fir_kernel is not None:
+                return upsample_2d(x, self.fir_kernel)
             return F.interpolate(x, scale_factor=2.0, mode="nearest")
         if self.down:
+            if self.fir_kernel is not None:
+                return downsample_2d(x, self.fir_kernel)
             return F.avg_pool2d(x, 2)
         return x
 
@@ -105,36 +117,57 @@ class UNet(nn.Module):
     Each of the len(ch_mult) levels has num_res_blocks residual blocks (attention after each where the resolution
     is in attn_resolutions) and halves the resolution before the next level; the decoder mirrors it with skip
     connections. The default arguments are DDPM++ cont. (Song et al. 2021) for CIFAR-10.
+
+    NCSN++ cont. options: embedding_dim (features of the noise embedding; default ch, NCSN++ uses 2 ch Fourier
+    features), fir/fir_kernel (FIR resampling in the residual blocks), progressive_input="residual" (the image
+    pyramid: after each downsampling block, pyramid <- FIR stride-2 conv(pyramid) and h <- (pyramid + h)/sqrt 2,
+    pyramid <- h), center_input (the network sees 2x - 1, for data in [0, 1]) and scale_by_sigma (the output is
+    divided by sigma = exp(noise_input), so the noise input must be log sigma: Fourier embeddings only).
     """
 
     def __init__(self, in_channels: int = 3, image_size: int = 32, ch: int = 128, ch_mult=(1, 2, 2, 2),
                  num_res_blocks: int = 4, attn_resolutions=(16,), dropout: float = 0.1, resblock_updown: bool = True,
                  skip_rescale: bool = True, embedding: str = "sinusoidal", num_classes: int | None = None,
-                 activation: str = "silu", embedding_scale: float | None = None):
+                 activation: str = "silu", embedding_scale: float | None = None, embedding_dim: int | None = None,
+                 fir: bool = False, fir_kernel=(1, 3, 3, 1), progressive_input: str = "none",
+                 center_input: bool = False, scale_by_sigma: bool = False):
         super().__init__()
         ch_mult, attn_resolutions = tuple(ch_mult), tuple(attn_resolutions)
         _check_config(in_channels, image_size, ch, ch_mult, num_res_blocks, attn_resolutions, dropout)
+        _check_ncsnpp_options(embedding, fir, resblock_updown, progressive_input, scale_by_sigma)
         self.in_channels, self.image_size, self.embedding, self.num_classes = in_channels, image_size, embedding, num_classes
-        temb_dim = 4 * ch
-        self.noise_embed = nn.Sequential(make_embedding(embedding, ch, embedding_scale), nn.Linear(ch, temb_dim),
-                                         make_activation(activation), nn.Linear(temb_dim, temb_dim))
+        self.center_input, self.scale_by_sigma, self.skip_rescale = bool(center_input), bool(scale_by_sigma), skip_rescale
+        temb_dim, embedding_dim = 4 * ch, embedding_dim or ch
+        self.noise_embed = nn.Sequential(make_embedding(embedding, embedding_dim, embedding_scale),
+                                         nn.Linear(embedding_dim, temb_dim), make_activation(activation),
+                                         nn.Linear(temb_dim, temb_dim))
         self.label_embed = LabelEmbedding(num_classes, temb_dim) if num_classes is not None else None
+        fir_kernel = tuple(fir_kernel) if fir else None
 
         def res(cin, cout, **updown):
-            return ResBlock(cin, cout, temb_dim, dropout, activation, skip_rescale, **updown)
+            return ResBlock(cin, cout, temb_dim, dropout, activation, skip_rescale, fir_kernel=fir_kernel, **updown)
 
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
         self.down = nn.ModuleList()
-        skips, cur, resolution = [ch], ch, image_size
+        # One FIR stride-2 convolution per downsampling block when the input pyramid is on.
+        self.pyramid = nn.ModuleList() if progressive_input == "residual" else None
+        self._downsamples = []
+        skips, cur, resolution, pyramid_ch = [ch], ch, image_size, in_channels
         for level, mult in enumerate(ch_mult):
             for _ in range(num_res_blocks):
                 self.down.append(res(cur, ch * mult))
+                self._downsamples.append(False)
                 cur = ch * mult
                 if resolution in attn_resolutions:
                     self.down.append(AttnBlock(cur, skip_rescale))
+                    self._downsamples.append(False)
                 skips.append(cur)
             if level != len(ch_mult) - 1:
                 self.down.append(res(cur, cur, down=True) if resblock_updown else Downsample(cur))
+                self._downsamples.append(True)
+                if self.pyramid is not None:
+                    self.pyramid.append(FIRDownConv2d(pyramid_ch, cur, fir_kernel=fir_kernel))
+                    pyramid_ch = cur
                 skips.append(cur)
                 resolution //= 2
         self.mid = nn.ModuleList([res(cur, cur), AttnBlock(cur, skip_rescale), res(cur, cur)])
@@ -161,23 +194,45 @@ class UNet(nn.Module):
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"this UNet expects x of shape (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
         check_no_labels(y, self.num_classes)
-        temb = self.noise_embed(noise_input.to(x.dtype).expand(x.shape[0])).to(x.dtype)
+        noise_input = noise_input.to(x.dtype).expand(x.shape[0])
+        temb = self.noise_embed(noise_input).to(x.dtype)
         if self.label_embed is not None:
             temb = temb + self.label_embed(y, x.shape[0], x.device).to(x.dtype)
+        if self.center_input:
+            x = 2 * x - 1
+        pyramid, pyramid_convs = x, iter(self.pyramid or ())
         h = self.conv_in(x)
         hs = [h]
-        for block in self.down:
+        for block, downsamples in zip(self.down, self._downsamples):
             h = block(h, temb)
             # The skip connection carries the output of the attention that follows a residual block, if any.
             if isinstance(block, AttnBlock):
                 hs[-1] = h
-            else:
-                hs.append(h)
+                continue
+            if downsamples and self.pyramid is not None:
+                pyramid = next(pyramid_convs)(pyramid)
+                h = pyramid = (pyramid + h) / math.sqrt(2.0) if self.skip_rescale else pyramid + h
+            hs.append(h)
         for block in self.mid:
             h = block(h, temb)
         for block, takes_skip in zip(self.up, self._takes_skip):
             h = block(torch.cat([h, hs.pop()], dim=1) if takes_skip else h, temb)
-        return self.out(h)
+        out = self.out(h)
+        if self.scale_by_sigma:
+            out = out / torch.exp(noise_input)[:, None, None, None]
+        return out
+
+
+def _check_ncsnpp_options(embedding, fir, resblock_updown, progressive_input, scale_by_sigma) -> None:
+    if progressive_input not in PROGRESSIVE_INPUTS:
+        raise ValueError(f"UNet progressive_input must be one of {PROGRESSIVE_INPUTS}, got {progressive_input!r}")
+    if progressive_input == "residual" and not fir:
+        raise ValueError("UNet progressive_input='residual' is implemented with FIR resampling only; set fir=True")
+    if fir and not resblock_updown:
+        raise ValueError("UNet fir=True resamples inside the residual blocks; it needs resblock_updown=True")
+    if scale_by_sigma and embedding != "fourier":
+        raise ValueError("UNet scale_by_sigma divides by sigma = exp(noise input), which is log sigma only for the "
+                         f"Fourier embedding; got embedding={embedding!r}")
 
 
 def _check_config(in_channels, image_size, ch, ch_mult, num_res_blocks, attn_resolutions, dropout) -> None:

@@ -201,3 +201,96 @@ class ScheduleSDE(SDE):
     def prior_std(self) -> float:
         """prior_std if given, else beta_bar(T)."""
         return super().prior_std if self._prior_std is None else float(self._prior_std)
+
+
+def ddpm_betas(num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
+               beta_schedule: str = "linear", trained_betas=None) -> Tensor:
+    """DDPM's per-step betas in float64, as diffusers' DDPMScheduler defines them from its config."""
+    n = int(num_train_timesteps)
+    if trained_betas is not None and len(trained_betas):
+        return torch.as_tensor(trained_betas, dtype=torch.float64)
+    if beta_schedule == "linear":
+        return torch.linspace(beta_start, beta_end, n, dtype=torch.float64)
+    if beta_schedule == "scaled_linear":
+        return torch.linspace(beta_start**0.5, beta_end**0.5, n, dtype=torch.float64) ** 2
+    if beta_schedule == "squaredcos_cap_v2":
+        def a2(s):
+            return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+        return torch.tensor([min(1 - a2((i + 1) / n) / a2(i / n), 0.999) for i in range(n)], dtype=torch.float64)
+    raise ValueError(f"unsupported beta_schedule {beta_schedule!r}; supported: linear, scaled_linear, "
+                     "squaredcos_cap_v2, or trained_betas")
+
+
+class DiscreteVPSDE(SDE):
+    """A discrete DDPM schedule (diffusers' DDPMScheduler) as a continuous variance-preserving SDE on [0, 1].
+
+    Index n = 0..N-1 sits at t_n = (n+1)/N with alpha_bar(t_n) = sqrt(alphas_cumprod[n]) and beta_bar(t_n) =
+    sqrt(1 - alphas_cumprod[n]) exactly (alphas_cumprod recomputed in float64). Between the knots log sigma
+    (sigma = beta_bar/alpha_bar) is linear in t; below t_0, sigma^2 falls linearly to 0 at t = 0. sigma never
+    decreases, so g^2 >= 0, and alpha_bar = 1/sqrt(1 + sigma^2). Then f = -g^2/2 and g^2 = alpha_bar^2 d sigma^2/dt.
+    """
+
+    def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
+                 beta_schedule: str = "linear", trained_betas=None):
+        super().__init__(1.0)
+        betas = ddpm_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
+        _require(betas.ndim == 1 and len(betas) >= 2, f"a DDPM schedule needs at least 2 steps, got {len(betas)}")
+        _require(bool(((betas > 0) & (betas < 1)).all()), "DDPM betas must lie in (0, 1)")
+        self.num_train_timesteps = len(betas)
+        self.alphas_cumprod = torch.cumprod(1.0 - betas, 0)
+        self.log_sigmas = 0.5 * (torch.log1p(-self.alphas_cumprod) - torch.log(self.alphas_cumprod))
+        self.validate()
+
+    @property
+    def knots(self) -> Tensor:
+        """t_n = (n + 1)/N, n = 0..N-1."""
+        n = self.num_train_timesteps
+        return torch.arange(1, n + 1, dtype=torch.float64) / n
+
+    def _sigma2_and_rate(self, t) -> tuple[Tensor, Tensor]:
+        """(sigma^2, d sigma^2/dt) at t; on a knot, the rate of the segment above it."""
+        t = as_time(t)
+        n = self.num_train_timesteps
+        u = t * n - 1.0                                   # the fractional index of t
+        k = torch.clamp(torch.floor(u), 0, n - 2).long()
+        lo, hi = self.log_sigmas[k], self.log_sigmas[k + 1]
+        log_sigma = lo + (u - k) * (hi - lo)
+        s2_knots = torch.exp(2.0 * log_sigma)
+        s2_0 = math.exp(2.0 * float(self.log_sigmas[0]))
+        below = u < 0
+        s2 = torch.where(below, s2_0 * t * n, s2_knots)
+        rate = torch.where(below, torch.full_like(t, s2_0 * n), 2.0 * s2_knots * n * (hi - lo))
+        return s2, rate
+
+    def alpha_bar(self, t) -> Tensor:
+        """alpha_bar = 1/sqrt(1 + sigma^2)."""
+        return torch.rsqrt(1.0 + self._sigma2_and_rate(t)[0])
+
+    def beta_bar(self, t) -> Tensor:
+        """beta_bar = sigma/sqrt(1 + sigma^2)."""
+        s2 = self._sigma2_and_rate(t)[0]
+        return torch.sqrt(s2 / (1.0 + s2))
+
+    def g2(self, t) -> Tensor:
+        """g^2 = alpha_bar^2 d sigma^2/dt."""
+        s2, rate = self._sigma2_and_rate(t)
+        return rate / (1.0 + s2)
+
+    def f(self, t) -> Tensor:
+        """f = d ln alpha_bar/dt = -g^2/2."""
+        return -0.5 * self.g2(t)
+
+    @property
+    def prior_std(self) -> float:
+        """The prior is N(0, I), as DDPM samples it."""
+        return 1.0
+
+    def t_of_log_snr(self, lam) -> Tensor:
+        """Closed form: invert the piecewise-linear log sigma = -lambda over the knots, or sigma^2 below t_0."""
+        log_sigma = -as_time(lam)
+        n = self.num_train_timesteps
+        k = torch.clamp(torch.searchsorted(self.log_sigmas, log_sigma) - 1, 0, n - 2)
+        lo, hi = self.log_sigmas[k], self.log_sigmas[k + 1]
+        t_knots = (k + 1 + (log_sigma - lo) / (hi - lo)) / n
+        t_below = torch.exp(2.0 * (log_sigma - self.log_sigmas[0])) / n
+        return torch.where(log_sigma < self.log_sigmas[0], t_below, t_knots)

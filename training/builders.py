@@ -38,6 +38,7 @@ def build_model(config, shape, num_classes=None) -> torch.nn.Module:
     """A UNet for images (C, H, W) and an MLP for vector data, configured from config.model.
 
     The network takes class labels only when config.model.conditional is set (and the data have labels).
+    model.name="diffusers" is a wrapped diffusers UNet2DModel (interop.diffusers; needs the diffusers extra).
     """
     m = config.model
     if m.conditional and not num_classes:
@@ -51,10 +52,19 @@ def build_model(config, shape, num_classes=None) -> torch.nn.Module:
     if m.name == "mlp":
         raise ValueError(f"model.name='mlp' is for vector data, but this dataset has images of shape {tuple(shape)}; "
                          "use model.name='unet'")
+    if m.name == "diffusers":
+        from interop.diffusers import build_diffusers_model   # optional dependency, imported only when used
+        return build_diffusers_model(config, shape)
+    # NCSN++ fields (score_sde's names; absent from older configs, which then get DDPM++).
+    ncsnpp = {key: m[key] for key in ("fir", "progressive_input", "center_input", "scale_by_sigma") if key in m}
+    if "fir_kernel" in m:
+        ncsnpp["fir_kernel"] = tuple(m.fir_kernel)
+    if m.get("embedding_dim"):
+        ncsnpp["embedding_dim"] = m.embedding_dim
     return models.get_model(m.name, in_channels=shape[0], image_size=shape[-1], ch=m.nf, ch_mult=tuple(m.ch_mult),
                             num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions),
                             dropout=m.dropout, resblock_updown=m.resblock_updown, skip_rescale=m.skip_rescale,
-                            **common)
+                            **common, **ncsnpp)
 
 
 def build_weighting(config) -> models.Weighting:
