@@ -59,8 +59,8 @@ def build_model(config, shape, num_classes=None) -> torch.nn.Module:
     ncsnpp = {key: m[key] for key in ("fir", "progressive_input", "center_input", "scale_by_sigma") if key in m}
     if "fir_kernel" in m:
         ncsnpp["fir_kernel"] = tuple(m.fir_kernel)
-    if m.get("embedding_dim"):
-        ncsnpp["embedding_dim"] = m.embedding_dim
+    if "embedding_mult" in m:
+        ncsnpp["embedding_dim"] = m.embedding_mult * m.nf
     return models.get_model(m.name, in_channels=shape[0], image_size=shape[-1], ch=m.nf, ch_mult=tuple(m.ch_mult),
                             num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions),
                             dropout=m.dropout, resblock_updown=m.resblock_updown, skip_rescale=m.skip_rescale,
