@@ -1,4 +1,5 @@
 """Samplers for score-based models: reverse-SDE and probability-flow ODE solvers that count their score calls."""
+from .analytic import EpsMoments, analytic_variance_path, estimate_eps_moments, load_eps_moments, save_eps_moments
 from .api import Sampler, calibratable, check_calibratable, check_steps, encode, sample, sampler
 from .base import SampleResult, Solver
 from .calibrate import Calibration, calibrate_grid
@@ -11,4 +12,5 @@ from .registry import SOLVERS, available, deterministic, get_solver
 __all__ = ["sample", "encode", "sampler", "Sampler", "available", "get_solver", "solver_options", "check_options",
            "parse_options", "check_steps", "SampleResult", "Solver", "CountingScore", "SOLVERS", "GRIDS",
            "time_grid", "resolve_grid", "calibrated_grid_path", "calibrate_grid", "Calibration", "save_grid",
-           "load_grid", "calibratable", "check_calibratable", "deterministic", "SampleGenerators", "sample_seed"]
+           "load_grid", "calibratable", "check_calibratable", "deterministic", "SampleGenerators", "sample_seed",
+           "EpsMoments", "estimate_eps_moments", "save_eps_moments", "load_eps_moments", "analytic_variance_path"]

@@ -51,22 +51,29 @@ class _DifferentiableScore:
         return score
 
 
-def _times_of(p: Tensor, T: float, eps: float) -> Tensor:
-    """The grid whose step widths in t are softmax(p) (T - eps): strictly decreasing from T to eps for any p."""
-    widths = torch.softmax(p, 0) * (T - eps)
+def _times_of(p: Tensor, T: float, eps: float, min_width: float = 0.0) -> Tensor:
+    """The grid whose step widths in t are min_width + softmax(p) (T - eps - n min_width), n = len(p): decreasing
+    from T to eps for any p, no two nodes closer than min_width (a near-duplicate node wastes an evaluation)."""
+    widths = min_width + torch.softmax(p, 0) * (T - eps - len(p) * min_width)
     t = T - torch.cat([widths.new_zeros(1), torch.cumsum(widths, 0)])
     return torch.cat([t[:-1], t.new_full((1,), eps)])
 
 
-def _fit(solver, name: str, x_T: Tensor, ref: Tensor, start: Tensor, iterations: int, lr: float, bar):
+def _parameters_of(times: Tensor, min_width: float) -> Tensor:
+    """p with _times_of(p, min_width) = times where every width exceeds min_width (narrower ones become min_width)."""
+    return torch.log((times[:-1] - times[1:] - min_width).clamp(min=1e-12))
+
+
+def _fit(solver, name: str, x_T: Tensor, ref: Tensor, start: Tensor, iterations: int, lr: float, min_width: float,
+         bar):
     """(best error, its grid, the start's error): Adam on the step widths of `solver` from the grid `start`."""
     sde, eps = solver.sde, float(start[-1])
-    p = torch.log(start[:-1] - start[1:]).requires_grad_(True)
+    p = _parameters_of(start, min_width).requires_grad_(True)
     optimizer = torch.optim.Adam([p], lr=lr)
     best, initial = (math.inf, start), None
     for _ in range(iterations):
         bar.update(1)
-        times = _times_of(p, sde.T, eps)
+        times = _times_of(p, sde.T, eps, min_width)
         try:
             error = (solver.integrate(x_T, times) - ref).double().pow(2).mean().sqrt()
             if not torch.isfinite(error):
@@ -90,7 +97,7 @@ def _fit(solver, name: str, x_T: Tensor, ref: Tensor, start: Tensor, iterations:
 def calibrate_grid(sde: SDE, score_fn, shape, solver: str = "unipc", *, steps: int = 10, eps: float = 1e-3,
                    generator: torch.Generator | None = None, device=None, dtype=torch.float32,
                    reference_tol: float = 1e-7, iterations: int = 300, lr: float = 0.05,
-                   starts: tuple[str, ...] = ("logsnr", "edm"), progress: bool = False,
+                   starts: tuple[str, ...] = ("logsnr", "edm"), min_spacing: float = 0.01, progress: bool = False,
                    **solver_options) -> Calibration:
     """Fit the `steps`-step grid of a deterministic fixed-step solver to score_fn on pilot paths of `shape`.
 
@@ -101,6 +108,8 @@ def calibrate_grid(sde: SDE, score_fn, shape, solver: str = "unipc", *, steps: i
     well as "logsnr" lowered the 10-step error from 6.5e-3 to 4.5e-3); the best grid over all starts is kept.
     Each iteration runs the solver on the pilot batch and back-propagates through it (score_fn must be
     differentiable in x and t, as networks and GaussianMixture.score_fn are). initial_error is the first start's.
+    min_spacing: no two nodes of the fitted grid are closer in t than min_spacing (T - eps)/steps, a fraction of
+    the mean step (a fitted 10-step dpm_solver grid once had two nodes 3e-4 apart, one evaluation wasted).
     Use the result with sample(..., solver, grid=calibration.times) at the same eps.
     """
     check_calibratable(solver)
@@ -109,6 +118,8 @@ def calibrate_grid(sde: SDE, score_fn, shape, solver: str = "unipc", *, steps: i
         raise ValueError(f"steps must be an integer >= 2 (one step has no grid to fit), got steps={steps!r}")
     if not (isinstance(iterations, int) and iterations >= 1):
         raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
+    if not 0 <= min_spacing < 1:
+        raise ValueError(f"min_spacing must be in [0, 1) (a fraction of the mean step), got {min_spacing!r}")
     if isinstance(starts, str) or not starts:
         raise ValueError(f"starts must be a non-empty tuple of grid names, got {starts!r}")
     for name in starts:
@@ -122,13 +133,14 @@ def calibrate_grid(sde: SDE, score_fn, shape, solver: str = "unipc", *, steps: i
     ref = sample(sde, score_fn, None, "rk45", x_T=x_T, eps=eps, rtol=reference_tol, atol=reference_tol)
     score = CountingScore(_DifferentiableScore(score_fn), eps, sde.T)
     fitter = cls(sde, score, **solver_options)     # integrate() takes the grid it is given
+    min_width = min_spacing * (sde.T - eps) / steps
     best, initial = (math.inf, None), None
     with tqdm(total=iterations * len(starts), desc=f"calibrating {solver} grid", disable=not progress,
               leave=False) as bar:
         for k, name in enumerate(starts):
             start = time_grid(sde, steps, eps, name)
             try:
-                error, times, start_error = _fit(fitter, solver, x_T, ref.x, start, iterations, lr, bar)
+                error, times, start_error = _fit(fitter, solver, x_T, ref.x, start, iterations, lr, min_width, bar)
             except ValueError:
                 if k == 0:
                     raise

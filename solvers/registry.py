@@ -4,6 +4,8 @@ from __future__ import annotations
 from sde_lib import Registry
 
 from .base import Solver
+from .dpm_sde import DPMSolverSDE
+from .edm import EDM
 from .library_sde import SDEEuler, SDEMidpoint, SDESRK
 from .ode import DDIM, DPMSolver, RK45, Euler, Heun, UniPC
 from .stochastic import Ancestral, EulerMaruyama, PredictorCorrector
@@ -20,6 +22,8 @@ SOLVERS: Registry[type[Solver]] = Registry("solver", {
     "euler_maruyama": EulerMaruyama,
     "pc": PredictorCorrector,
     "ancestral": Ancestral,
+    "edm": EDM,
+    "dpm_solver_sde": DPMSolverSDE,
     "sde_euler": SDEEuler,
     "sde_srk": SDESRK,
     "sde_midpoint": SDEMidpoint,

@@ -36,6 +36,30 @@ def ancestral_std(sde: SDE, eta: float, t: Tensor, s: Tensor) -> Tensor:
     return eta * sde.beta_bar(s) * v.clamp(min=0.0).sqrt() / sde.beta_bar(t)
 
 
+def analytic_std(sde: SDE, sigma: Tensor, t: Tensor, s: Tensor, eps_moment: Tensor | None) -> Tensor:
+    """sigma_* with sigma_*^2 = sigma^2 + (alpha_bar_s beta_bar_t/alpha_bar_t - sqrt(beta_bar_s^2 - sigma^2))^2
+    (1 - E||eps_hat||^2/D): Analytic-DPM's optimal std for the DDIM step with sigma (Bao et al. 2022, Theorem 1;
+    docs/math.md, section "Ancestral sampling"). eps_moment = E||eps_hat(x_t, t)||^2/D is clipped to [0, 1], the
+    range of its true value.
+    """
+    a_t, b_t, a_s, b_s = sde.alpha_bar(t), sde.beta_bar(t), sde.alpha_bar(s), sde.beta_bar(s)
+    gap = a_s * b_t / a_t - torch.sqrt((b_s**2 - sigma**2).clamp(min=0.0))
+    return (sigma**2 + gap**2 * (1 - eps_moment.clamp(0.0, 1.0))).sqrt()
+
+
+def ddpm_std(sde: SDE, sigma: Tensor, t: Tensor, s: Tensor, eps_moment: Tensor | None) -> Tensor:
+    """sigma itself: the std of q(x_s | x_t, x_0) scaled by eta (Ho et al. 2020's sigma^2 = beta_tilde at eta = 1)."""
+    return sigma
+
+
+def large_std(sde: SDE, sigma: Tensor, t: Tensor, s: Tensor, eps_moment: Tensor | None) -> Tensor:
+    """sqrt(v), v the transition variance from s to t: Ho et al. (2020)'s other choice sigma^2 = beta_t."""
+    return sde.transition(s, t)[1].clamp(min=0.0).sqrt()
+
+
+ANCESTRAL_VARIANCES = Registry("ancestral variance", {"ddpm": ddpm_std, "large": large_std, "analytic": analytic_std})
+
+
 def euler_maruyama_step(sde: SDE, eta: float, x: Tensor, score: Tensor, t: Tensor,
                         t_next: Tensor) -> tuple[Tensor, Tensor]:
     """(mean, std) of x_next = x - [f x - (1 + eta^2)/2 g^2 score] dt + eta g sqrt(dt) z, dt = t - t_next > 0.

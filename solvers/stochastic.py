@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import torch
 
+from .analytic import as_eps_moments
 from .base import FixedStepSolver, steps_of
 from .random import randn_like
-from .steps import (CORRECTORS, LANGEVIN_STEP_SIZES, PREDICTORS, ancestral_std, ddim_coefficients,
-                    euler_maruyama_step)
+from .steps import (ANCESTRAL_VARIANCES, CORRECTORS, LANGEVIN_STEP_SIZES, PREDICTORS, ancestral_std,
+                    ddim_coefficients, euler_maruyama_step)
 
 Tensor = torch.Tensor
 
@@ -73,7 +74,20 @@ class Ancestral(StochasticSolver):
 
     One DDIM step (Song, Meng & Ermon 2021) with sigma = eta beta_bar_s sqrt(v) / beta_bar_t, v the transition
     variance (docs/math.md, section "Ancestral sampling"); eta = 1 is DDPM (Ho et al. 2020), eta = 0 is DDIM.
+    variance: the std of the noise the step adds, for that step's mean: "ddpm" is sigma itself, "large" is sqrt(v)
+    (Ho et al.'s other choice, sigma^2 = beta_t), "analytic" is Analytic-DPM's optimal sigma_* (Bao et al. 2022),
+    which needs eps_moments: the E||eps_hat||^2/D table of solvers.estimate_eps_moments, or the path of its .json.
     """
+
+    def __init__(self, sde, score, *, variance: str = "ddpm", eps_moments=None, **options):
+        super().__init__(sde, score, **options)
+        self.variance = ANCESTRAL_VARIANCES.canonical(variance)
+        self.noise_std = ANCESTRAL_VARIANCES[variance]
+        if self.variance == "analytic" and eps_moments is None:
+            raise ValueError("variance='analytic' needs eps_moments: a table from solvers.estimate_eps_moments or "
+                             "the path of its .json (python main.py --mode calibrate --solver ancestral "
+                             "--solver_options variance=analytic)")
+        self.eps_moments = None if eps_moments is None else as_eps_moments(eps_moments)
 
     def integrate(self, x, ts, *, generator=None, denoise=True, progress=False):
         n = len(ts) - 1
@@ -83,5 +97,7 @@ class Ancestral(StochasticSolver):
             c_x, c_score = ddim_coefficients(self.sde, t, s, sigma)
             x = c_x * x + c_score * self.score_at(x, t)
             if not (denoise and i == n - 1):
-                x = x + sigma * randn_like(x, generator)
+                moment = None if self.eps_moments is None else self.eps_moments.at(self.sde, t)
+                x = x + self.noise_std(self.sde, sigma, t, s, moment) * randn_like(x, generator)
         return x
+
