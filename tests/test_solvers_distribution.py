@@ -34,12 +34,30 @@ def permutation_null(x, y, rounds=20, seed=0):
 @pytest.mark.parametrize("sde", [VPSDE(), SubVPSDE(), VESDE(sigma_max=20.0)], ids=["vp", "subvp", "ve"])
 @pytest.mark.parametrize("name", list(SOLVERS))
 def test_samples_follow_the_mixture(sde, name):
+    check_samples_follow_the_mixture(sde, name, SOLVERS[name])
+
+
+# The new stochastic samplers at their noisiest settings: EDM's churn (gamma = 0.25 on every step), the 2M and 3M
+# SDE DPM-Solver++ at eta = 1 (the reverse SDE).
+NEW = {"edm_churn": ("edm", 40, {"s_churn": 10.0}), "dpm_solver_sde_2": ("dpm_solver_sde", 100, {"order": 2}),
+       "dpm_solver_sde_3": ("dpm_solver_sde", 100, {"order": 3})}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sde", [VPSDE(), SubVPSDE(), VESDE(sigma_max=20.0)], ids=["vp", "subvp", "ve"])
+@pytest.mark.parametrize("case", list(NEW))
+def test_new_samplers_follow_the_mixture(sde, case):
+    name, steps, options = NEW[case]
+    check_samples_follow_the_mixture(sde, name, steps, **options)
+
+
+def check_samples_follow_the_mixture(sde, name, steps, **options):
     eps = 1e-3
     truth = MIX.sample(N, torch.Generator().manual_seed(10))
     a, b = sde.alpha_bar(torch.tensor(eps)), sde.beta_bar(torch.tensor(eps))
     truth = a * truth + b * torch.randn(truth.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(11))
-    out = solvers.sample(sde, MIX.score_fn(sde), (N, 2), name, steps=SOLVERS[name], eps=eps, dtype=torch.float64,
-                         generator=torch.Generator().manual_seed(1))
+    out = solvers.sample(sde, MIX.score_fn(sde), (N, 2), name, steps=steps, eps=eps, dtype=torch.float64,
+                         generator=torch.Generator().manual_seed(1), **options)
     stat = float(energy_distance(out.x, truth))
     null = permutation_null(out.x, truth)
     # The null spread at N = 1000 is ~3e-4 (mostly the binomial count of each component); 5 null standard
