@@ -1,6 +1,8 @@
 """Evaluations of a trained run: bits/dim of the test split, calibrated grids, inpainting of given observations."""
 from __future__ import annotations
 
+import math
+import itertools
 from typing import NamedTuple
 
 import torch
@@ -13,34 +15,60 @@ from .sampling import write_samples
 
 
 class LikelihoodReport(NamedTuple):
-    """bits/dim (mean ± stderr over count test points, mean NFE per point's solve) and the settings used."""
+    """bits/dim (mean ± stderr over count test points, mean NFE per point's solve), its estimated ODE error (the
+    ODE setting in `ode`), and the settings used. For the variational bound ode_error is nan and NFE counts the
+    network calls per point (its t samples)."""
 
     bits_per_dim: float
     stderr: float
     num_samples: int
     mean_nfe: float
+    ode_error: float
+    ode: str
     settings: dict
 
     def line(self) -> str:
-        return (f"bits/dim: {self.bits_per_dim:.4f} ± {self.stderr:.4f} ({self.num_samples} samples, "
-                f"mean NFE {self.mean_nfe:.0f})")
+        if self.settings.get("bound") == "elbo":
+            return (f"bits/dim (variational bound): {self.bits_per_dim:.4f} ± {self.stderr:.4f} ({self.num_samples} "
+                    f"samples, {self.mean_nfe:.0f} t samples each)")
+        noise = "stderr" if self.settings.get("divergence") == "exact" else "Hutchinson"
+        ode = "" if math.isnan(self.ode_error) else f" ± {self.ode_error:.4f} (ODE)"
+        return (f"bits/dim: {self.bits_per_dim:.4f} ± {self.stderr:.4f} ({noise}){ode} ({self.num_samples} samples, "
+                f"mean NFE {self.mean_nfe:.0f}, {self.ode})")
 
     def as_json(self) -> dict:
-        return {k: v for k, v in self._asdict().items() if k != "settings"} | self.settings
+        out = {k: v for k, v in self._asdict().items() if k != "settings"} | self.settings
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in out.items()}
 
 
-def evaluate_likelihood(run, ctx, *, num_samples: int = 0, batch_size: int | None = None,
+def evaluate_likelihood(run, ctx, *, num_samples: int = 0, batch_size: int | None = None, bound: str = "ode",
                         **options) -> LikelihoodReport | None:
-    """Bits/dim of run's test split (num_samples points, 0 = all) through the probability-flow ODE.
+    """Bits/dim of run's test split (num_samples points, 0 = all) through the probability-flow ODE, or (bound
+    "elbo") the continuous-time variational bound on it (likelihood.bound_bits_per_dim).
 
-    Under torchrun each process solves its own contiguous shard with its own seed and the plain network (a
-    DDP-wrapped one would synchronise inside the adaptive solve, whose step counts differ); rank 0 gets the
-    merged result, the others None. options: those of likelihood.evaluate_bits_per_dim, defaults from
-    run.config.eval (divergence, n_probes, method, rtol, atol, eps, dequant_repeats as `repeats`).
+    Under torchrun each process solves its own contiguous shard with its own seed (and its own pilot) and the
+    plain network (a DDP-wrapped one would synchronise inside the adaptive solve, whose step counts differ); rank
+    0 gets the merged result, the others None. options: those of likelihood.evaluate_bits_per_dim (or of
+    bound_bits_per_dim), defaults from run.config.eval (divergence, n_probes, method, steps, rtol, atol, accuracy
+    (0: steps or rtol/atol as configured), pilot, eps, dequant_repeats as `repeats`, bound_samples as `n_t`);
+    rtol or atol in options fix an adaptive solve at those tolerances.
     """
     e = run.config.eval
-    settings = {"divergence": e.divergence, "n_probes": e.n_probes, "method": e.method, "rtol": e.rtol,
-                "atol": e.atol, "eps": e.eps, "repeats": e.dequant_repeats}
+    if bound not in ("ode", "elbo"):
+        raise ValueError(f"bound must be ode (the probability-flow ODE likelihood) or elbo (the variational bound), "
+                         f"got {bound!r}")
+    if bound == "elbo":
+        settings = {"bound": "elbo", "n_t": e.bound_samples, "eps": e.eps, "repeats": e.dequant_repeats}
+        evaluate = likelihood.bound_bits_per_dim
+    else:
+        fixed = e.method in likelihood.FIXED_METHODS
+        search = e.accuracy > 0 and not (fixed and e.steps > 0)
+        settings = {"divergence": e.divergence, "n_probes": e.n_probes, "method": e.method,
+                    "steps": None if search or not fixed else e.steps,
+                    "rtol": None if search or fixed else e.rtol, "atol": None if search or fixed else e.atol,
+                    "accuracy": e.accuracy if search else None, "pilot": e.pilot, "eps": e.eps,
+                    "repeats": e.dequant_repeats}
+        evaluate = likelihood.evaluate_bits_per_dim
     settings.update({k: v for k, v in options.items() if v is not None})
     test = run.data.test
     count = len(test) if num_samples <= 0 else min(num_samples, len(test))
@@ -48,15 +76,15 @@ def evaluate_likelihood(run, ctx, *, num_samples: int = 0, batch_size: int | Non
     batches = ((x.to(ctx.device), y) for x, y in
                torch.utils.data.DataLoader(shard, batch_size=batch_size or e.batch_size))
     generator = torch.Generator(ctx.device).manual_seed(ctx.seed(run.config.seed))
-    result = None if len(shard) == 0 else likelihood.evaluate_bits_per_dim(
+    result = None if len(shard) == 0 else evaluate(
         run.sde, run.score_fn, batches, n_bins=run.data.n_bins, data_range=run.data.data_range,
-        progress=ctx.is_main, generator=generator, **settings)
+        progress=ctx.is_main, generator=generator, **{k: v for k, v in settings.items() if k != "bound"})
     results = ctx.gather(result)
     if not ctx.is_main:
         return None
     r = results[0] if len(results) == 1 else likelihood.merge_bits_per_dim(results)
     settings["dequant_repeats"] = settings.pop("repeats")
-    return LikelihoodReport(r.mean, r.stderr, r.count, r.nfe, settings)
+    return LikelihoodReport(r.mean, r.stderr, r.count, r.nfe, r.ode_error, r.setting, settings)
 
 
 def calibrate(run, sampler: solvers.Sampler, *, pilot: int, iterations: int, seed: int) -> str:
@@ -73,6 +101,24 @@ def calibrate(run, sampler: solvers.Sampler, *, pilot: int, iterations: int, see
     return (f"{sampler.solver} grid with {sampler.steps} steps fitted on {pilot} pilot paths: pathwise RMSE "
             f"{cal.initial_error:.3g} (uniform log-SNR) -> {cal.error:.3g}, {cal.nfe} NFE; wrote {path}; sample "
             f"with --workdir {run.workdir} --solver {sampler.solver} --steps {sampler.steps} --grid calibrated")
+
+
+def calibrate_variance(run, *, times: int = 100, batches: int = 20, batch_size: int | None = None, seed: int = 0) -> str:
+    """Estimate E||eps_hat(x_t, t)||^2/D, the table of Analytic-DPM's variance (solvers.estimate_eps_moments), on
+    `batches` batches of the run's training split at `times` log-SNR-spaced times from eps to T, and write it to
+    <workdir>/variances/analytic.json (solvers.analytic_variance_path); returns the line saying what was written."""
+    eps = run.config.sampling.eps
+    grid = solvers.time_grid(run.sde, times - 1, eps, "logsnr")
+    loader = torch.utils.data.DataLoader(run.data.train, batch_size=batch_size or run.config.eval.batch_size,
+                                         shuffle=True, generator=torch.Generator().manual_seed(seed))
+    data = (x.to(run.device) for x, _ in itertools.islice(loader, batches))
+    table = solvers.estimate_eps_moments(run.sde, run.score_fn, data, grid,
+                                         torch.Generator(run.device).manual_seed(seed))
+    path = solvers.analytic_variance_path(run.workdir)
+    solvers.save_eps_moments(path, table, sde=run.sde)
+    return (f"E||eps||^2/D at {times} times from {table.count} training points, {float(table.values.min()):.3g} "
+            f"to {float(table.values.max()):.3g}; wrote {path}; sample with --workdir "
+            f"{run.workdir} --solver ancestral --solver_options variance=analytic")
 
 
 def inpaint_file(run, score_fn, input_path: str, mask_path: str | None, *, method: str, steps: int, resample: int,
