@@ -181,7 +181,7 @@ def test_import_run_then_load_run_samples_and_likelihood(tmp_path, name, solver)
     out = solvers.sample(run.sde, run.score_fn, (3, 1, 8, 8), solver, steps=4,
                          generator=torch.Generator().manual_seed(0))
     assert out.nfe == (8 if solver == "pc" else 4) and torch.isfinite(out.x).all()
-    result = likelihood.log_likelihood(run.sde, run.score_fn, x, rtol=1e-3, atol=1e-3,
+    result = likelihood.log_likelihood(run.sde, run.score_fn, x[:1], rtol=1e-2, atol=1e-2,
                                        generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(result.logp).all() and result.nfe > 0
     with pytest.raises(ValueError, match="already holds"):
