@@ -58,6 +58,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
     training.snapshot_freq = 500        # steps between checkpoint + sample snapshot
     training.log_freq = 50              # steps between log lines / metrics.jsonl rows
     training.eval_freq = 500            # steps between test-loss evaluations
+    training.fid_freq = 0               # steps between sample-quality evaluations (0: off) of
+    #                                     metrics.num_samples_training samples: FD-digits, energy distance for vectors,
+    #                                     FID with the `metrics` extra
     training.keep_checkpoints = 3       # newest checkpoints kept in <workdir>/checkpoints
     training.weighting = "eps"          # eps (lambda = beta_bar^2) | likelihood (g^2) | likelihood_is | edm
     training.t_sampling = "stratified"  # uniform | stratified | antithetic draws of t across the batch
@@ -119,4 +122,11 @@ def get_default_configs() -> ml_collections.ConfigDict:
     evaluate.atol = 1e-5                # ODE absolute tolerance
     evaluate.eps = 1e-5                 # smallest t of the likelihood ODE
     evaluate.dequant_repeats = 1        # fresh uniform dequantisations of the test set (score_sde: 5)
+
+    config.metrics = quality = ml_collections.ConfigDict()
+    quality.num_samples = 50000         # samples --mode fid scores (50k as in the papers)
+    quality.num_samples_training = 1000  # samples scored every training.fid_freq steps
+    quality.inception_weights = ""      # local Inception weights file (FID/KID/IS); "": torch hub's, downloaded once
+    quality.cache_dir = ""              # reference statistics cache; "": $XDG_CACHE_HOME/scoresde/fid_stats
+    #                                     (~/.cache/scoresde/fid_stats)
     return config
