@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from sde_lib.io import atomic_write
 
 from .frechet import feature_statistics
 
@@ -37,18 +37,13 @@ def cache_path(cache_dir: str | Path, meta: dict) -> Path:
 
 
 def save(path: Path, stats: ReferenceStats) -> None:
-    """Write to a temporary file beside `path`, then rename: a reader never sees half a file, and two processes
+    """Write atomically (a temporary file renamed over `path`): a reader never sees half a file, and two processes
     computing the same statistics at once leave one whole file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp):
+        with open(tmp, "wb") as f:
             np.savez(f, mu=stats.mu, sigma=stats.sigma, kid_features=stats.kid_features,
                      meta=np.array(json.dumps({**stats.meta, "format": FORMAT})))
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, write)
 
 
 def load(path: Path) -> ReferenceStats:
