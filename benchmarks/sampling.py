@@ -24,7 +24,17 @@ RUNS = [("euler", {"grid": "uniform"}, (20, 80)), ("heun", {"grid": "uniform"}, 
         ("unipc", {"order": 2}, (5, 10, 20)), ("unipc", {"order": 3}, (5, 10, 20, 40)),
         ("unipc", {"order": 3, "corrector": False}, (10, 20)),
         ("euler_maruyama", {}, (100, 500)), ("ancestral", {}, (100,)), ("pc", {}, (100,)),
-        ("sde_euler", {}, (100,)), ("sde_srk", {}, (20,))]
+        ("sde_euler", {}, (100,)), ("sde_srk", {}, (20,)),
+        ("edm", {}, (10, 18)), ("edm", {"s_churn": 10.0}, (18, 40)), ("dpm_solver_sde", {"eta": 0.0, "order": 3}, (10, 20)),
+        ("dpm_solver_sde", {"order": 2}, (50,)), ("dpm_solver_sde", {"order": 3}, (50,))]
+# Distribution table: (label, solver, options, steps for a budget of NFE score evaluations).
+STOCHASTIC = [("euler_maruyama", "euler_maruyama", {}, lambda nfe: nfe),
+              ("pc (1 Langevin step)", "pc", {}, lambda nfe: nfe // 2),
+              ("ancestral (DDPM)", "ancestral", {}, lambda nfe: nfe),
+              ("ancestral analytic", "ancestral", {"variance": "analytic"}, lambda nfe: nfe),
+              ("edm s_churn=10", "edm", {"s_churn": 10.0}, lambda nfe: (nfe + 1) // 2),
+              ("dpm_solver_sde 2M eta=1", "dpm_solver_sde", {"order": 2}, lambda nfe: nfe),
+              ("dpm_solver_sde 3M eta=1", "dpm_solver_sde", {"order": 3}, lambda nfe: nfe)]
 CALIBRATED = [("unipc", {"order": 3}, (5, 10, 20)), ("dpm_solver", {"order": 3}, (10,))]
 
 
@@ -81,7 +91,10 @@ def main():
         out = solvers.sample(sde, score, None, name, x_T=x_T, steps=steps,
                              generator=torch.Generator().manual_seed(2), **options)
         wall = time.perf_counter() - start
-        path = "-" if solvers.get_solver(name).stochastic else f"{(out.x - ref).pow(2).mean().sqrt():.1e}"
+        # edm without churn and dpm_solver_sde at eta = 0 draw no noise: their paths are the ODE's.
+        noiseless = options.get("eta") == 0.0 or (name == "edm" and not options.get("s_churn"))
+        path = ("-" if solvers.get_solver(name).stochastic and not noiseless
+                else f"{(out.x - ref).pow(2).mean().sqrt():.1e}")
         overhead = (wall - score.seconds) / out.nfe
         opts = label or ", ".join(f"{k}={v}" for k, v in options.items()) or "default"
         print(f"| {name} | {opts} | {steps or 'adaptive'} | {out.nfe} | {path} | "
@@ -99,6 +112,23 @@ def main():
             label = (", ".join(f"{k}={v}" for k, v in options.items())
                      + f", grid=calibrated ({cal.nfe} NFE, {time.perf_counter() - start:.0f} s once)")
             row(name, dict(options, grid=cal.times), steps, label)
+    truth_eps = (sde.alpha_bar(torch.tensor(1e-3, dtype=torch.float64)) * truth + sde.beta_bar(torch.tensor(
+        1e-3, dtype=torch.float64)) * torch.randn(truth.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3)))
+    moments = solvers.estimate_eps_moments(sde, MIX.score_fn(sde), [MIX.sample(10_000, torch.Generator().manual_seed(4))],
+                                           solvers.time_grid(sde, 99, 1e-3, "logsnr"), torch.Generator().manual_seed(4))
+    budgets = (10, 20, 50, 100)
+    print("\nEnergy distance to exact samples of p_eps (the last step adds no noise; ancestral analytic: with noise,"
+          " its E||eps||^2 table from 10^4 exact samples)\n")
+    print("| solver | " + " | ".join(f"{b} NFE" for b in budgets) + " |")
+    print("|---|" + "---|" * len(budgets))
+    for label, name, options, steps_of_budget in STOCHASTIC:
+        cells = []
+        for budget in budgets:
+            extra = {"eps_moments": moments, "denoise": False} if options.get("variance") == "analytic" else {}
+            out = solvers.sample(sde, MIX.score_fn(sde), None, name, x_T=x_T, steps=steps_of_budget(budget),
+                                 generator=torch.Generator().manual_seed(2), **options, **extra)
+            cells.append(f"{energy_distance(out.x, truth_eps):.1e} ({out.nfe})")
+        print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
     print(f"\nOne MLP forward pass on the batch: {1e6 * mlp:.0f} µs. Overhead: solver time per NFE outside score_fn.")
 
 
