@@ -66,6 +66,19 @@ def define_flags(fv: flags.FlagValues) -> None:
         DEFINE[kind](name, None, help_, flag_values=fv)
 
 
+def usage() -> str:
+    """The --help text: the command, the modes with one line each, then every flag."""
+    width = max(map(len, MODES))
+    lines = ["usage: python main.py --mode MODE [--config NAME_OR_PATH] [--config.section.field=VALUE ...] [flags]",
+             "", "modes:", *(f"  {m:<{width}}  {text}" for m, text in MODES.items()), "",
+             "flags (unset: the config's value):",
+             f"  --config NAME_OR_PATH  a bundled config ({', '.join(configs.available())}) or a file defining "
+             "get_config(); default vpsde",
+             "  --config.section.field=VALUE  override any field of the config (see configs/default.py)",
+             *(f"  --{name}  {text}" for name, _, text in FLAG_SPECS)]
+    return "\n".join(lines)
+
+
 def _or(value, default):
     return default if value is None else value
 
@@ -77,6 +90,7 @@ class Job:
         self.a, self.config = fv, fv.config
         with self.config.unlocked():
             self.config.seed, self.config.device = _or(fv.seed, self.config.seed), _or(fv.device, self.config.device)
+        configs.check_config(self.config)       # before anything is created on disk
         self.overridden = config_flags.get_override_values(fv["config"])
         self.workdir = Path(fv.workdir or Path("runs") / name)
         self.ctx = distributed.setup(self.config)
@@ -192,8 +206,12 @@ def run(argv: list[str]) -> int:
     """Run one command line (argv[0] is the program name) in this process; returns the exit status."""
     fv = flags.FlagValues()
     define_flags(fv)
+    if any(arg in ("-h", "--help", "-help", "--helpfull", "--helpshort") for arg in argv[1:]):
+        print(usage())
+        return 0
     try:
-        argv, name = configs.registry.resolve_argument(argv)
+        argv, name, path = configs.registry.resolve_argument(argv)
+        configs.registry.check_overrides(configs.load_config(path), argv)
         # ml_collections applies --config.a.b=value overrides while defining the flag, so a bad field fails here.
         config_flags.DEFINE_config_file("config", str(configs.registry.config_path("vpsde")), "Config name "
                                         "(configs/NAME.py) or path; override fields with --config.a.b=value.",

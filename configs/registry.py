@@ -1,6 +1,7 @@
 """Resolve a config name (configs/NAME.py) or a path to a config file."""
 from __future__ import annotations
 
+import difflib
 import importlib.util
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import ml_collections
 from sde_lib import Registry
 
 CONFIG_DIR = Path(__file__).resolve().parent
-_NOT_CONFIGS = {"__init__", "registry", "default", "cifar10_base"}
+_NOT_CONFIGS = {"__init__", "registry", "validate", "default", "cifar10_base"}
 
 
 def bundled() -> Registry[Path]:
@@ -40,14 +41,46 @@ def load_config(name_or_path: str) -> ml_collections.ConfigDict:
     path = config_path(name_or_path)
     spec = importlib.util.spec_from_file_location(f"scoresde_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"config file {path} does not define get_config()")
-    return module.get_config()
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ValueError(f"config file {path}:{e.lineno}: {e.msg}") from None
+    except Exception as e:  # whatever the user's file raises while it is imported
+        raise ValueError(f"config file {path} fails to load: {type(e).__name__}: {e}") from None
+    if not callable(getattr(module, "get_config", None)):
+        raise ValueError(f"config file {path} does not define get_config(); a config file is a Python module "
+                         "whose get_config() returns an ml_collections.ConfigDict (see configs/vpsde.py)")
+    config = module.get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ValueError(f"get_config() in {path} returned a {type(config).__name__}, not an "
+                         "ml_collections.ConfigDict")
+    return config
 
 
-def resolve_argument(argv: list[str], default: str = "vpsde") -> tuple[list[str], str]:
-    """argv with `--config NAME` (or --config=NAME) rewritten to its file, and the config's name (its file stem)."""
+def check_overrides(config: ml_collections.ConfigDict, argv: list[str]) -> None:
+    """A ValueError naming the first --config.a.b[=value] in argv whose field `config` does not have, with the
+    closest field names as suggestions."""
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        key = arg[len("--config."):].split("=", 1)[0]
+        node, walked = config, []
+        for part in key.split("."):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                fields = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+                close = difflib.get_close_matches(part, fields, n=1)
+                where = ".".join(walked)
+                hint = f" (did you mean {'.'.join([*walked, close[0]])}?)" if close else \
+                    (f"; {where or 'the config'} has {', '.join(fields)}" if fields else "")
+                raise ValueError(f"unknown config field {key!r} in {arg.split('=', 1)[0]}{hint}; "
+                                 "see configs/default.py for the fields")
+            node = node[part]
+            walked.append(part)
+
+
+def resolve_argument(argv: list[str], default: str = "vpsde") -> tuple[list[str], str, Path]:
+    """argv with `--config NAME` (or --config=NAME) rewritten to its file, the config's name (its file stem) and
+    its file."""
     argv, name = list(argv), default
     for k, arg in enumerate(argv):
         if arg == "--config" and k + 1 < len(argv):
@@ -56,4 +89,4 @@ def resolve_argument(argv: list[str], default: str = "vpsde") -> tuple[list[str]
         elif arg.startswith("--config="):
             name = arg.split("=", 1)[1]
             argv[k] = f"--config={config_path(name)}"
-    return argv, Path(name).stem
+    return argv, Path(name).stem, config_path(name)

@@ -18,6 +18,11 @@ def read_array(path: str) -> tuple[np.ndarray, np.ndarray | None]:
     """(x, y or None) from a .npy or .npz file (see ACCEPTED)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"array: no file {path!r}; config.data.path must name {ACCEPTED}")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY" and magic[:4] != b"PK\x03\x04":
+        raise ValueError(f"array: {path} is not a NumPy file (no .npy header, not an .npz archive); expected "
+                         f"{ACCEPTED}, written with np.save / np.savez")
     try:
         # allow_pickle=False: an object array in a data file would run arbitrary code on load.
         loaded = np.load(path, allow_pickle=False)
@@ -57,7 +62,11 @@ def load_array(options) -> DataInfo:
     labels, num_classes = labels_or_none(y, len(x))
     train, test = holdout_split(len(x), options.test_fraction)
     if x.dtype == np.uint8:
-        images = torch.from_numpy(fit_images(as_nchw(x), options.image_size, options.num_channels))
+        nchw = as_nchw(x)
+        if nchw.shape[2] != nchw.shape[3] and options.image_size is None:
+            raise ValueError(f"array: the images are {nchw.shape[2]}x{nchw.shape[3]}, not square; set "
+                             f"--config.data.image_size=N to resize and centre-crop them to NxN")
+        images = torch.from_numpy(fit_images(nchw, options.image_size, options.num_channels))
         return discrete_info("array", images[train], labels[train], images[test], labels[test], 256,
                              num_classes, options)
     if x.dtype.kind != "f":

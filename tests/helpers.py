@@ -53,6 +53,11 @@ class Result(NamedTuple):
     stderr: str
     log: str
 
+    def written(self, suffix: str = ".npz") -> Path:
+        """The file with `suffix` named by the result line's "wrote A and B"."""
+        files = self.stdout.strip().splitlines()[-1].split("; wrote ", 1)[1].split(" and ")
+        return next(Path(f) for f in files if f.endswith(suffix))
+
 
 def cli(*args, check=True) -> Result:
     """`main.run(["main.py", *args])` in this process, capturing stdout, stderr and the log; raise if it fails and

@@ -61,9 +61,11 @@ def test_sample_each_solver_family(trained, solver, extra):
     result = cli("--mode", "sample", "--workdir", trained, "--solver", solver, "--num_samples=6", "--batch_size=4",
                  *extra, *TINY)
     stem = "adaptive" if solver == "rk45" else "3"
-    samples = np.load(trained / "samples" / f"{solver}_{stem}_seed42.npz")["samples"]
+    # Named by what tells runs apart: solver, steps, number of samples, checkpoint step, seed.
+    assert result.written() == trained / "samples" / f"{solver}_{stem}_n6_step4_seed42.npz"
+    samples = np.load(result.written())["samples"]
     assert samples.shape == (6, 1, 8, 8) and np.isfinite(samples).all()
-    assert Image.open(trained / "samples" / f"{solver}_{stem}_seed42.png").mode == "L"
+    assert Image.open(result.written(".png")).mode == "L"
     assert re.search(rf"^6 samples with {solver}, .*: NFE \d+ per batch", result.stdout)
 
 
@@ -90,17 +92,23 @@ def test_eval_prints_the_test_loss_of_the_checkpoint(trained):
 def test_two_dimensional_data_uses_the_mlp_and_a_scatter_plot(tmp_path):
     cli("--mode", "train", "--workdir", tmp_path, "--config.data.dataset=moons", "--config.data.num_samples=500",
         "--config.training.n_iters=2", *TINY)
-    cli("--mode", "sample", "--workdir", tmp_path, "--config.data.dataset=moons", "--solver=heun",
-        "--num_samples=50", *TINY)
-    assert np.load(tmp_path / "samples" / "heun_3_seed42.npz")["samples"].shape == (50, 2)
-    assert Image.open(tmp_path / "samples" / "heun_3_seed42.png").size[0] > 100
+    result = cli("--mode", "sample", "--workdir", tmp_path, "--config.data.dataset=moons", "--solver=heun",
+                 "--num_samples=50", *TINY)
+    assert np.load(result.written())["samples"].shape == (50, 2)
+    assert Image.open(result.written(".png")).size[0] > 100
 
 
 @pytest.mark.parametrize("args, message", [
     (["--config", "nosuch"], "unknown config 'nosuch'; available: cifar10_subvpsde"),
-    (["--mode", "fly"], "value should be one of <train|sample|likelihood|eval|calibrate|train_classifier|inpaint>"),
+    (["--mode", "fly"], "value should be one of <train|sample|likelihood|eval|calibrate|train_classifier|inpaint"),
     (["--mode", "sample", "--solver", "magic"], "unknown solver 'magic'; available: euler"),
-    (["--config.training.nope=1"], "unknown config field 'nope'"),
+    (["--config.training.nope=1"], "unknown config field 'training.nope' in --config.training.nope; "),
+    (["--config.training.n_iterz=3"], "unknown config field 'training.n_iterz' in --config.training.n_iterz (did you "
+                                      "mean training.n_iters?)"),
+    (["--config.training.snapshot_freq=0"], "config: training.snapshot_freq=0: must be a positive integer"),
+    (["--config.training.log_freq=-1"], "config: training.log_freq=-1: must be a positive integer"),
+    (["--config.training.batch_size=0"], "config: training.batch_size=0: must be a positive integer"),
+    (["--config.sde.beta_min=30"], "config: sde.beta_min=30.0 must be below sde.beta_max=20.0"),
     (["--mode", "sample", "--workdir", "/nonexistent/run"], "no checkpoint in /nonexistent/run/checkpoints"),
     (["--config.data.dataset=array", "--config.data.path=/nonexistent.npy"], "/nonexistent.npy"),
     (["--config.data.dataset=imagenet"], "unknown dataset 'imagenet'"),
@@ -114,9 +122,41 @@ def test_two_dimensional_data_uses_the_mlp_and_a_scatter_plot(tmp_path):
 ])
 def test_user_errors_are_one_line_without_traceback(args, message, tmp_path):
     # A workdir of its own first (a later --workdir wins): a command that got further would not write runs/ here.
-    one_line_error(cli("--workdir", tmp_path / "run", *args, "--config.training.n_iters=1", *TINY, check=False),
+    one_line_error(cli("--workdir", tmp_path / "run", "--config.training.n_iters=1", *TINY, *args, check=False),
                    message)
     assert not (tmp_path / "run").exists()
+
+
+def test_bad_files_are_one_line_errors(trained, tmp_path):
+    (tmp_path / "noget.py").write_text("x = 1\n")
+    (tmp_path / "broken.py").write_text("def get_config(:\n")
+    (tmp_path / "fake.pt").write_text("not a checkpoint\n")
+    (tmp_path / "fake.npy").write_text("not an array\n")
+    np.save(tmp_path / "oblong.npy", np.zeros((400, 1, 8, 6), dtype=np.uint8))
+    (tmp_path / "afile").write_text("")
+    run = ["--workdir", tmp_path / "run", "--config.training.n_iters=1", *TINY]
+    for args, message in [
+        (["--config", tmp_path / "noget.py"], f"config file {tmp_path / 'noget.py'} does not define get_config()"),
+        (["--config", tmp_path / "broken.py"], f"config file {tmp_path / 'broken.py'}:1: invalid syntax"),
+        (["--config.data.dataset=array", f"--config.data.path={tmp_path / 'fake.npy'}"],
+         f"array: {tmp_path / 'fake.npy'} is not a NumPy file (no .npy header, not an .npz archive)"),
+        (["--config.data.dataset=array", f"--config.data.path={tmp_path / 'oblong.npy'}"],
+         "array: the images are 8x6, not square; set --config.data.image_size=N"),
+        (["--workdir", tmp_path / "afile"], f"{tmp_path / 'afile'} is a file, not a run directory"),
+    ]:
+        one_line_error(cli(*run, *args, check=False), message)
+    one_line_error(cli("--mode", "sample", "--workdir", trained, "--checkpoint", tmp_path / "fake.pt", *TINY,
+                       check=False), f"{tmp_path / 'fake.pt'} is not a checkpoint (not a file written by torch.save)")
+    assert not (tmp_path / "run").exists()
+
+
+def test_help_lists_the_modes():
+    result = cli("--help")
+    assert result.returncode == 0 and result.stdout.startswith("usage: python main.py --mode MODE")
+    for mode, line in [("train", "train, or resume, the configured model in --workdir"),
+                       ("likelihood", "bits/dim of the test split through the probability-flow ODE")]:
+        assert re.search(rf"^  {mode} +{re.escape(line)}", result.stdout, re.M)
+    assert "  --solver_options  Any solver options" in result.stdout and cli("-h").stdout == result.stdout
 
 
 def test_an_override_that_contradicts_the_checkpoint_is_refused(trained):
@@ -135,7 +175,8 @@ def test_calibrate_then_sample_on_the_calibrated_grid(trained):
     result = cli("--mode", "sample", "--workdir", trained, "--solver=unipc", "--steps=3", "--grid=calibrated",
                  "--num_samples=4", "--batch_size=4", *TINY)
     assert "NFE 3 per batch" in result.stdout
-    assert np.isfinite(np.load(trained / "samples" / "unipc_3_calibrated_seed42.npz")["samples"]).all()
+    assert result.written() == trained / "samples" / "unipc_3_calibrated_n4_step4_seed42.npz"
+    assert np.isfinite(np.load(result.written())["samples"]).all()
 
 
 # A run on 3-D vectors: an MLP that trains in a blink, and data with no picture of their samples.
@@ -155,12 +196,11 @@ def vectors(tmp_path_factory):
 def test_inference_uses_the_sde_model_and_data_of_the_checkpoint(vectors):
     # vesde's config has another SDE, a Fourier-feature network and the digits: the checkpoint's settings win, so
     # the samples are those of the config the run was trained with, bit for bit.
-    cli("--workdir", vectors, "--config", "vpsde", *SAMPLE)
-    expected = np.load(vectors / "samples" / "euler_maruyama_3_seed42.npz")["samples"]
+    expected = np.load(cli("--workdir", vectors, "--config", "vpsde", *SAMPLE).written())["samples"]
     result = cli("--workdir", vectors, "--config", "vesde", *SAMPLE)
     assert "using the checkpoint's sde.name='vpsde' (not 'vesde')" in result.log
     assert "data.dataset='array' (not 'digits')" in result.log
-    np.testing.assert_array_equal(np.load(vectors / "samples" / "euler_maruyama_3_seed42.npz")["samples"], expected)
+    np.testing.assert_array_equal(np.load(result.written())["samples"], expected)
     result = cli("--workdir", vectors, "--config.sde.name=vesde", *SAMPLE, check=False)
     one_line_error(result, "--config.sde.name='vesde' conflicts with the checkpoint, which was trained with "
                            "sde.name='vpsde'")
@@ -168,9 +208,17 @@ def test_inference_uses_the_sde_model_and_data_of_the_checkpoint(vectors):
 
 def test_sample_reports_only_the_files_it_wrote(vectors):
     result = cli("--workdir", vectors, *SAMPLE)
-    stem = vectors / "samples" / "euler_maruyama_3_seed42"
-    assert result.stdout.strip().endswith(f"wrote {stem}.npz") and not stem.with_suffix(".png").exists()
-    assert np.load(f"{stem}.npz")["samples"].shape == (5, 3)
+    npz = result.written()
+    assert result.stdout.strip().endswith(f"wrote {npz}") and not npz.with_suffix(".png").exists()
+    assert np.load(npz)["samples"].shape == (5, 3)
+
+
+def test_a_second_sample_run_never_overwrites_the_first(vectors):
+    first = cli("--workdir", vectors, *SAMPLE, "--seed=11").written()
+    kept = first.read_bytes()
+    second = cli("--workdir", vectors, *SAMPLE, "--seed=11").written()
+    assert first.name == "euler_maruyama_3_n5_step2_seed11.npz"
+    assert second == first.with_name("euler_maruyama_3_n5_step2_seed11_2.npz") and first.read_bytes() == kept
 
 
 def test_samples_with_nan_are_refused_before_anything_is_written(vectors, tmp_path, monkeypatch):
@@ -184,16 +232,17 @@ def test_samples_with_nan_are_refused_before_anything_is_written(vectors, tmp_pa
         return result._replace(x=result.x * float("nan"))
     monkeypatch.setattr(solvers.Sampler, "sample", with_nan)
     one_line_error(cli("--workdir", workdir, *SAMPLE, check=False), "the samples contain NaN/inf (nothing written)")
-    assert sorted(p.name for p in workdir.iterdir()) == ["checkpoints"]
+    # samples/ was checked writable before sampling started; nothing was written into it.
+    assert sorted(p.name for p in workdir.iterdir()) == ["checkpoints", "samples"]
+    assert list((workdir / "samples").iterdir()) == []
 
 
 def samples_of(workdir, label, *args):
-    """Run `--mode sample` and return the samples it wrote under samples/<label>_seed<seed>.npz."""
+    """Run `--mode sample` and return the samples it wrote under samples/<label>_n<num>_step<step>_seed<seed>."""
     result = cli("--workdir", workdir, "--mode", "sample", "--device=cpu", *args)
     seed = next(a.split("=")[1] for a in args if a.startswith("--seed="))
-    path = workdir / "samples" / f"{label}_seed{seed}.npz"
-    assert f"wrote {path}" in result.stdout
-    return np.load(path)["samples"]
+    assert result.written().name.startswith(f"{label}_n") and f"_seed{seed}" in result.written().name
+    return np.load(result.written())["samples"]
 
 
 @pytest.mark.parametrize("solver", ["heun", "euler_maruyama", "ancestral"])
@@ -217,7 +266,7 @@ def test_solver_options_reach_the_solver(vectors):
     result = cli("--workdir", vectors, "--mode", "sample", "--device=cpu", *common,
                  "--solver_options", "order=2,variant=bh1")
     assert "6 samples with unipc, 4 steps, order=2, variant=bh1: NFE 4 per batch" in result.stdout
-    two = np.load(vectors / "samples" / "unipc_4_seed3.npz")["samples"]
+    two = np.load(result.written())["samples"]
     three = samples_of(vectors, "unipc_4", *common, "--solver_options=order=3")
     # Same prior noise and network: another order and variant move the samples by far more than round-off.
     assert np.isfinite(two).all() and np.abs(two - three).max() > 1e-4
@@ -238,7 +287,7 @@ def test_bad_solver_options_are_one_line_errors(vectors, options, message):
 def test_the_console_entry_point(vectors):
     # The one run through `python main.py`: absl's flags from sys.argv, its log handler on stderr, the exit status.
     proc = main_py("--workdir", str(vectors), *SAMPLE)
-    stem = vectors / "samples" / "euler_maruyama_3_seed42"
-    assert re.fullmatch(rf"5 samples with euler_maruyama, 3 steps: NFE 3 per batch, .*; wrote {stem}\.npz\n",
+    stem = vectors / "samples" / "euler_maruyama_3_n5_step2_seed42"
+    assert re.fullmatch(rf"5 samples with euler_maruyama, 3 steps: NFE 3 per batch, .*; wrote {stem}(_\d+)?\.npz\n",
                         proc.stdout), proc.stdout
     assert "loaded the EMA weights of" in proc.stderr

@@ -249,7 +249,7 @@ def test_torchrun_two_ranks_train_sample_and_likelihood_end_to_end(tmp_path):
     rows = [r for r in read_metrics(tmp_path) if "loss" in r]
     assert [r["step"] for r in rows] == [2, 4] and all(math.isfinite(r["loss"]) for r in rows)
 
-    samples = tmp_path / "samples" / "euler_maruyama_3_seed5.npz"
+    samples = tmp_path / "samples" / "euler_maruyama_3_n9_step4_seed5.npz"
     sample = ["--mode", "sample", *workdir, *TINY, "--solver", "euler_maruyama", "--steps", "3", "--num_samples", "9",
               "--seed", "5"]
     out = _torchrun(*sample, "--batch_size", "4").stdout
@@ -258,8 +258,7 @@ def test_torchrun_two_ranks_train_sample_and_likelihood_end_to_end(tmp_path):
     assert two.shape == (9, 2) and np.isfinite(two).all()
     # Sample i depends only on (seed, i): the shards of 4 + 5 samples (in batches of 4) give the samples of one
     # process in batches of 3, up to the float32 round-off of other batch sizes in the network (~1e-7).
-    helpers.cli(*sample, "--batch_size", "3")
-    one = np.load(samples)["samples"]
+    one = np.load(helpers.cli(*sample, "--batch_size", "3").written())["samples"]
     assert np.abs(two - one).max() <= 1e-5
     # ... and rank 1's samples are not rank 0's again (a per-rank seed reused would repeat them exactly).
     assert np.abs(two[:4] - two[5:]).max() > 1e-2

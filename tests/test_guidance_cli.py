@@ -27,7 +27,8 @@ def trained(tmp_path_factory):
 def test_guided_sampling_with_a_list_of_labels(trained):
     result = cli("--mode", "sample", "--workdir", str(trained), "--solver=heun", "--steps=2", "--guidance=2",
                    "--class_label=0,5,9", "--num_samples=6", "--batch_size=3")
-    samples = np.load(trained / "samples" / "heun_2_seed42_y0-5-9_w2.npz")["samples"]
+    assert result.written().name == "heun_2_n6_step4_seed42_y0-5-9_w2.npz"
+    samples = np.load(result.written())["samples"]
     assert samples.shape == (6, 1, 8, 8) and np.isfinite(samples).all()
     assert "6 samples with heun" in result.stdout
 
@@ -36,9 +37,10 @@ def test_classifier_training_then_classifier_guided_sampling(trained):
     result = cli("--mode", "train_classifier", "--workdir", str(trained))
     assert "classifier at step 4" in result.stdout
     assert (trained / "classifier" / "checkpoints" / "checkpoint_4.pt").is_file()
-    cli("--mode", "sample", "--workdir", str(trained), "--solver=euler_maruyama", "--steps=2",
-            "--classifier_scale=1.5", "--class_label=3", "--num_samples=2")
-    assert np.isfinite(np.load(trained / "samples" / "euler_maruyama_2_seed42_y3_g1.5.npz")["samples"]).all()
+    result = cli("--mode", "sample", "--workdir", str(trained), "--solver=euler_maruyama", "--steps=2",
+                 "--classifier_scale=1.5", "--class_label=3", "--num_samples=2")
+    assert result.written().name == "euler_maruyama_2_n2_step4_seed42_y3_g1.5.npz"
+    assert np.isfinite(np.load(result.written())["samples"]).all()
 
 
 def test_inpainting_keeps_the_observed_pixels(trained, tmp_path):

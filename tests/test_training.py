@@ -190,8 +190,12 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
 def test_truncated_checkpoint_gives_clear_error(tmp_path):
     path = tmp_path / "checkpoints" / "checkpoint_7.pt"
     path.parent.mkdir(parents=True)
+    torch.save({"step": 7, "weights": torch.zeros(1000)}, path)
+    path.write_bytes(path.read_bytes()[:2000])       # a crash mid-copy: the zip's directory is missing
+    with pytest.raises(training.CheckpointError, match="is not readable .*delete it to fall back"):
+        training.train(tiny_config(), tmp_path)
     path.write_bytes(b"garbage")
-    with pytest.raises(training.CheckpointError, match="not readable"):
+    with pytest.raises(training.CheckpointError, match="is not a checkpoint"):
         training.train(tiny_config(), tmp_path)
 
 
@@ -216,8 +220,13 @@ def test_checkpoint_of_another_network_is_refused(tmp_path):
     training.train(tiny_config(n_iters=10), tmp_path)
     config = tiny_config()
     config.model.mlp_width = 48
-    with pytest.raises(training.CheckpointError, match="does not match the configured network"):
+    # Resuming under another network is another experiment: refused by name before any tensor is compared ...
+    with pytest.raises(ValueError, match=r"trained with another config: model.mlp_width: 32 -> 48; a run is one "):
         training.train(config, tmp_path)
+    # ... and tensors that do not fit the network are refused by the strict load, naming the differences.
+    state = training.load_checkpoint(training.latest_checkpoint(tmp_path))
+    with pytest.raises(training.CheckpointError, match="does not match the configured network .*shape differs"):
+        training.Trainer(config, tmp_path).load_state_dict(state, "checkpoint_10.pt")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

@@ -1,6 +1,7 @@
 """Checkpoints: written atomically, the last k kept, loaded strictly with errors a user can act on."""
 from __future__ import annotations
 
+import pickle
 import random
 import re
 from pathlib import Path
@@ -80,10 +81,19 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04" and magic[:1] != b"\x80":
+        raise CheckpointError(f"{path} is not a checkpoint (not a file written by torch.save); pass a "
+                              "checkpoint_<step>.pt of a run, or a step number")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path} holds Python objects other than tensors, numbers and dicts, so it was not "
+                              "written by this framework and is not loaded (loading it would run its code)") from None
     except Exception as e:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"checkpoint {path} is not readable ({type(e).__name__}: {e}); "
+        message = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"checkpoint {path} is not readable ({type(e).__name__}: {message}); "
                               "delete it to fall back to the previous one") from None
 
 

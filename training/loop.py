@@ -16,6 +16,7 @@ import torch
 from absl import logging
 from tqdm.auto import tqdm
 
+import configs
 import data as data_lib
 import models
 
@@ -96,6 +97,7 @@ class Trainer:
     """
 
     def __init__(self, config: ml_collections.ConfigDict, workdir, ctx: distributed.Context | None = None):
+        configs.check_config(config)
         self.config = config
         self.workdir = Path(workdir)
         self.dist = distributed.setup(config) if ctx is None else ctx
