@@ -117,9 +117,15 @@ def get_default_configs() -> ml_collections.ConfigDict:
     evaluate.num_samples = 0            # test points for bits/dim (0: the whole test split)
     evaluate.divergence = "rademacher"  # exact | rademacher | gaussian
     evaluate.n_probes = 1               # Hutchinson probes per point
-    evaluate.method = "rk45"            # ODE solver of the likelihood
-    evaluate.rtol = 1e-5                # ODE relative tolerance
-    evaluate.atol = 1e-5                # ODE absolute tolerance
+    evaluate.method = "eab4"            # likelihood ODE: eab4 (fixed grid, 1 NFE per step) | rk45 | any adaptive
+    evaluate.steps = 0                  # eab4 steps (0: the fewest meeting `accuracy` on the pilot batch)
+    evaluate.rtol = 1e-5                # adaptive methods: relative tolerance when accuracy is 0 (score_sde: 1e-5)
+    evaluate.atol = 1e-5                # adaptive methods: absolute tolerance when accuracy is 0
+    evaluate.accuracy = 1e-3            # bits/dim: ODE error target of the setting chosen on the pilot (0: use
+    #                                     steps / rtol, atol as given); --rtol/--atol on the command line fix rk45
+    evaluate.pilot = 16                 # test points solved at 3 settings to estimate the ODE error (0: none)
+    evaluate.bound_samples = 64         # --bound elbo: stratified log-SNR samples (network calls) per test point
+    evaluate.bound_samples = 64         # --bound elbo: stratified t samples (network calls) per test point
     evaluate.eps = 1e-5                 # smallest t of the likelihood ODE
     evaluate.dequant_repeats = 1        # fresh uniform dequantisations of the test set (score_sde: 5)
 

@@ -13,7 +13,9 @@ from typing import Iterable, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from .core import log_likelihood
+from .accuracy import OdeSetting, candidates, choose_setting
+from .core import _state_dtype, log_likelihood
+from .divergence import DIVERGENCES
 
 Tensor = torch.Tensor
 
@@ -66,12 +68,15 @@ def dequantize(x: Tensor, n_bins: int, data_range=(-1.0, 1.0), generator: torch.
 
 
 class BitsPerDim(NamedTuple):
-    """mean bits/dim, its standard error over data points, count of data points, mean NFE per ODE solve."""
+    """mean bits/dim, its standard error over data points, count of data points, mean NFE per ODE solve, the
+    estimated ODE error of the mean (nan when not estimated), and the ODE setting used."""
 
     mean: float
     stderr: float
     count: int
     nfe: float
+    ode_error: float = math.nan
+    setting: str = ""
 
 
 def _first(batch) -> Tensor:
@@ -80,15 +85,31 @@ def _first(batch) -> Tensor:
 
 def evaluate_bits_per_dim(sde, score_fn, batches: Iterable, *, n_bins: int | None = 256, data_range=(-1.0, 1.0),
                           repeats: int = 1, progress: bool = False, generator: torch.Generator | None = None,
+                          method: str = "eab4", steps: int | None = None, rtol: float | None = None,
+                          atol: float | None = None, accuracy: float | None = 1e-3, pilot: int = 16,
                           **likelihood_kwargs) -> BitsPerDim:
     """Bits/dim over batches of x (or (x, y) pairs), each dequantised `repeats` times with fresh noise.
 
     Each data point's bits/dim is averaged over its repeats (score_sde reports the test set x5), so the
-    standard error is over data points (nan for a single point). likelihood_kwargs go to log_likelihood.
+    standard error is over data points (nan for a single point). The ODE setting is the loosest one whose error,
+    estimated on the first `pilot` points of the first batch (likelihood.accuracy), is at most `accuracy`
+    bits/dim: steps of the fixed-grid `method`, or tolerances of an adaptive one. Giving steps, or rtol/atol
+    (which select rk45 when `method` is fixed-grid), fixes the setting; its error is still estimated unless
+    pilot is 0. The pilot points count as test points, solved with the chosen setting. likelihood_kwargs go to
+    log_likelihood (divergence, n_probes, eps, ...).
     """
     if not (isinstance(repeats, int) and repeats >= 1):
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    if not (isinstance(pilot, int) and pilot >= 0):
+        raise ValueError(f"pilot must be a non-negative integer (points used to estimate the ODE error), got {pilot!r}")
+    if accuracy is not None and not accuracy > 0:
+        raise ValueError(f"accuracy must be a positive number of bits/dim (or None), got {accuracy!r}")
     _check_bins(n_bins, data_range)
+    settings = candidates(method, steps, rtol, atol)
+    if len(settings) > 1 and (accuracy is None or pilot == 0):
+        raise ValueError("choosing the ODE setting needs accuracy > 0 and pilot > 0; or give steps or rtol/atol")
+    setting, ode_error, pilot_result = settings[0], math.nan, None
+    estimator = DIVERGENCES[likelihood_kwargs.get("divergence", "rademacher")]
     total, total_sq, count, nfe, solves = 0.0, 0.0, 0, 0, 0
     bar = tqdm(batches, desc="bits/dim", disable=not progress)
     for batch in bar:
@@ -96,9 +117,30 @@ def evaluate_bits_per_dim(sde, score_fn, batches: Iterable, *, n_bins: int | Non
         per_sample = torch.zeros(x.shape[0], dtype=torch.float64)
         for _ in range(repeats):
             x_cont = x if n_bins is None else dequantize(x, n_bins, data_range, generator=generator)
-            result = log_likelihood(sde, score_fn, x_cont, generator=generator, **likelihood_kwargs)
-            per_sample += bits_per_dim(result.logp, x.shape, data_range=data_range, n_bins=n_bins).cpu() / repeats
-            nfe += result.nfe
+            probes = None if estimator.probes is None else estimator.probes(
+                likelihood_kwargs.get("n_probes", 1), x_cont.to(_state_dtype(x_cont, None)), generator)
+            bpds, batch_nfe, start = [], 0, 0
+            if pilot_result is None and pilot > 0:
+                start = min(pilot, x.shape[0])
+
+                def solve(s: OdeSetting):
+                    r = log_likelihood(sde, score_fn, x_cont[:start], probes=_rows(probes, 0, start),
+                                       **s.kwargs(), **likelihood_kwargs)
+                    return bits_per_dim(r.logp, x_cont[:start].shape, data_range=data_range,
+                                        n_bins=n_bins).cpu(), r.nfe
+
+                pilot_result = choose_setting(solve, settings, accuracy)
+                setting, ode_error = pilot_result.setting, pilot_result.ode_error
+                bpds.append(pilot_result.bpd)
+                batch_nfe = pilot_result.nfe
+            if start < x.shape[0]:
+                result = log_likelihood(sde, score_fn, x_cont[start:], probes=_rows(probes, start, x.shape[0]),
+                                        **setting.kwargs(), **likelihood_kwargs)
+                bpds.append(bits_per_dim(result.logp, x_cont[start:].shape, data_range=data_range,
+                                          n_bins=n_bins).cpu())
+                batch_nfe = max(batch_nfe, result.nfe)
+            per_sample += torch.cat(bpds) / repeats
+            nfe += batch_nfe
             solves += 1
         total += float(per_sample.sum())
         total_sq += float((per_sample**2).sum())
@@ -108,14 +150,19 @@ def evaluate_bits_per_dim(sde, score_fn, batches: Iterable, *, n_bins: int | Non
         raise ValueError("no data: batches was empty")
     mean = total / count
     var = (total_sq - count * mean**2) / (count - 1) if count > 1 else math.nan
-    return BitsPerDim(mean, math.sqrt(max(var, 0.0) / count), count, nfe / solves)
+    return BitsPerDim(mean, math.sqrt(max(var, 0.0) / count), count, nfe / solves, ode_error, setting.describe())
+
+
+def _rows(probes: Tensor | None, start: int, stop: int) -> Tensor | None:
+    return None if probes is None else probes[:, start:stop]
 
 
 def merge_bits_per_dim(results: list[BitsPerDim | None]) -> BitsPerDim:
     """The BitsPerDim of the union of disjoint shards, from each shard's mean, stderr and count (None: no shard).
 
-    The sums of x and x^2 of a shard are count*mean and (count - 1)*count*stderr^2 + count*mean^2; NFE is
-    averaged with weights count.
+    The sums of x and x^2 of a shard are count*mean and (count - 1)*count*stderr^2 + count*mean^2; NFE and the
+    ODE error (a bound on each shard's mean absolute error, so its weighted mean bounds the union's) are averaged
+    with weights count; the settings of the shards are listed once each.
     """
     results = [r for r in results if r is not None and r.count > 0]
     if not results:
@@ -127,4 +174,6 @@ def merge_bits_per_dim(results: list[BitsPerDim | None]) -> BitsPerDim:
     mean = total / count
     var = (total_sq - count * mean**2) / (count - 1) if count > 1 else math.nan
     nfe = sum(r.count * r.nfe for r in results) / count
-    return BitsPerDim(mean, math.sqrt(max(var, 0.0) / count), count, nfe)
+    ode_error = sum(r.count * r.ode_error for r in results) / count
+    setting = ", ".join(dict.fromkeys(r.setting for r in results))
+    return BitsPerDim(mean, math.sqrt(max(var, 0.0) / count), count, nfe, ode_error, setting)

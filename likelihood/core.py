@@ -13,6 +13,7 @@ from sde_lib import SDE
 from solvers.adaptive import integrate_adaptive
 
 from .divergence import DIVERGENCES
+from .multistep import FIXED_METHODS, integrate_multistep
 from .ode import LikelihoodDynamics
 
 Tensor = torch.Tensor
@@ -52,11 +53,14 @@ def _state_dtype(x: Tensor, state_dtype) -> torch.dtype:
 def log_likelihood(sde: SDE, score_fn, x: Tensor, *, divergence: str = "rademacher", n_probes: int = 1,
                    rtol: float = 1e-5, atol: float = 1e-5, method: str = "rk45", eps: float = 1e-5,
                    generator: torch.Generator | None = None, state_dtype: torch.dtype | None = None,
-                   max_steps: int = 10_000) -> LikelihoodResult:
+                   max_steps: int = 10_000, steps: int | None = None, probes: Tensor | None = None
+                   ) -> LikelihoodResult:
     """log p_eps(x) = prior_logp(x(T)) + int div F dt along the probability-flow ODE from t = eps to T.
 
     divergence: "exact" (D vector-Jacobian products), "rademacher" or "gaussian" (Hutchinson-Skilling, the
-    probes fixed along the trajectory and averaged over n_probes). method: a name from solvers.adaptive.METHODS.
+    probes fixed along the trajectory and averaged over n_probes; pass `probes` (n_probes, *x.shape) to reuse
+    those of another solve). method: an adaptive one from solvers.adaptive.METHODS (rtol, atol, max_steps) or a
+    fixed-grid one from FIXED_METHODS ("eab4": `steps` exponential Adams-Bashforth steps, one network call each).
     The state (x, int div) is integrated in state_dtype (float64 on CPU, x's dtype elsewhere by default);
     score_fn sees x in x's dtype. nfe counts the calls of score_fn.
     """
@@ -64,8 +68,14 @@ def log_likelihood(sde: SDE, score_fn, x: Tensor, *, divergence: str = "rademach
     estimator = DIVERGENCES[divergence]
     dtype = _state_dtype(x, state_dtype)
     x_state = x.detach().to(dtype)
-    probes = None if estimator.probes is None else estimator.probes(n_probes, x_state, generator)
+    if probes is None and estimator.probes is not None:
+        probes = estimator.probes(n_probes, x_state, generator)
     score = solvers.CountingScore(score_fn, eps, sde.T)
+    if method in FIXED_METHODS:
+        z, delta = integrate_multistep(sde, score, x, estimator.estimate, probes, steps=steps,
+                                       order=FIXED_METHODS[method], eps=eps, state_dtype=dtype)
+        logp = sde.prior_logp(z.to(torch.float64)) + delta
+        return LikelihoodResult(logp, z.to(x.dtype), score.nfe)
     dynamics = LikelihoodDynamics(sde, score, x.shape, estimator.estimate, probes, x.dtype)
     state0 = torch.cat([x_state.reshape(x.shape[0], -1), x_state.new_zeros(x.shape[0], 1)], 1)
     with torch.no_grad():
