@@ -125,7 +125,6 @@ def get_default_configs() -> ml_collections.ConfigDict:
     #                                     steps / rtol, atol as given); --rtol/--atol on the command line fix rk45
     evaluate.pilot = 16                 # test points solved at 3 settings to estimate the ODE error (0: none)
     evaluate.bound_samples = 64         # --bound elbo: stratified log-SNR samples (network calls) per test point
-    evaluate.bound_samples = 64         # --bound elbo: stratified t samples (network calls) per test point
     evaluate.eps = 1e-5                 # smallest t of the likelihood ODE
     evaluate.dequant_repeats = 1        # fresh uniform dequantisations of the test set (score_sde: 5)
 
