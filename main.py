@@ -11,6 +11,7 @@ import configs
 import guidance
 import solvers
 import training
+import training.importing
 from sde_lib.io import atomic_write_json
 from training import distributed
 
@@ -22,6 +23,7 @@ MODES = {
     "calibrate": "fit --solver's grid at --steps to the network; writes grids/<solver>_<steps>.json",
     "train_classifier": "train the noise-conditional classifier for classifier guidance",
     "inpaint": "fill the missing entries of --input (mask --mask) with the run's model",
+    "import": "a pretrained model (--from score_sde --config NAME | --from diffusers) as a run in --workdir",
     "fid": "sample quality (FID/KID/IS, FD-digits, energy distance) of --num_samples or of --samples FILE; "
            "writes metrics/*.json",
 }
@@ -47,6 +49,9 @@ FLAG_SPECS = [  # name, type, help; every default is None: the config's value
     ("atol", float, "Adaptive ODE absolute tolerance (rk45 sampler, likelihood)."),
     ("divergence", str, "likelihood: exact | rademacher | gaussian (default config.eval.divergence)."),
     ("dequant_repeats", int, "likelihood: fresh uniform dequantisations of the test set."),
+    ("accuracy", float, "likelihood: bits/dim ODE error the setting is chosen for on a pilot batch (default "
+                        "config.eval.accuracy); --rtol/--atol fix the tolerances instead."),
+    ("bound", str, "likelihood: ode (probability-flow ODE, default) | elbo (variational bound, no ODE)."),
     ("class_label", str, "sample/inpaint: a class label (3) or a list (0,1,2) cycled over each batch."),
     ("guidance", float, "Classifier-free guidance weight omega (conditional models)."),
     ("classifier_scale", float, "Classifier guidance scale gamma, with the classifier of --mode train_classifier."),
@@ -54,6 +59,7 @@ FLAG_SPECS = [  # name, type, help; every default is None: the config's value
     ("mask", str, "inpaint: .npy/.npz 0/1 mask (1 = observed); default the input's 'mask' or its NaNs."),
     ("inpaint_method", str, "inpaint: replacement | repaint (default config.inpainting.method)."),
     ("resample", int, "inpaint: RePaint steps per interval (default config.inpainting.resample)."),
+    ("from", str, "import: score_sde (a checkpoint_*.pth of score_sde_pytorch) | diffusers (a save_pretrained folder)."),
     ("samples", str, "fid: score this .npz (key 'samples', data space, as --mode sample writes) instead of sampling."),
     ("inception_weights", str, "fid: local Inception weights file (default config.metrics.inception_weights)."),
 ]
@@ -86,8 +92,8 @@ def _or(value, default):
 class Job:
     """One command line: its flags, config (with --seed/--device applied), workdir and distributed context."""
 
-    def __init__(self, fv: flags.FlagValues, name: str):
-        self.a, self.config = fv, fv.config
+    def __init__(self, fv: flags.FlagValues, name: str, config_given: bool = True):
+        self.a, self.config, self.config_given = fv, fv.config, config_given
         with self.config.unlocked():
             self.config.seed, self.config.device = _or(fv.seed, self.config.seed), _or(fv.device, self.config.device)
         configs.check_config(self.config)       # before anything is created on disk
@@ -143,7 +149,8 @@ def likelihood(job: Job) -> None:
     a = job.a
     r = training.evaluation.evaluate_likelihood(
         job.load(), job.ctx, num_samples=_or(a.num_samples, job.config.eval.num_samples), batch_size=a.batch_size,
-        divergence=a.divergence, repeats=a.dequant_repeats, rtol=a.rtol, atol=a.atol)
+        divergence=a.divergence, repeats=a.dequant_repeats, rtol=a.rtol, atol=a.atol, accuracy=a.accuracy,
+        bound=_or(a.bound, "ode"))
     if r is not None:
         print(r.line())
         atomic_write_json(job.workdir / "likelihood.json", r.as_json())
@@ -198,8 +205,14 @@ def fid(job: Job) -> None:
         logging.info("wrote %s", report.write(job.workdir))
 
 
+def import_model(job: Job) -> None:
+    config = job.config if job.config_given else None
+    path = training.importing.import_run(getattr(job.a, "from") or "", config, job.a.checkpoint, job.workdir)
+    print(f"imported {job.a.checkpoint} as {path}; sample with --mode sample --workdir {job.workdir}")
+
+
 RUNNERS = {"train": train, "sample": sample, "likelihood": likelihood, "eval": evaluate, "calibrate": calibrate,
-           "train_classifier": train_classifier, "inpaint": inpaint, "fid": fid}
+           "train_classifier": train_classifier, "inpaint": inpaint, "import": import_model, "fid": fid}
 
 
 def run(argv: list[str]) -> int:
@@ -227,8 +240,9 @@ def run(argv: list[str]) -> int:
     try:
         if len(rest) > 1:
             raise ValueError(f"unexpected arguments {' '.join(rest[1:])}; flags are written --name=value")
-        return RUNNERS[fv.mode](Job(fv, name)) or 0
-    except (ValueError, FileNotFoundError, training.CheckpointError, training.TrainingDivergedError,
+        given = any(arg == "--config" or arg.startswith("--config=") for arg in argv)
+        return RUNNERS[fv.mode](Job(fv, name, given)) or 0
+    except (ValueError, FileNotFoundError, ImportError, training.CheckpointError, training.TrainingDivergedError,
             training.WorkdirBusyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Generic, Iterator, TypeVar
 
 from .base import SDE
-from .members import CosineVPSDE, SubVPSDE, VESDE, VPSDE
+from .members import CosineVPSDE, DiscreteVPSDE, SubVPSDE, VESDE, VPSDE
 
 T = TypeVar("T")
 
@@ -76,6 +76,7 @@ SDES: Registry[type[SDE]] = Registry("SDE", {
     "subvpsde": SubVPSDE,
     "vesde": VESDE,
     "cosine": CosineVPSDE,
+    "discrete_vp": DiscreteVPSDE,
 })
 
 

@@ -74,8 +74,8 @@ def test_mlp_shapes_labels_and_errors():
         net(torch.randn(5, 2), torch.rand(5))
     with pytest.raises(ValueError, match="unknown activation 'swish'; available: silu, relu, gelu, tanh, softplus$"):
         models.MLP(2, activation="swish")
-    with pytest.raises(ValueError, match="unknown embedding 'positional'; available: sinusoidal, fourier$"):
-        models.MLP(2, embedding="positional")
+    with pytest.raises(ValueError, match="unknown embedding 'learned'; available: sinusoidal, positional, fourier$"):
+        models.MLP(2, embedding="learned")
 
 
 def test_sinusoidal_and_fourier_embeddings_follow_their_formulas():
