@@ -137,6 +137,12 @@ def sample(job: Job) -> int:
 
 
 def calibrate(job: Job) -> None:
+    given = {**solvers.parse_options(job.config.sampling.options), **solvers.parse_options(job.a.solver_options)}
+    if str(given.get("variance", "")).lower() == "analytic":       # Analytic-DPM's table, not a grid
+        run = job.load()
+        if job.ctx.is_main:
+            print(training.evaluation.calibrate_variance(run, seed=job.config.seed))
+        return
     sampler, s = job.sampler(), job.config.sampling
     solvers.check_calibratable(sampler.solver)
     run = job.load(autocast=True)       # in the precision the samples will be drawn in

@@ -69,7 +69,8 @@ def sample(sde: SDE, score_fn, shape, solver: str = "heun", *, steps: int | None
     solvers.SampleGenerators (one per sample: sample i then depends only on its own generator, whatever the
     batch); without one, x_T comes from the global RNG and an SDE solver's noise from a fresh, randomly seeded
     generator, so the global RNG is never advanced or reseeded by the solver. denoise (default: True for the
-    stochastic solvers, whose last step then returns its mean; False for the ODE solvers, where True adds one
+    stochastic solvers, whose last step then returns its mean, except ancestral with variance="analytic";
+    False for the ODE solvers, where True adds one
     Tweedie step x_0 = (x + beta_bar^2 score)/alpha_bar at eps, costing one NFE). solver_options: e.g.
     grid="logsnr", order=2, eta=0.5, snr=0.16 (see `solvers.solver_options(name)`).
     """
@@ -87,7 +88,7 @@ def sample(sde: SDE, score_fn, shape, solver: str = "heun", *, steps: int | None
     if s.stochastic and generator is None:
         generator = fresh_generator(x_T.device)
     ts = _times(s, steps, sde, eps)
-    denoise = s.stochastic if denoise is None else bool(denoise)
+    denoise = s.denoises if denoise is None else bool(denoise)
     with torch.no_grad():
         x = s.integrate(x_T, ts, generator=generator, denoise=denoise, progress=progress)
         if denoise and not s.stochastic:

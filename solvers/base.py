@@ -41,6 +41,11 @@ class Solver:
         self.sde = sde
         self.score = score
 
+    @property
+    def denoises(self) -> bool:
+        """sample()'s default `denoise`: the SDE samplers end on their mean, the ODE solvers on the ODE's value."""
+        return self.stochastic
+
     def integrate(self, x: Tensor, ts: Tensor, *, generator=None, denoise: bool = False,
                   progress: bool = False) -> Tensor:
         raise NotImplementedError

@@ -89,6 +89,12 @@ class Ancestral(StochasticSolver):
                              "--solver_options variance=analytic)")
         self.eps_moments = None if eps_moments is None else as_eps_moments(eps_moments)
 
+    @property
+    def denoises(self) -> bool:
+        # The optimal variance is that of x_s given x_t, down to eps: a mean-only last step would drop the small,
+        # exactly sized noise of x_eps that the analytic variance exists to get right.
+        return self.variance != "analytic"
+
     def integrate(self, x, ts, *, generator=None, denoise=True, progress=False):
         n = len(ts) - 1
         for i in steps_of(ts, progress, "ancestral"):

@@ -41,6 +41,12 @@ def sampler_from_config(config, workdir=None, *, solver: str | None = None, step
         grid = s.grid if "grid" in takes else ""
         if snapshot and grid not in solvers.GRIDS:
             grid = ""
+    if str(merged.get("variance", "")).lower() == "analytic" and "eps_moments" not in merged and workdir is not None:
+        path = solvers.analytic_variance_path(workdir)
+        if not path.is_file():
+            raise FileNotFoundError(f"no Analytic-DPM table at {path}; make it with `python main.py --mode calibrate "
+                                    f"--workdir {workdir} --solver ancestral --solver_options variance=analytic` first")
+        merged["eps_moments"] = str(path)
     return solvers.sampler(name, steps, eps=s.eps, grid=grid, workdir=workdir, default_steps=s.steps, **merged)
 
 
