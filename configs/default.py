@@ -11,6 +11,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
                                         # (float16 adds a gradient scaler, CUDA only); the likelihood ODE stays float32/64
     config.compile = False              # torch.compile the network for training
     config.allow_tf32 = False           # TF32 matmuls/convolutions on Ampere+ GPUs (faster, not bit-reproducible)
+    config.num_threads = 0              # CPU threads of torch; 0: one for networks under 2M parameters (their small
+                                        # kernels gain little from threads and lose badly on a shared machine), else
+                                        # torch's default
 
     config.distributed = distributed = ml_collections.ConfigDict()  # used when launched by torchrun
     distributed.backend = "auto"        # auto (nccl on CUDA, gloo on CPU) | nccl | gloo

@@ -298,3 +298,19 @@ def test_short_training_learns_the_gmm8_score(tmp_path):
     errors = {t: relative_score_error(score_fn, trainer.sde, mixture, t, n=4000, seed=0) for t in bounds}
     print("relative squared score error:", {t: round(e, 5) for t, e in errors.items()})
     assert all(errors[t] < bound for t, bound in bounds.items()), errors
+
+
+def test_cpu_threads_follow_the_config_and_the_network_size():
+    before = torch.get_num_threads()
+    try:
+        config, small = tiny_config(), torch.nn.Linear(10, 10)
+        config.num_threads = 2
+        assert training.builders.set_num_threads(config, small, torch.device("cpu")) == 2
+        config.num_threads = 0      # auto: one thread below SMALL_NETWORK parameters on the CPU ...
+        assert training.builders.set_num_threads(config, small, torch.device("cpu")) == 1
+        torch.set_num_threads(2)    # ... and torch's own setting otherwise
+        big = torch.nn.Linear(1500, 1500)
+        assert sum(p.numel() for p in big.parameters()) > training.builders.SMALL_NETWORK
+        assert training.builders.set_num_threads(config, big, torch.device("cpu")) == 2
+    finally:
+        torch.set_num_threads(before)

@@ -83,3 +83,17 @@ def learning_rate(config, step: int) -> float:
     """Linear warm-up to optim.lr over optim.warmup steps, then constant (Song et al.)."""
     warmup = config.optim.warmup
     return config.optim.lr * min(1.0, (step + 1) / warmup) if warmup > 0 else config.optim.lr
+
+
+SMALL_NETWORK = 2_000_000   # parameters; below this, CPU runs default to one thread (see config.num_threads)
+
+
+def set_num_threads(config, network: torch.nn.Module, device: torch.device) -> int:
+    """Set torch's CPU thread count from config.num_threads (0: 1 for small networks on the CPU, else torch's
+    default); returns the count in use."""
+    n = config.get("num_threads", 0)
+    if n > 0:
+        torch.set_num_threads(n)
+    elif device.type == "cpu" and sum(p.numel() for p in network.parameters()) < SMALL_NETWORK:
+        torch.set_num_threads(1)
+    return torch.get_num_threads()

@@ -23,7 +23,7 @@ import models
 from . import checkpoint as ckpt
 from . import distributed, precision
 from . import workdir as workdir_lib
-from .builders import build_model, build_optimizer, build_sde, build_weighting, learning_rate
+from .builders import build_model, build_optimizer, build_sde, build_weighting, learning_rate, set_num_threads
 from .images import save_samples
 from .sampling import reference_points, sampler_from_config
 from sde_lib.io import atomic_write_text
@@ -108,6 +108,7 @@ class Trainer:
         self.data = data_lib.get_dataset(config)
         self.sde = build_sde(config)
         self.model = build_model(config, self.data.shape, self.data.num_classes).to(self.device)
+        set_num_threads(config, self.model, self.device)
         self.ema = models.create_ema(self.model, decay=config.model.ema_rate)
         self.optimizer = build_optimizer(config, self.model.parameters())
         self.step = 0

@@ -15,7 +15,7 @@ import sde_lib
 
 from . import checkpoint as ckpt
 from . import precision
-from .builders import build_model, build_sde, get_device
+from .builders import build_model, build_sde, get_device, set_num_threads
 
 # What a checkpoint's network was trained on and for: inference takes these sections from the checkpoint.
 TRAINED_SECTIONS = ("sde", "model", "data")
@@ -113,6 +113,7 @@ def load_run(workdir, checkpoint=None, device=None, *, config=None, overridden=(
     ema = models.create_ema(model, decay=config.model.ema_rate)
     ckpt.load_module_state(ema, state["ema"], "EMA network", path)
     network = ema.module.to(device).eval().requires_grad_(False)     # gradients are only ever taken in x
+    set_num_threads(config, network, device)
     if autocast:
         network = precision.autocast_network(network, config.precision, device)
     logging.info("loaded the EMA weights of %s (step %d)", path, state["step"])
