@@ -38,3 +38,18 @@ def test_import_needs_a_known_source(tmp_path):
                  tmp_path / "run", check=False)
     assert result.returncode == 1
     assert result.stderr == "error: unknown import source 'tensorflow'; available: score_sde, diffusers\n"
+
+
+def test_an_imported_run_samples_without_its_dataset_on_this_machine(tmp_path):
+    # A released CIFAR-10 model: sampling needs only the images' shape and scaling, not the 50,000 images.
+    name = "score_sde_vp_ddpmpp_cont"
+    torch.save(ref.random_checkpoint(small_arch(name)), tmp_path / "checkpoint_8.pth")
+    run = tmp_path / "run"
+    nowhere = ["--config.data.dataset=cifar10", f"--config.data.path={tmp_path / 'nowhere'}"]
+    cli("--mode", "import", "--from", "score_sde", "--config", name, "--checkpoint", tmp_path / "checkpoint_8.pth",
+        "--workdir", run, *SMALL, *nowhere)
+    sampled = cli("--mode", "sample", "--workdir", run, "--solver=ddim", "--steps=2", "--num_samples=2")
+    assert "CIFAR10 files missing" in sampled.log and "loading the run without its data" in sampled.log
+    assert np.load(sampled.written())["samples"].shape == (2, 1, 8, 8)
+    lik = cli("--mode", "likelihood", "--workdir", run, check=False)
+    assert lik.returncode == 1 and lik.stderr.startswith("error: the run's cifar10 test split has no items here")

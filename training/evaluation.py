@@ -58,6 +58,10 @@ def evaluate_likelihood(run, ctx, *, num_samples: int = 0, batch_size: int | Non
         raise ValueError(f"bound must be ode (the probability-flow ODE likelihood) or elbo (the variational bound), "
                          f"got {bound!r}")
     if bound == "elbo":
+        ode_only = sorted(k for k, v in options.items() if v is not None and k != "repeats")
+        if ode_only:
+            raise ValueError(f"options of the ODE likelihood ({', '.join(ode_only)}) do not apply to the variational "
+                             "bound (--bound elbo)")
         settings = {"bound": "elbo", "n_t": e.bound_samples, "eps": e.eps, "repeats": e.dequant_repeats}
         evaluate = likelihood.bound_bits_per_dim
     else:
@@ -71,6 +75,9 @@ def evaluate_likelihood(run, ctx, *, num_samples: int = 0, batch_size: int | Non
         evaluate = likelihood.evaluate_bits_per_dim
     settings.update({k: v for k, v in options.items() if v is not None})
     test = run.data.test
+    if len(test) == 0:
+        raise ValueError(f"the run's {run.data.name} test split has no items here: set --config.data.path to the "
+                         "folder that holds the dataset")
     count = len(test) if num_samples <= 0 else min(num_samples, len(test))
     shard = torch.utils.data.Subset(test, ctx.shard(count))
     batches = ((x.to(ctx.device), y) for x, y in
