@@ -1,5 +1,6 @@
 import pytest
 import torch
+from oracles import energy_distance, permutation_null
 
 import solvers
 from sde_lib import GaussianMixture, SubVPSDE, VESDE, VPSDE
@@ -9,23 +10,6 @@ N = 1000
 # name -> steps: enough for the discretisation bias to sit well below the Monte-Carlo noise at N samples.
 SOLVERS = {"euler": 200, "heun": 40, "rk45": None, "ddim": 200, "dpm_solver": 40, "unipc": 40, "euler_maruyama": 300,
            "pc": 200, "ancestral": 300, "sde_euler": 300, "sde_srk": 60, "sde_midpoint": 150}
-
-
-def energy_distance(x, y):
-    """U-statistic of 2 E|X - Y| - E|X - X'| - E|Y - Y'| (zero in expectation when X ~ Y)."""
-    n, m = len(x), len(y)
-    return (2 * torch.cdist(x, y).mean() - torch.cdist(x, x).sum() / (n * (n - 1))
-            - torch.cdist(y, y).sum() / (m * (m - 1)))
-
-
-def permutation_null(x, y, rounds=20, seed=0):
-    """Energy distances of random re-splits of the pooled samples: the statistic's spread when X ~ Y."""
-    pooled, gen = torch.cat([x, y]), torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(rounds):
-        p = pooled[torch.randperm(len(pooled), generator=gen)]
-        out.append(float(energy_distance(p[:len(x)], p[len(x):])))
-    return torch.tensor(out)
 
 
 @pytest.mark.slow
