@@ -15,6 +15,7 @@ import time
 import torch
 
 import sde_lib
+from metrics import energy_distance
 import solvers
 
 MIX = sde_lib.GaussianMixture(weights=[0.3, 0.7], means=[[-1.0, 0.5], [1.5, -0.5]], covs=[0.1, 0.2])
@@ -36,13 +37,6 @@ STOCHASTIC = [("euler_maruyama", "euler_maruyama", {}, lambda nfe: nfe),
               ("dpm_solver_sde 2M eta=1", "dpm_solver_sde", {"order": 2}, lambda nfe: nfe),
               ("dpm_solver_sde 3M eta=1", "dpm_solver_sde", {"order": 3}, lambda nfe: nfe)]
 CALIBRATED = [("unipc", {"order": 3}, (5, 10, 20)), ("dpm_solver", {"order": 3}, (10,))]
-
-
-def energy_distance(x, y):
-    """U-statistic of 2 E|X - Y| - E|X - X'| - E|Y - Y'|: zero in expectation when X ~ Y."""
-    n, m = len(x), len(y)
-    return float(2 * torch.cdist(x, y).mean() - torch.cdist(x, x).sum() / (n * (n - 1))
-                 - torch.cdist(y, y).sum() / (m * (m - 1)))
 
 
 class TimedScore:
