@@ -11,6 +11,7 @@ import configs
 import guidance
 import solvers
 import training
+import training.distill
 import training.importing
 from sde_lib.io import atomic_write_json
 from training import distributed
@@ -26,6 +27,8 @@ MODES = {
     "import": "a pretrained model (--from score_sde --config NAME | --from diffusers) as a run in --workdir",
     "fid": "sample quality (FID/KID/IS, FD-digits, energy distance) of --num_samples or of --samples FILE; "
            "writes metrics/*.json",
+    "distill": "progressive distillation of the run's EMA network, halving its DDIM steps each round down to "
+               "config.distill.target_steps; each student is a run in <workdir>/distill/<steps>",
 }
 SOLVER_FLAGS = ("snr", "corrector_steps", "eta", "rtol", "atol")
 
@@ -126,6 +129,7 @@ def train(job: Job) -> None:
 def sample(job: Job) -> int:
     sampler, labels, s = job.sampler(), job.guidance(), job.config.sampling
     run = job.load(autocast=True)
+    training.distill.check_sampler(run.workdir, run.sde, sampler)
     with training.interrupts.StopRequested() as stop:
         done = training.sampling.sample_to_files(
             run, training.guided_score_fn(run, *labels), sampler, _or(job.a.num_samples, s.num_samples),
@@ -202,6 +206,7 @@ def fid(job: Job) -> None:
     else:
         sampler, labels = job.sampler(), job.guidance()
         run = job.load(autocast=True)
+        training.distill.check_sampler(run.workdir, run.sde, sampler)
         report = quality.score_run(run, training.guided_score_fn(run, *labels), sampler,
                                    _or(a.num_samples, c.metrics.num_samples), _or(a.batch_size, c.sampling.batch_size),
                                    c.seed, job.ctx, cache=cache, weights=weights,
@@ -217,8 +222,15 @@ def import_model(job: Job) -> None:
     print(f"imported {job.a.checkpoint} as {path}; sample with --mode sample --workdir {job.workdir}")
 
 
+def distill(job: Job) -> None:
+    r = training.distill.distill(job.config, job.workdir, job.ctx, checkpoint=job.a.checkpoint)
+    if job.ctx.is_main:
+        print(r.line())
+
+
 RUNNERS = {"train": train, "sample": sample, "likelihood": likelihood, "eval": evaluate, "calibrate": calibrate,
-           "train_classifier": train_classifier, "inpaint": inpaint, "import": import_model, "fid": fid}
+           "train_classifier": train_classifier, "inpaint": inpaint, "import": import_model, "fid": fid,
+           "distill": distill}
 
 
 def run(argv: list[str]) -> int:

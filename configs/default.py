@@ -131,6 +131,19 @@ def get_default_configs() -> ml_collections.ConfigDict:
     evaluate.eps = 1e-5                 # smallest t of the likelihood ODE
     evaluate.dequant_repeats = 1        # fresh uniform dequantisations of the test set (score_sde: 5)
 
+    config.distill = distill = ml_collections.ConfigDict()   # --mode distill (Salimans & Ho 2022, Algorithm 2)
+    distill.start_steps = 64            # DDIM steps of the teacher (the run's EMA network) in the first round
+    distill.target_steps = 4            # DDIM steps of the last student; start_steps/target_steps must be a power of 2
+    distill.iterations = 500            # student updates per round (each round halves the steps)
+    distill.lr = 1e-4                   # student learning rate (Adam, after optim.warmup steps of warm-up)
+    distill.ema_rate = 0.99             # EMA decay of the student (with the warm-up of model.ema_rate)
+    distill.teacher_solver = "ddim"     # the two teacher steps one student step learns: DDIM (eta = 0), as the paper
+    distill.grid = "uniform"            # time grid of the teacher's start_steps (uniform | logsnr | edm); each
+    #                                     student takes every other time of its teacher's grid
+    distill.parameterization = "v"      # student output: v | x0 (eps-prediction is ill-conditioned at few steps)
+    distill.weighting = "truncated_snr"  # truncated_snr: max(SNR, 1) |x - x_hat|^2 | snr_plus_one: (SNR + 1) |...|^2
+    distill.teacher_step = -1           # set by --mode distill in a student's config: its teacher's checkpoint step
+
     config.metrics = quality = ml_collections.ConfigDict()
     quality.num_samples = 50000         # samples --mode fid scores (50k as in the papers)
     quality.num_samples_training = 1000  # samples scored every training.fid_freq steps

@@ -1,0 +1,321 @@
+"""Progressive distillation (Salimans & Ho 2022, "Progressive Distillation for Fast Sampling of Diffusion Models",
+Algorithm 2): a student learns to take in one deterministic DDIM step what its teacher takes in two; each round
+halves the steps, and the student of one round is the teacher of the next.
+
+The paper writes the target in (alpha, sigma) of VP/cosine. Here it is written through the marginals alpha_bar,
+beta_bar, where DDIM is the exact Euler step in (x/alpha_bar, beta_bar/alpha_bar) (docs/math.md, sections "DDIM as
+exponential Euler" and "Progressive distillation"), so every SDE of sde_lib is distilled the same way. Each round's
+student is an ordinary run (checkpoints, exact resume, SIGTERM, metrics.jsonl) in <workdir>/distill/<steps>/, with
+its grid in distill.json there: a student is only valid on the grid it was distilled for, and check_sampler refuses
+any other.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import ml_collections
+import torch
+from absl import logging
+
+import models
+import solvers
+from sde_lib import SDE, Registry, expand_as
+from sde_lib.io import atomic_write_json
+from solvers.steps import ddim_coefficients
+
+from . import checkpoint as ckpt
+from . import distributed, precision
+from .builders import build_sde
+from .loop import Trainer, TrainResult
+from .run import TRAINED_SECTIONS, config_of_checkpoint, load_run
+
+Tensor = torch.Tensor
+
+STUDENTS_DIR = "distill"
+RECORD = "distill.json"
+# The paper's choice: an x- or v-prediction student, since eps-prediction turns a small network error into a large
+# x-error at low SNR, where the few-step student takes its first, longest steps.
+STUDENT_PARAMETERIZATIONS = ("v", "x0")
+# The student's time grid must be the teacher's every other time, to round-off.
+GRID_ATOL = 1e-9
+
+
+def snr(sde: SDE, t: Tensor) -> Tensor:
+    """SNR(t) = (alpha_bar/beta_bar)^2 = e^(2 lambda): invariant under x -> x/alpha_bar, so the same for VP and VE."""
+    return (sde.alpha_bar(t) / sde.beta_bar(t).clamp(min=models.parameterization.MIN_BETA_BAR)) ** 2
+
+
+# w(SNR) of the loss w |x_tilde - x_hat|^2 (Salimans & Ho 2022, section 4): "truncated SNR" max(SNR, 1) is
+# max(|x - x_hat|^2, |eps - eps_hat|^2), since eps - eps_hat = (alpha_bar/beta_bar)(x_hat - x); "SNR+1" is the
+# v-objective |v - v_hat|^2 for VP (alpha_bar^2 + beta_bar^2 = 1). Both stay finite at SNR -> 0, where eps-weighting
+# (w = SNR) would ignore the first step from the prior, the one a few-step student depends on most.
+WEIGHTINGS = Registry("distillation weighting", {
+    "truncated_snr": lambda s: s.clamp(min=1.0),
+    "snr_plus_one": lambda s: s + 1.0,
+})
+
+
+# --- the target ---------------------------------------------------------------------------------------------------
+def ddim_step(sde: SDE, score_fn, x: Tensor, t: Tensor, s: Tensor) -> Tensor:
+    """One deterministic DDIM step from per-sample times t to s (shape (N,)): alpha_bar_s x0_hat + beta_bar_s eps_hat."""
+    c_x, c_score = ddim_coefficients(sde, t, s, torch.zeros_like(t))
+    return expand_as(c_x, x) * x + expand_as(c_score, x) * score_fn(x, t)
+
+
+def two_step_target(sde: SDE, teacher, z: Tensor, t: Tensor, mid: Tensor, s: Tensor) -> Tensor:
+    """x_tilde: the x0-prediction whose one DDIM step from (z, t) to s lands where two teacher steps t -> mid -> s do.
+
+    With r = beta_bar_s/beta_bar_t, a DDIM step is z_s = alpha_bar_s x + r (z - alpha_bar_t x), so
+    x_tilde = (z_s - r z)/(alpha_bar_s - r alpha_bar_t); for VP this is the paper's
+    (z'' - (sigma''/sigma) z)/(alpha'' - (sigma''/sigma) alpha). The denominator is alpha_bar_s (1 - e^(lambda_t -
+    lambda_s)) > 0, since lambda grows towards the data.
+    """
+    z_s = ddim_step(sde, teacher, ddim_step(sde, teacher, z, t, mid), mid, s)
+    r = sde.beta_bar(s) / sde.beta_bar(t)
+    denominator = sde.alpha_bar(s) - r * sde.alpha_bar(t)
+    return expand_as(1.0 / denominator, z) * z_s - expand_as(r / denominator, z) * z
+
+
+def data_prediction(score_fn, sde: SDE, z: Tensor, t: Tensor) -> Tensor:
+    """Tweedie's x0_hat = (z + beta_bar^2 score)/alpha_bar: the student's DDIM step in its data prediction."""
+    a, b = sde.alpha_bar(t), sde.beta_bar(t)
+    return expand_as(1.0 / a, z) * z + expand_as(b**2 / a, z) * score_fn(z, t)
+
+
+def distillation_loss(student, teacher, sde: SDE, x: Tensor, teacher_times: Tensor, weighting: str = "truncated_snr",
+                      generator: torch.Generator | None = None, reduce: str = "mean") -> Tensor:
+    """w(SNR_t) |x_tilde - x0_hat|^2 (summed over dimensions) for data x, one student step per sample.
+
+    student, teacher: score functions (x, t) -> score. teacher_times: the teacher's grid T = t_0 > ... > t_2n = eps;
+    the student steps t_2i -> t_2i+2, and step i is drawn uniformly for each sample (Algorithm 2), as is the noise of
+    z_t = alpha_bar_t x + beta_bar_t eps. reduce: "mean" over the batch, or "none" for per-sample losses.
+    """
+    steps = (len(teacher_times) - 1) // 2
+    if len(teacher_times) != 2 * steps + 1 or steps < 1:
+        raise ValueError(f"the teacher grid needs an even number of steps, got {len(teacher_times) - 1}")
+    i = torch.randint(steps, (x.shape[0],), generator=generator, device=x.device)
+    times = teacher_times.to(x.device)
+    t, mid, s = times[2 * i], times[2 * i + 1], times[2 * i + 2]
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    z = expand_as(sde.alpha_bar(t), x) * x + expand_as(sde.beta_bar(t), x) * noise
+    with torch.no_grad():
+        target = two_step_target(sde, teacher, z, t, mid, s)
+    # At least float32: under bfloat16 autocast the network's output would otherwise set the loss's precision.
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    error = (data_prediction(student, sde, z, t).to(dtype) - target.to(dtype)) ** 2
+    losses = WEIGHTINGS[weighting](snr(sde, t)).to(dtype) * error.flatten(1).sum(1)
+    return losses.mean() if reduce == "mean" else losses
+
+
+# --- one round: the student as a training run -----------------------------------------------------------------------
+class StudentTrainer(Trainer):
+    """A Trainer whose loss is distillation_loss against a fixed teacher on its grid `teacher_times`.
+
+    init: the state dict the student starts from (the teacher's EMA network, Algorithm 2's "init student from
+    teacher"); None starts from the config's random initialisation (a teacher without a network, e.g. an exact
+    score). Resuming, checkpoints, signals, metrics and snapshots are the Trainer's, so a round resumes bit-exactly.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir, teacher: Callable, teacher_times: Tensor,
+                 init: dict | None = None, ctx: distributed.Context | None = None):
+        super().__init__(config, workdir, ctx)
+        self.teacher = teacher
+        self.teacher_times = torch.as_tensor(teacher_times, dtype=torch.float64)
+        self.init = init
+
+    def resume(self):
+        path = super().resume()
+        if path is None and self.init is not None:
+            ckpt.load_module_state(self.model, self.init, "teacher network", "the teacher")
+            ckpt.load_module_state(self.ema.module, self.init, "teacher network", "the teacher")
+        return path
+
+    def loss(self, model, x, y, generator=None, reduce="mean") -> Tensor:
+        c = self.config
+        student = models.get_score_fn(model, self.sde, c.model.parameterization)
+        return distillation_loss(student, self.teacher, self.sde, x, self.teacher_times, c.distill.weighting,
+                                 generator=generator, reduce=reduce)
+
+
+class Teacher(NamedTuple):
+    """score_fn(x, t): the teacher's score; config: the config it was trained with (its sde, model and data sections
+    become the student's; None: those of the distillation's config); init: its network's state dict, which the
+    student starts from (None: a random start); label: where it came from; step: its checkpoint step."""
+
+    score_fn: Callable
+    config: ml_collections.ConfigDict | None
+    init: dict | None
+    label: str
+    step: int
+
+
+def load_teacher(workdir, checkpoint=None, device=None) -> Teacher:
+    """The EMA network of the run in `workdir` (its newest checkpoint, or `checkpoint`) as a teacher."""
+    if checkpoint in (None, "") and ckpt.latest_checkpoint(workdir) is None:
+        raise ValueError(f"no teacher to distil: {ckpt.checkpoint_dir(workdir)} holds no checkpoint; train one first "
+                         f"(python main.py --mode train --workdir {workdir}) or pass the run's --workdir")
+    run = load_run(workdir, checkpoint, device)
+    if run.config.model.conditional:
+        raise ValueError(f"{run.path} is a class-conditional model; progressive distillation here is for "
+                         "unconditional models")
+    network = precision.autocast_network(run.network, run.config.precision, run.device)
+    score_fn = models.get_score_fn(network, run.sde, run.config.model.parameterization)
+    init = {k: v.detach().clone() for k, v in run.network.state_dict().items()}
+    return Teacher(score_fn, run.config, init, str(run.path), run.step)
+
+
+# --- the rounds -----------------------------------------------------------------------------------------------------
+def rounds(config) -> list[int]:
+    """The students' steps, start_steps/2 down to target_steps, after checking config.distill (one clear line)."""
+    d = config.distill
+    for key in ("start_steps", "target_steps", "iterations"):
+        if isinstance(d[key], bool) or not isinstance(d[key], int) or d[key] < 1:
+            raise ValueError(f"distill.{key}={d[key]!r}: must be a positive integer")
+    ratio = d.start_steps // d.target_steps
+    if d.start_steps % d.target_steps or ratio < 2 or ratio & (ratio - 1):
+        raise ValueError(f"distill.target_steps={d.target_steps} must be distill.start_steps={d.start_steps} divided "
+                         "by a power of 2 (each round halves the steps), e.g. 64 -> 32 -> 16 -> 8 -> 4")
+    if d.teacher_solver.lower() != "ddim":
+        raise ValueError(f"distill.teacher_solver={d.teacher_solver!r}: the student's step is a DDIM step, so its "
+                         "target is two DDIM steps of the teacher; use 'ddim'")
+    if d.parameterization not in STUDENT_PARAMETERIZATIONS:
+        raise ValueError(f"distill.parameterization={d.parameterization!r}: the student predicts v or x0 "
+                         f"({', '.join(STUDENT_PARAMETERIZATIONS)}), as Salimans & Ho (2022) recommend")
+    WEIGHTINGS.canonical(d.weighting)
+    solvers.grids.check_grid_name(d.grid)
+    if not d.lr > 0 or not 0.0 <= d.ema_rate < 1.0:
+        raise ValueError(f"distill.lr={d.lr!r} must be positive and distill.ema_rate={d.ema_rate!r} in [0, 1)")
+    steps, out = d.start_steps, []
+    while steps > d.target_steps:
+        steps //= 2
+        out.append(steps)
+    return out
+
+
+def student_dir(workdir, steps: int) -> Path:
+    return Path(workdir) / STUDENTS_DIR / str(steps)
+
+
+def student_config(config: ml_collections.ConfigDict, teacher: Teacher, steps: int) -> ml_collections.ConfigDict:
+    """The config of the student with `steps` DDIM steps: the teacher's sde, model and data, distill's optimiser
+    and EMA, and sampling set to DDIM at `steps` on the distillation grid (what its snapshots use)."""
+    c, d = copy.deepcopy(config), config.distill
+    with c.unlocked():
+        if teacher.config is not None:
+            for section in TRAINED_SECTIONS:
+                for name, value in teacher.config[section].items():
+                    if name in c[section]:
+                        c[section][name] = tuple(value) if isinstance(value, list) else value
+        c.model.parameterization = d.parameterization
+        c.model.ema_rate = d.ema_rate
+        c.training.n_iters = d.iterations
+        c.optim.lr = d.lr
+        c.sampling.solver, c.sampling.steps, c.sampling.grid, c.sampling.options = "ddim", steps, d.grid, ""
+        c.distill.target_steps = steps
+        c.distill.teacher_step = teacher.step
+    return c
+
+
+def _complete(workdir) -> bool:
+    """Whether the run in workdir reached its training.n_iters (a finished round is not trained again)."""
+    path = ckpt.latest_checkpoint(workdir)
+    if path is None:
+        return False
+    state = ckpt.load_checkpoint(path)
+    return int(state["step"]) >= config_of_checkpoint(path, state).training.n_iters
+
+
+def read_record(workdir) -> dict | None:
+    """The student record of a distilled run (solver, steps, times, ...), None for any other run."""
+    path = Path(workdir) / RECORD
+    if not path.is_file():
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def sampler_times(sde: SDE, sampler: solvers.Sampler) -> Tensor | None:
+    """The grid a fixed-step sampler will take (None for an adaptive one)."""
+    if sampler.steps is None:
+        return None
+    grid = sampler.options.get("grid")
+    if grid is not None and not isinstance(grid, str):
+        return solvers.grids.as_times(grid)
+    name = grid or solvers.get_solver(sampler.solver).default_grid
+    return solvers.time_grid(sde, sampler.steps, sampler.eps, name, sampler.options.get("rho", 7.0))
+
+
+def check_sampler(workdir, sde: SDE, sampler: solvers.Sampler) -> None:
+    """A ValueError if the run in workdir is a distilled student and `sampler` is not DDIM on its grid.
+
+    A student's network has learnt a map between its grid's times, not a score, so any other solver, step count or
+    grid gives wrong samples: refused rather than warned about.
+    """
+    record = read_record(workdir)
+    if record is None:
+        return
+    wanted = torch.tensor(record["times"], dtype=torch.float64)
+    got = sampler_times(sde, sampler) if sampler.solver == record["solver"] else None
+    if got is None or got.shape != wanted.shape or (got - wanted).abs().max() > GRID_ATOL:
+        grid = "" if record["grid"] == "uniform" else f" --grid {record['grid']}"
+        raise ValueError(f"{workdir} is a progressive-distillation student, valid only with the {record['solver']} "
+                         f"steps it was distilled for ({record['steps']} on the {record['grid']} grid, eps "
+                         f"{record['eps']:g}), not with {sampler.describe()}; sample it with --solver "
+                         f"{record['solver']} --steps {record['steps']}{grid}")
+
+
+class DistillResult(NamedTuple):
+    """rounds: (student steps, TrainResult) of the rounds trained by this call; workdir: the last student's run
+    directory reached; interrupted: a signal stopped a round (rerun to resume it)."""
+
+    rounds: list
+    workdir: Path
+    steps: int
+    interrupted: bool
+
+    def line(self) -> str:
+        done = ", ".join(f"{n} steps: {r.line()}" for n, r in self.rounds) or "every round was already complete"
+        if self.interrupted:
+            return f"stopped in the round of {self.steps} steps ({done}); run the same command again to resume"
+        return (f"student of {self.steps} DDIM steps in {self.workdir} ({done}); sample it with python main.py "
+                f"--mode sample --workdir {self.workdir} --solver ddim --steps {self.steps}")
+
+
+def distill(config: ml_collections.ConfigDict, workdir, ctx: distributed.Context | None = None, *,
+            checkpoint=None, teacher: Teacher | None = None) -> DistillResult:
+    """Distil the run in `workdir` round by round down to config.distill.target_steps DDIM steps.
+
+    Round k's student is trained in <workdir>/distill/<steps>/ from the EMA network of round k-1 (the run's own for
+    the first round, its checkpoint `checkpoint` or the newest), and becomes round k+1's teacher. A finished round
+    is skipped, an interrupted one resumes where it stopped. teacher: the first round's teacher instead of the
+    run's network (e.g. an exact score, with config's sde, model and data).
+    """
+    steps_of_rounds = rounds(config)
+    ctx = distributed.setup(config) if ctx is None else ctx
+    workdir = Path(workdir)
+    if teacher is None:
+        teacher = load_teacher(workdir, checkpoint, ctx.device)
+    trained, steps, here = [], steps_of_rounds[0], workdir
+    for steps in steps_of_rounds:
+        here = student_dir(workdir, steps)
+        c = student_config(config, teacher, steps)
+        sde = build_sde(c)
+        teacher_times = solvers.time_grid(sde, 2 * steps, c.sampling.eps, c.distill.grid)
+        if not _complete(here):
+            if ctx.is_main:
+                here.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(here / RECORD, {
+                    "solver": "ddim", "steps": steps, "grid": c.distill.grid, "eps": c.sampling.eps,
+                    "times": teacher_times[::2].tolist(), "teacher": teacher.label, "teacher_step": teacher.step,
+                    "teacher_steps": 2 * steps, "parameterization": c.model.parameterization,
+                    "weighting": c.distill.weighting, "sde": repr(sde)})
+            logging.info("distilling %s (%d DDIM steps) into %d steps in %s", teacher.label, 2 * steps, steps, here)
+            result = StudentTrainer(c, here, teacher.score_fn, teacher_times, teacher.init, ctx).run()
+            trained.append((steps, result))
+            if result.interrupted:
+                return DistillResult(trained, here, steps, True)
+        teacher = load_teacher(here, None, ctx.device)
+    return DistillResult(trained, here, steps, False)
