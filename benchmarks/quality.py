@@ -9,7 +9,8 @@ fresh seeds: the spread of FD over disjoint sets of --n samples, and the FD betw
 (297), the number to set beside the floor. The 1000-step SDE rows use --n_long samples (default the test size, a
 few minutes each on 2 CPU cores). Calibrated rows fit the grid with solvers.calibrate_grid on --cal_pilot prior
 paths for --cal_iterations Adam steps from the log-SNR grid; its one-off cost is in the table.
---quick: 500 samples, 5/10/20 steps, calibration at 10 steps only, SDE samplers at 100 steps (about 5 minutes).
+The full run took 27 minutes on 2 shared CPU cores (the slowest row, pc at 1000 steps, 4 minutes).
+--quick: 500 samples, 5/10/20 steps, calibration at 10 steps only, SDE samplers at 100 steps (about 4 minutes).
 """
 from __future__ import annotations
 
