@@ -9,7 +9,7 @@ POSITIVE_INTS = (
     "sampling.calibration_iterations", "eval.batch_size", "eval.n_probes", "eval.dequant_repeats",
     "classifier.batch_size", "classifier.n_iters", "classifier.log_freq", "classifier.snapshot_freq",
     "inpainting.steps", "inpainting.resample", "model.nf", "model.num_res_blocks", "model.mlp_width",
-    "model.mlp_depth", "data.num_samples",
+    "model.mlp_depth", "data.num_samples", "metrics.num_samples", "metrics.num_samples_training",
 )
 NON_NEGATIVE_INTS = ("training.keep_checkpoints", "training.snapshot_samples", "optim.warmup", "eval.num_samples",
                      "training.fid_freq", "num_threads")
