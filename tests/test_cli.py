@@ -72,7 +72,8 @@ def test_sample_each_solver_family(trained, solver, extra):
 def test_likelihood_prints_finite_bits_per_dim(trained):
     result = cli("--mode", "likelihood", "--workdir", trained, "--num_samples=3", "--rtol=1e-3", "--atol=1e-3",
                  *TINY)
-    m = re.search(r"bits/dim: ([0-9.]+) ± ([0-9.]+) \(3 samples, mean NFE (\d+)\)", result.stdout)
+    m = re.search(r"bits/dim: ([0-9.]+) ± ([0-9.]+) \(Hutchinson\) ± ([0-9.]+) \(ODE\) \(3 samples, mean NFE (\d+)",
+                  result.stdout)
     assert m, result.stdout
     # A 4-step model is far from trained: only a finite, positive value is meaningful here (the bits/dim of a
     # trained model is checked against the README's figure by the likelihood tests' exact oracles instead).
