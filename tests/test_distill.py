@@ -45,12 +45,14 @@ def test_the_target_is_two_teacher_ddim_steps(sde):
     # float64 round-off: the VE path has |z| up to sigma_max = 50 and the target divides by 1 - e^(lambda_t - lambda_s).
     assert torch.allclose(landed, by_hand, rtol=1e-10, atol=1e-10 * float(z.abs().max()))
     # Data at one point make DDIM exact (eps_hat constant along the path): the target is that point, and a student
-    # with the exact score has zero loss, up to float64 round-off times the largest weight SNR(eps).
+    # with the exact score has zero loss up to round-off, (1e-16 |z|)^2 per coordinate times max(SNR, 1): where the
+    # weight is large (SNR(eps) < 1e8, sub-VP) |z| ~ |x| ~ 1, and where |z| is large (<= 50, VE at T) it is 1; so
+    # below 1e-20 (measured 1e-28).
     point = sde_lib.GaussianMixture([1.0], [[0.5, -1.0]], 0.0)
     times = solvers.time_grid(sde, 8, 1e-3)
     x = point.sample(256, gen)
     loss = distill.distillation_loss(point.score_fn(sde), point.score_fn(sde), sde, x, times, generator=gen)
-    assert float(loss) < 1e-18 * float(distill.snr(sde, times[-1:])) + 1e-20
+    assert 0 <= float(loss) < 1e-20
 
 
 def _gmm8_config(iterations, start_steps, width):
@@ -88,11 +90,11 @@ def test_a_4_step_student_follows_the_exact_teachers_paths(tmp_path):
     teacher_4, teacher_16, error = (_rmse(x, paths[512]) for x in (paths[4], paths[16], student))
     print(f"pathwise RMSE to the 512-step exact DDIM: teacher 4 steps {teacher_4:.3f}, 16 steps {teacher_16:.3f}, "
           f"4-step student {error:.3f}")
-    # Exact DDIM's own error at 4 steps is 0.51 and at the start's 16 steps 0.10, which bounds the student from below
-    # (it learns the 16-step map). Measured: 0.14 after 2 x 500 updates (seeds 0-2: 0.13-0.16); the bound leaves room
-    # for another seed or platform yet is a third of the teacher's own 4-step error.
+    # Exact DDIM's own error is 0.51 at 4 steps and 0.10 at the start's 16, about where the student levels off (it
+    # learns the 16-step map). Measured after 2 x 500 updates: 0.145, 0.158, 0.149 for seeds 0, 1, 2; the bound,
+    # 0.4 x the teacher's own 4-step error (0.205), leaves 30% above the worst of them.
     assert teacher_4 > 0.45 and teacher_16 < 0.12
-    assert error < teacher_4 / 3
+    assert error < 0.4 * teacher_4
 
     # The student refuses any grid but its own, on the command line too.
     distill.check_sampler(run.workdir, sde, solvers.sampler("ddim", 4))
