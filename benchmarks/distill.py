@@ -67,8 +67,7 @@ def main():
     config = configs.load_config("vpsde")
     config.device = "cpu"
     d = config.distill
-    d.start_steps, d.target_steps, d.iterations, d.lr = a.start, a.target, a.iterations, a.lr
-    config.optim.warmup = a.warmup
+    d.start_steps, d.target_steps, d.iterations, d.lr, d.warmup = a.start, a.target, a.iterations, a.lr, a.warmup
     config.training.progress = False
     config.training.log_freq = 100
     config.training.snapshot_freq = a.iterations

@@ -60,7 +60,7 @@ def _gmm8_config(iterations, start_steps, width):
     config.training.snapshot_samples = 0
     config.data.num_samples = 20000
     config.model.mlp_width, config.model.mlp_depth = width, 3
-    config.optim.warmup = 50
+    config.distill.warmup = 50
     config.distill.start_steps, config.distill.target_steps = start_steps, 4
     config.distill.iterations, config.distill.lr, config.distill.ema_rate = iterations, 2e-3, 0.99
     return config

@@ -171,9 +171,9 @@ def load_teacher(workdir, checkpoint=None, device=None) -> Teacher:
 def rounds(config) -> list[int]:
     """The students' steps, start_steps/2 down to target_steps, after checking config.distill (one clear line)."""
     d = config.distill
-    for key in ("start_steps", "target_steps", "iterations"):
-        if isinstance(d[key], bool) or not isinstance(d[key], int) or d[key] < 1:
-            raise ValueError(f"distill.{key}={d[key]!r}: must be a positive integer")
+    for key, low in (("start_steps", 1), ("target_steps", 1), ("iterations", 1), ("warmup", 0)):
+        if isinstance(d[key], bool) or not isinstance(d[key], int) or d[key] < low:
+            raise ValueError(f"distill.{key}={d[key]!r}: must be an integer >= {low}")
     ratio = d.start_steps // d.target_steps
     if d.start_steps % d.target_steps or ratio < 2 or ratio & (ratio - 1):
         raise ValueError(f"distill.target_steps={d.target_steps} must be distill.start_steps={d.start_steps} divided "
@@ -212,7 +212,7 @@ def student_config(config: ml_collections.ConfigDict, teacher: Teacher, steps: i
         c.model.parameterization = d.parameterization
         c.model.ema_rate = d.ema_rate
         c.training.n_iters = d.iterations
-        c.optim.lr = d.lr
+        c.optim.lr, c.optim.warmup = d.lr, d.warmup
         c.sampling.solver, c.sampling.steps, c.sampling.grid, c.sampling.options = "ddim", steps, d.grid, ""
         c.distill.target_steps = steps
         c.distill.teacher_step = teacher.step
