@@ -39,7 +39,8 @@ RECORD = "distill.json"
 # The paper's choice: an x- or v-prediction student, since eps-prediction turns a small network error into a large
 # x-error at low SNR, where the few-step student takes its first, longest steps.
 STUDENT_PARAMETERIZATIONS = ("v", "x0")
-# The student's time grid must be the teacher's every other time, to round-off.
+# A sampler's grid is a student's when their times agree to round-off: the named grids at n steps are every other
+# time of the same grid at 2n (docs/math.md, "Progressive distillation").
 GRID_ATOL = 1e-9
 
 
@@ -48,7 +49,7 @@ def snr(sde: SDE, t: Tensor) -> Tensor:
     return (sde.alpha_bar(t) / sde.beta_bar(t).clamp(min=models.parameterization.MIN_BETA_BAR)) ** 2
 
 
-# w(SNR) of the loss w |x_tilde - x_hat|^2 (Salimans & Ho 2022, section 4): "truncated SNR" max(SNR, 1) is
+# w(SNR) of the loss w |x_tilde - x_hat|^2 (Salimans & Ho 2022): "truncated SNR" max(SNR, 1) is
 # max(|x - x_hat|^2, |eps - eps_hat|^2), since eps - eps_hat = (alpha_bar/beta_bar)(x_hat - x); "SNR+1" is the
 # v-objective |v - v_hat|^2 for VP (alpha_bar^2 + beta_bar^2 = 1). Both stay finite at SNR -> 0, where eps-weighting
 # (w = SNR) would ignore the first step from the prior, the one a few-step student depends on most.
