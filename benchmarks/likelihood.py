@@ -6,6 +6,9 @@ and a backward pass for the Hutchinson divergence of the drift.
 
   python benchmarks/likelihood.py              # MLP, small U-Net, and the equal-accuracy study on a mixture
   python benchmarks/likelihood.py --quick      # smaller batches, for a smoke test
+  python benchmarks/likelihood.py --accuracy --run /work/shared_runs/vpsde   # time to |bias| <= 1e-3 bits/dim:
+      score_sde's recipe at tol 1e-5 and at its loosest tolerance meeting the bias, against eab4 at the steps the
+      accuracy search picks, on a trained digits U-Net (--run) and a CIFAR-size random U-Net
 """
 from __future__ import annotations
 
@@ -131,14 +134,107 @@ def mixture_rows(sde, dim, n, repeats):
     return rows
 
 
+# --- time to a bits/dim with |bias| <= target, against a tight reference -------------------------------------
+def bias_rows(label, sde, score_fn, x, n_bins, target, ref_tol):
+    """score_sde's recipe and eab4 with the same Rademacher probes; bias against dopri5 at rtol = atol = ref_tol."""
+    dim = x[0].numel()
+    offset = likelihood.bpd.bin_offset(n_bins)
+
+    def bits(logp):
+        return -logp.double() / (dim * math.log(2)) + offset
+
+    def probes():
+        return likelihood.DIVERGENCES["rademacher"].probes(1, x.double(), torch.Generator().manual_seed(0))
+
+    start = time.perf_counter()
+    ref = likelihood.log_likelihood(sde, score_fn, x, rtol=ref_tol, atol=ref_tol, probes=probes())
+    print(f"[{label}: reference dopri5 tol {ref_tol:g}, {ref.nfe} NFE, {time.perf_counter() - start:.0f} s]", flush=True)
+    reference = float(bits(ref.logp).mean())
+    recipe = ScoreSDEReference(sde, score_fn)
+    rows, recipe_default, recipe_best = [], None, None
+
+    def run_recipe(tol):
+        (logp, _, nfe), secs = timed(lambda: recipe(x, rtol=tol, atol=tol, generator=torch.Generator().manual_seed(0)), 1)
+        rows.append((f"score_sde recipe, tol {tol:g}", nfe, secs, float(bits(logp).mean()) - reference))
+        return rows[-1]
+
+    # Looser from the default while the bias holds; tighter from it until it holds when the default misses.
+    _, _, recipe_default, bias = run_recipe(1e-5)
+    ladder = (1e-4, 3e-4, 1e-3, 3e-3) if abs(bias) <= target else (3e-6, 1e-6)
+    if abs(bias) <= target:
+        recipe_best = rows[-1]
+    for tol in ladder:
+        row_ = run_recipe(tol)
+        if abs(row_[3]) <= target:
+            recipe_best = row_
+        if (abs(row_[3]) <= target) != (ladder[0] > 1e-5):
+            break
+
+    pilot = {}
+
+    def solve(setting):
+        start = time.perf_counter()
+        r = likelihood.log_likelihood(sde, score_fn, x, probes=probes(), **setting.kwargs())
+        pilot[setting] = time.perf_counter() - start
+        return bits(r.logp), r.nfe
+
+    chosen = likelihood.choose_setting(solve, likelihood.accuracy.candidates("eab4", None, None, None), target)
+    steps = chosen.setting.steps
+    (res, secs) = timed(lambda: likelihood.log_likelihood(sde, score_fn, x, probes=probes(), method="eab4",
+                                                          steps=steps), 1)
+    search = sum(pilot.values())
+    rows.append((f"eab4 {steps} steps (accuracy search: est. error {chosen.ode_error:.1e}, pilot {search:.0f} s "
+                 f"on these points)", res.nfe, secs, float(bits(res.logp).mean()) - reference))
+    for n in (steps // 2, steps * 2):
+        (r, s2) = timed(lambda: likelihood.log_likelihood(sde, score_fn, x, probes=probes(), method="eab4",
+                                                          steps=n), 1)
+        rows.append((f"eab4 {n} steps", r.nfe, s2, float(bits(r.logp).mean()) - reference))
+    out = []
+    for impl, nfe, t, bias in rows:
+        vs_default = t / recipe_default
+        vs_best = "" if recipe_best is None else f"{t / recipe_best[2]:.2f}"
+        out.append(f"| {label} | {impl} | {nfe} | {bias:+.1e} | {t:.2f} | {vs_default:.2f} | {vs_best} |")
+    return out
+
+
+def accuracy_study(args):
+    sde = VPSDE()
+    print(f"\n| case | implementation | NFE | bias bits/dim | s | vs recipe tol 1e-5 | vs recipe at its loosest "
+          f"|bias| <= {args.target:g} |")
+    print("|---|---|---|---|---|---|---|")
+    if args.run:
+        import training
+        run = training.load_run(args.run, args.checkpoint, "cpu")
+        xs = torch.stack([run.data.test[i][0] for i in range(args.digits)])
+        x = likelihood.dequantize(xs, run.data.n_bins, run.data.data_range, generator=torch.Generator().manual_seed(1))
+        label = f"digits U-Net step {run.step}, {len(x)} test digits"
+        for line in bias_rows(label, sde, run.score_fn, x, run.data.n_bins, args.target, 1e-7):
+            print(line, flush=True)
+    unet = random_network("unet", sde, in_channels=3, image_size=32, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
+                          attn_resolutions=(16,), dropout=0.0)
+    x = likelihood.dequantize(torch.randint(0, 256, (args.images, 3, 32, 32), generator=torch.Generator().manual_seed(2))
+                              .float() / 255 * 2 - 1, 256)
+    for line in bias_rows(f"random U-Net 3x32x32 ch 32, {args.images} images", sde, unet, x, 256, args.target, 1e-6):
+        print(line, flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small batches (smoke test)")
     parser.add_argument("--rtol", type=float, default=1e-5, help="rtol = atol for the network rows (score_sde: 1e-5)")
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats; the best is reported")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is steadiest on a shared machine)")
+    parser.add_argument("--accuracy", action="store_true", help="only the time-to-accuracy study")
+    parser.add_argument("--run", default="", help="--accuracy: a trained run directory (digits Quickstart)")
+    parser.add_argument("--checkpoint", default=None, help="--accuracy: checkpoint of --run (default the newest)")
+    parser.add_argument("--digits", type=int, default=16, help="--accuracy: dequantised test digits")
+    parser.add_argument("--images", type=int, default=2, help="--accuracy: random 32x32 images")
+    parser.add_argument("--target", type=float, default=1e-3, help="--accuracy: |bias| target in bits/dim")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.accuracy:
+        accuracy_study(args)
+        return
     sde = VPSDE()
     n_mlp, n_img = (16, 2) if args.quick else (64, 4)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, rtol = atol = {args.rtol:g} for networks\n")

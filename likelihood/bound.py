@@ -10,7 +10,7 @@ alpha_bar (docs/math.md, "The likelihood ODE and bits/dim"):
 
 The integral is estimated with t uniform in log-SNR (models.losses' likelihood_is weighting, whose weight is
 constant), stratified over each point's n_t draws, with the control variate kappa(t) (||eps||^2 - D), kappa =
-(SNR / (1 + SNR))^2: unbiased for any kappa(t); this one cut the standard error on a 2-D mixture by ~3x.
+(SNR / (1 + SNR))^2: unbiased for any kappa(t); this one cut the standard deviation on a 2-D mixture 4x.
 """
 from __future__ import annotations
 

@@ -7,9 +7,10 @@ its divergence integral lose their linear parts (docs/math.md, "The likelihood O
     log p_eps(x) = log pi(alpha_bar(T) y(T)) + D log(alpha_bar(T) / alpha_bar(eps)) + Delta_y(T),
 
 with eps_hat = -beta_bar s. Each step integrates e^u times the polynomial through the last `order` values of
-(eps_hat, div) exactly (the exponential multistep of DPM-Solver, Lu et al. 2022, on the augmented state), so
+(eps_hat, div) exactly (the exponential multistep of DPM-Solver, Lu et al. 2022a, on the augmented state), so
 f x and D f are exact and the network is called once per step. The grid is uniform in sigma^(1/7) (Karras et al.
-2022), which beat uniform log-SNR and t^rho grids on a trained digits U-Net by 5-100x at 48 steps.
+2022): at 48 steps on a trained digits U-Net its mean error per point was 5x or more below that of grids
+uniform in log-SNR, t^2 or t^3.
 """
 from __future__ import annotations
 

@@ -106,3 +106,21 @@ def test_evaluate_bits_per_dim_matches_the_gaussian_in_closed_form():
     sd = torch.sqrt((centres**2 * w**2 / 3).sum(1)) / (2 * v * d * math.log(2))
     se = math.sqrt(float((sd**2).mean()) / (60 * 3))
     assert res.mean == pytest.approx(expected, abs=4 * se)
+
+
+def test_merged_ode_error_is_the_count_weighted_mean_and_the_report_line_shows_both_errors():
+    from training.evaluation import LikelihoodReport
+    parts = [likelihood.BitsPerDim(2.0, 0.1, 10, 96.0, 4e-4, "eab4 96 steps"),
+             likelihood.BitsPerDim(3.0, 0.2, 30, 48.0, 8e-4, "eab4 48 steps")]
+    merged = likelihood.merge_bits_per_dim(parts)
+    # Each shard's estimate bounds its mean absolute error; the union's is their count-weighted mean.
+    assert merged.ode_error == pytest.approx((10 * 4e-4 + 30 * 8e-4) / 40, rel=1e-12)
+    assert merged.nfe == pytest.approx(60.0, rel=1e-12) and merged.setting == "eab4 96 steps, eab4 48 steps"
+    report = LikelihoodReport(2.26371, 0.01502, 297, 175.0, 2.3e-4, "rk45 rtol 0.0001",
+                              {"divergence": "rademacher"})
+    assert report.line() == ("bits/dim: 2.2637 ± 0.0150 (Hutchinson) ± 0.0002 (ODE) (297 samples, mean NFE 175, "
+                             "rk45 rtol 0.0001)")
+    bound = LikelihoodReport(4.17241, 0.0707, 48, 64.0, math.nan, "variational bound, 64 t samples",
+                             {"bound": "elbo"})
+    assert bound.line() == "bits/dim (variational bound): 4.1724 ± 0.0707 (48 samples, 64 t samples each)"
+    assert bound.as_json()["ode_error"] is None   # JSON has no NaN

@@ -50,8 +50,8 @@ def evaluate_likelihood(run, ctx, *, num_samples: int = 0, batch_size: int | Non
     plain network (a DDP-wrapped one would synchronise inside the adaptive solve, whose step counts differ); rank
     0 gets the merged result, the others None. options: those of likelihood.evaluate_bits_per_dim (or of
     bound_bits_per_dim), defaults from run.config.eval (divergence, n_probes, method, steps, rtol, atol, accuracy
-    (0: steps or rtol/atol as configured), pilot, eps, dequant_repeats as `repeats`, bound_samples as `n_t`);
-    rtol or atol in options fix an adaptive solve at those tolerances.
+    (0: steps or rtol/atol as configured), pilot, eps, dequant_repeats as `repeats`; for the bound bound_samples
+    as `n_t` and bound_eps as `eps`); rtol or atol in options fix an adaptive solve at those tolerances.
     """
     e = run.config.eval
     if bound not in ("ode", "elbo"):
@@ -62,7 +62,7 @@ def evaluate_likelihood(run, ctx, *, num_samples: int = 0, batch_size: int | Non
         if ode_only:
             raise ValueError(f"options of the ODE likelihood ({', '.join(ode_only)}) do not apply to the variational "
                              "bound (--bound elbo)")
-        settings = {"bound": "elbo", "n_t": e.bound_samples, "eps": e.eps, "repeats": e.dequant_repeats}
+        settings = {"bound": "elbo", "n_t": e.bound_samples, "eps": e.bound_eps, "repeats": e.dequant_repeats}
         evaluate = likelihood.bound_bits_per_dim
     else:
         fixed = e.method in likelihood.FIXED_METHODS
