@@ -154,3 +154,18 @@ def test_bad_input_is_one_clear_line(tmp_path, start, target, message):
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert r.stderr.startswith("error: ") and message in r.stderr
     assert not (tmp_path / "empty" / "distill").exists()
+
+
+def test_main_py_distills_a_trained_run_into_students_that_sample(tmp_path):
+    training.train(tiny_config(), tmp_path)      # a 20-step gmm8 teacher with an eps-prediction MLP
+    r = cli("--mode", "distill", "--workdir", tmp_path, "--device=cpu", "--config.distill.start_steps=8", "--config.distill.target_steps=2",
+            "--config.distill.iterations=5", "--config.training.progress=False")
+    student = distill.student_dir(tmp_path, 2)
+    assert r.stdout.strip().endswith(f"sample it with python main.py --mode sample --workdir {student} --solver ddim "
+                                     "--steps 2")
+    state = ckpt.load_checkpoint(ckpt.latest_checkpoint(student))
+    config = training.config_of_checkpoint(ckpt.latest_checkpoint(student), state)
+    assert (state["step"], config.distill.teacher_step, config.model.parameterization) == (5, 5, "v")
+    assert distill.read_record(student)["teacher"] == str(ckpt.latest_checkpoint(distill.student_dir(tmp_path, 4)))
+    assert "NFE 2 per batch" in cli("--mode", "sample", "--workdir", student, "--device=cpu", "--solver", "ddim",
+                                    "--steps", 2, "--num_samples", 4).stdout
