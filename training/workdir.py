@@ -17,6 +17,7 @@ except ImportError:     # Windows: no advisory locks; the run goes unlocked
 RESUMABLE_CHANGES = (
     "training.n_iters", "training.snapshot_freq", "training.log_freq", "training.eval_freq", "training.fid_freq",
     "training.keep_checkpoints", "training.snapshot_samples", "training.progress", "sampling", "eval", "metrics",
+    "distill",
     "classifier", "inpainting", "device", "distributed", "compile", "num_threads", "data.path", "data.download",
 )
 
