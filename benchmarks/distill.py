@@ -100,17 +100,18 @@ def main():
              "|---|---|---|---|---|",
              f"| test digits (floor) | | {metrics.evaluate(digits_split('test'), 'digits', 8, 1).fd_digits:.4f} | | |"]
 
-    def row(name, samples, steps, seconds):
+    def row(name, steps, samples, seconds):
         fd = metrics.evaluate(samples.x, "digits", 8, 1).fd_digits
         rmse = float(((samples.x - reference.x) ** 2).mean().sqrt())
         lines.append(f"| {name} | {steps} | {fd:.4f} | {rmse:.4f} | {seconds:.1f} |")
         print(lines[-1], flush=True)
 
     for steps in sorted({4, 8, a.start}):
-        row("teacher", *draw(teacher, steps), steps)
-    row("teacher", reference, 64, ref_seconds)
+        row("teacher", steps, *draw(teacher, steps))
+    row("teacher", 64, reference, ref_seconds)
     for steps in rounds:
-        row("student", *draw(training.load_run(distill.student_dir(out, steps), device="cpu"), steps), steps)
+        row(f"student ({distill.student_dir(out, steps)})", steps,
+            *draw(training.load_run(distill.student_dir(out, steps), device="cpu"), steps))
     print("\n" + "\n".join(lines) + f"\n\n{a.n} samples per row; {cost}")
 
 
