@@ -10,7 +10,7 @@ import configs
 import data as data_lib
 import models
 import sde_lib
-from training.builders import build_model, build_sde
+from training.builders import build_sde
 from training.checkpoint import CheckpointError, load_module_state
 
 

@@ -9,7 +9,6 @@ from tqdm.auto import tqdm
 from sde_lib import SDE
 
 from .counting import CountingScore
-from .random import fresh_generator, randn_like  # noqa: F401  (the solvers draw their noise through these)
 from .grids import as_times, check_grid_name, check_times, time_grid
 
 Tensor = torch.Tensor

@@ -115,7 +115,6 @@ class DPMSolver(ODESolver):
         return order
 
     def integrate(self, x, ts, *, generator=None, denoise=False, progress=False):
-        n = len(ts) - 1
         lam, b = self.sde.log_snr(ts), self.sde.beta_bar(ts)
         a = self.sde.alpha_bar(ts)
         history: list[tuple[Tensor, Tensor]] = []     # (lambda_j, D_j), most recent last
@@ -170,7 +169,6 @@ class UniPC(DPMSolver):
         self.corrector = bool(corrector)
 
     def integrate(self, x, ts, *, generator=None, denoise=False, progress=False):
-        n = len(ts) - 1
         lam, b = self.sde.log_snr(ts), self.sde.beta_bar(ts)
         a = self.sde.alpha_bar(ts)
         history: list[tuple[Tensor, Tensor]] = []     # (lambda_j, D_j), most recent last

@@ -2,16 +2,19 @@
 takes a fraction of a second; one test runs the console entry point `python main.py` itself."""
 import json
 import math
+import os
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import solvers
-from helpers import cli, main_py
+import training
+from helpers import ROOT, cli, main_py
 
 TINY = ["--config.model.nf=8", "--config.model.ch_mult=(1,)", "--config.training.batch_size=16",
         "--config.training.log_freq=2", "--config.training.eval_freq=4", "--config.training.snapshot_freq=4",
@@ -234,7 +237,7 @@ def test_samples_with_nan_are_refused_before_anything_is_written(vectors, tmp_pa
     monkeypatch.setattr(solvers.Sampler, "sample", with_nan)
     one_line_error(cli("--workdir", workdir, *SAMPLE, check=False), "the samples contain NaN/inf (nothing written)")
     # samples/ was checked writable before sampling started; nothing was written into it.
-    assert sorted(p.name for p in workdir.iterdir()) == ["checkpoints", "samples"]
+    assert sorted(p.name for p in workdir.iterdir()) == [".lock-sample", "checkpoints", "samples"]
     assert list((workdir / "samples").iterdir()) == []
 
 
@@ -292,3 +295,27 @@ def test_the_console_entry_point(vectors):
     assert re.fullmatch(rf"5 samples with euler_maruyama, 3 steps: NFE 3 per batch, .*; wrote {stem}(_\d+)?\.npz\n",
                         proc.stdout), proc.stdout
     assert "loaded the EMA weights of" in proc.stderr
+
+
+def test_a_second_writer_is_refused_naming_the_holder(vectors):
+    with training.WorkdirLock(vectors, "sample"):
+        one_line_error(cli("--workdir", vectors, *SAMPLE, check=False),
+                       f"{vectors} is in use by another sample process (PID {os.getpid()})")
+    assert cli("--workdir", vectors, *SAMPLE).returncode == 0      # released on exit
+
+
+def test_the_training_lock_is_released_when_its_holder_is_killed(tmp_path):
+    # Another process holds the lock as a training would; kill -9 gives no chance to clean up, yet the OS drops
+    # the lock with the process, so a new training starts at once.
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time, training\n"
+                               f"with training.WorkdirLock({str(tmp_path)!r}, 'train'):\n"
+                               "    print('locked', flush=True); time.sleep(600)"],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        args = ["--mode", "train", "--workdir", tmp_path, "--config.training.n_iters=2", *TINY]
+        one_line_error(cli(*args, check=False), f"{tmp_path} is in use by another train process (PID {holder.pid})")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "finished at step 2" in cli(*args).stdout

@@ -18,7 +18,7 @@ import training
 from training import checkpoint as ckpt
 from training.metrics import read_metrics
 
-from helpers import ROOT, main_py, tiny_config
+from helpers import ROOT, tiny_config
 from oracles import relative_score_error
 
 

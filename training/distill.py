@@ -29,7 +29,7 @@ from solvers.steps import ddim_coefficients
 from . import checkpoint as ckpt
 from . import distributed, precision
 from .builders import build_sde
-from .loop import Trainer, TrainResult
+from .loop import Trainer
 from .run import TRAINED_SECTIONS, config_of_checkpoint, load_run
 
 Tensor = torch.Tensor
@@ -229,6 +229,15 @@ def _complete(workdir) -> bool:
     return int(state["step"]) >= config_of_checkpoint(path, state).training.n_iters
 
 
+def _check_same_teacher(workdir, teacher: Teacher) -> None:
+    """A ValueError if a started round in workdir was distilled from another teacher checkpoint: resuming it would
+    mix two targets. (Its config's distill section may change on resume, so this is checked here.)"""
+    record = read_record(workdir)
+    if record is not None and ckpt.latest_checkpoint(workdir) is not None and record["teacher_step"] != teacher.step:
+        raise ValueError(f"{workdir} was started from the teacher's step {record['teacher_step']}, not {teacher.step} "
+                         f"({teacher.label}); resume with that checkpoint (--checkpoint) or delete {workdir}")
+
+
 def read_record(workdir) -> dict | None:
     """The student record of a distilled run (solver, steps, times, ...), None for any other run."""
     path = Path(workdir) / RECORD
@@ -306,6 +315,7 @@ def distill(config: ml_collections.ConfigDict, workdir, ctx: distributed.Context
         sde = build_sde(c)
         teacher_times = solvers.time_grid(sde, 2 * steps, c.sampling.eps, c.distill.grid)
         if not _complete(here):
+            _check_same_teacher(here, teacher)
             if ctx.is_main:
                 here.mkdir(parents=True, exist_ok=True)
                 atomic_write_json(here / RECORD, {

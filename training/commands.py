@@ -1,0 +1,179 @@
+"""The command line's modes as library functions, each taking a Job: what one `python main.py ...` asks for.
+
+main.py parses the flags and dispatches here (as score_sde_pytorch's main.py does to its run_lib); the work itself is
+done by the library calls each mode makes (training.train, load_run, draw_samples, evaluate_likelihood, ...).
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from absl import flags, logging
+from ml_collections import config_flags
+
+import configs
+import guidance
+import solvers
+import training
+import training.distill
+import training.importing
+from sde_lib.io import atomic_write_json
+from training import distributed
+
+SOLVER_FLAGS = ("snr", "corrector_steps", "eta", "rtol", "atol")
+
+
+def _or(value, default):
+    return default if value is None else value
+
+
+class Job:
+    """One command line: its flags, config (with --seed/--device applied), workdir and distributed context."""
+
+    def __init__(self, fv: flags.FlagValues, name: str, config_given: bool = True):
+        self.a, self.config, self.config_given = fv, fv.config, config_given
+        with self.config.unlocked():
+            self.config.seed, self.config.device = _or(fv.seed, self.config.seed), _or(fv.device, self.config.device)
+        configs.check_config(self.config)       # before anything is created on disk
+        self.overridden = config_flags.get_override_values(fv["config"])
+        self.workdir = Path(fv.workdir or Path("runs") / name)
+        self.ctx = distributed.setup(self.config)
+
+    def lock(self, mode: str):
+        """The run directory's lock for `mode` (LOCKS), on the main process; none where the directory does not
+        exist yet and the mode does not create it (it will stop with a clear error first)."""
+        if mode not in LOCKS or not self.ctx.is_main or (mode != "import" and not self.workdir.is_dir()):
+            return contextlib.nullcontext()
+        return training.WorkdirLock(training.check_directory(self.workdir), LOCKS[mode])
+
+    def load(self, autocast: bool = False) -> training.Run:
+        return training.load_run(self.workdir, self.a.checkpoint, self.ctx.device, config=self.config,
+                                 overridden=self.overridden, autocast=autocast)
+
+    def sampler(self) -> solvers.Sampler:
+        options = solvers.parse_options(self.a.solver_options or "")
+        options.update({k: getattr(self.a, k) for k in SOLVER_FLAGS if getattr(self.a, k) is not None})
+        return training.sampler_from_config(self.config, self.workdir, solver=self.a.solver, steps=self.a.steps,
+                                            grid=self.a.grid, options=options)
+
+    def guidance(self) -> tuple:
+        s = self.config.sampling
+        return (_or(self.a.class_label, s.class_label), _or(self.a.guidance, s.guidance),
+                _or(self.a.classifier_scale, s.classifier_scale))
+
+
+def train(job: Job) -> None:
+    r = training.train(job.config, job.workdir, job.ctx)
+    if job.ctx.is_main:
+        print(r.line())
+
+
+def sample(job: Job) -> int:
+    sampler, labels, s = job.sampler(), job.guidance(), job.config.sampling
+    run = job.load(autocast=True)
+    training.distill.check_sampler(run.workdir, run.sde, sampler)
+    with training.interrupts.StopRequested() as stop:
+        done = training.sampling.sample_to_files(
+            run, training.guided_score_fn(run, *labels), sampler, _or(job.a.num_samples, s.num_samples),
+            _or(job.a.batch_size, s.batch_size), job.config.seed, job.ctx, training.sampling.guidance_tag(*labels),
+            stop=stop)
+    if done is not None:
+        print(done.line())
+    return stop.exit_code
+
+
+def calibrate(job: Job) -> None:
+    given = {**solvers.parse_options(job.config.sampling.options), **solvers.parse_options(job.a.solver_options)}
+    if str(given.get("variance", "")).lower() == "analytic":       # Analytic-DPM's table, not a grid
+        run = job.load()
+        if job.ctx.is_main:
+            print(training.evaluation.calibrate_variance(run, seed=job.config.seed))
+        return
+    sampler, s = job.sampler(), job.config.sampling
+    solvers.check_calibratable(sampler.solver)
+    run = job.load(autocast=True)       # in the precision the samples will be drawn in
+    if job.ctx.is_main:
+        print(training.evaluation.calibrate(run, sampler, pilot=s.calibration_pilot,
+                                            iterations=s.calibration_iterations, seed=job.config.seed))
+
+
+def likelihood(job: Job) -> None:
+    a = job.a
+    r = training.evaluation.evaluate_likelihood(
+        job.load(), job.ctx, num_samples=_or(a.num_samples, job.config.eval.num_samples), batch_size=a.batch_size,
+        divergence=a.divergence, repeats=a.dequant_repeats, rtol=a.rtol, atol=a.atol, accuracy=a.accuracy,
+        bound=_or(a.bound, "ode"))
+    if r is not None:
+        print(r.line())
+        atomic_write_json(job.workdir / "likelihood.json", r.as_json())
+
+
+def evaluate(job: Job) -> None:
+    path, state = training.use_checkpoint_config(job.config, job.workdir, job.a.checkpoint, job.overridden)
+    trainer = training.Trainer(job.config, job.workdir, job.ctx)
+    trainer.load_state_dict(state, path)
+    print(f"test loss (EMA, step {trainer.step}): {trainer.test_loss(max_batches=10**9):.5f}")
+
+
+def train_classifier(job: Job) -> None:
+    if training.latest_checkpoint(job.workdir) is not None:     # it guides this run's model: same noise and data
+        training.use_checkpoint_config(job.config, job.workdir, None, job.overridden)
+    r = training.train_classifier(job.config, job.workdir, job.ctx.device)
+    print(f"classifier at step {r.step}, cross-entropy {r.loss:.4f}, test accuracy {r.test_accuracy:.3f} at "
+          f"t = 0.1 T; checkpoint {r.checkpoint}")
+
+
+def inpaint(job: Job) -> None:
+    a, c = job.a, job.config
+    if not a.input:
+        raise ValueError(f"--mode inpaint needs --input=FILE: {guidance.io.ACCEPTED}")
+    method = guidance.INPAINTERS.canonical(_or(a.inpaint_method, c.inpainting.method))
+    steps = _or(a.steps, c.inpainting.steps)
+    run = job.load()
+    print(training.evaluation.inpaint_file(
+        run, training.guided_score_fn(run, *job.guidance()), a.input, a.mask, method=method, steps=steps,
+        resample=_or(a.resample, c.inpainting.resample), batch_size=_or(a.batch_size, c.sampling.batch_size),
+        seed=c.seed))
+
+
+def fid(job: Job) -> None:
+    a, c = job.a, job.config
+    quality = training.quality
+    cache, weights = quality.cache_dir(c), quality.inception_weights(c, a.inception_weights)
+    if a.samples:
+        if training.latest_checkpoint(job.workdir) is not None:     # the data the run's model was trained on
+            training.use_checkpoint_config(c, job.workdir, a.checkpoint, job.overridden)
+        report = quality.score_file(a.samples, c, cache=cache, weights=weights, device=job.ctx.device) \
+            if job.ctx.is_main else None
+    else:
+        sampler, labels = job.sampler(), job.guidance()
+        run = job.load(autocast=True)
+        training.distill.check_sampler(run.workdir, run.sde, sampler)
+        report = quality.score_run(run, training.guided_score_fn(run, *labels), sampler,
+                                   _or(a.num_samples, c.metrics.num_samples), _or(a.batch_size, c.sampling.batch_size),
+                                   c.seed, job.ctx, cache=cache, weights=weights,
+                                   tag=training.sampling.guidance_tag(*labels))
+    if report is not None:
+        print(report.line())
+        logging.info("wrote %s", report.write(job.workdir))
+
+
+def import_model(job: Job) -> None:
+    config = job.config if job.config_given else None
+    path = training.importing.import_run(getattr(job.a, "from") or "", config, job.a.checkpoint, job.workdir)
+    print(f"imported {job.a.checkpoint} as {path}; sample with --mode sample --workdir {job.workdir}")
+
+
+def distill(job: Job) -> None:
+    r = training.distill.distill(job.config, job.workdir, job.ctx, checkpoint=job.a.checkpoint)
+    if job.ctx.is_main:
+        print(r.line())
+
+
+RUNNERS = {"train": train, "sample": sample, "likelihood": likelihood, "eval": evaluate, "calibrate": calibrate,
+           "train_classifier": train_classifier, "inpaint": inpaint, "import": import_model, "fid": fid,
+           "distill": distill}
+# The lock each mode holds on its run directory while it writes there (one writer per kind of output); training
+# takes its own inside Trainer.run, and eval writes nothing.
+LOCKS = {"sample": "sample", "likelihood": "likelihood", "calibrate": "calibrate", "train_classifier": "classifier",
+         "inpaint": "inpaint", "import": "train", "fid": "fid", "distill": "distill"}
