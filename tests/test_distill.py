@@ -140,6 +140,10 @@ def test_an_interrupted_round_resumes_bit_exactly(tmp_path):
             # Bit for bit: the same operations on the same CPU with the same random numbers.
             assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), (steps, key)
     assert distill.distill(config, tmp_path / "b", teacher=teacher).rounds == []      # finished rounds are kept
+    # A started round resumes only from the teacher checkpoint it began with.
+    assert distill.distill(config, tmp_path / "c", teacher=teacher._replace(score_fn=_SignalAt(score, 13))).interrupted
+    with pytest.raises(ValueError, match="was started from the teacher's step 0, not 3"):
+        distill.distill(config, tmp_path / "c", teacher=teacher._replace(step=3))
 
 
 @pytest.mark.parametrize("start, target, message", [
