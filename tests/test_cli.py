@@ -5,8 +5,10 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -319,3 +321,43 @@ def test_the_training_lock_is_released_when_its_holder_is_killed(tmp_path):
         holder.kill()
         holder.wait()
     assert "finished at step 2" in cli(*args).stdout
+
+
+class SignalAfter:
+    """A stand-in for training.interrupts.StopRequested whose signal arrives after `batches` batches have started."""
+
+    def __init__(self, batches, name="SIGTERM"):
+        self.checks, self.batches, self.name = 0, batches, name
+
+    @property
+    def signal(self):
+        self.checks += 1
+        return self.name if self.checks > self.batches else None
+
+
+def test_a_signal_keeps_the_batches_already_evaluated(vectors):
+    run = training.load_run(vectors)
+    ctx = training.distributed.setup(run.config)
+    whole = training.evaluation.evaluate_likelihood(run, ctx, batch_size=4, rtol=1e-3, atol=1e-3)
+    part = training.evaluation.evaluate_likelihood(run, ctx, batch_size=4, rtol=1e-3, atol=1e-3,
+                                                   stop=SignalAfter(1))
+    # The first batch of 4 test points was evaluated, then no new batch started; the whole split has 20 points.
+    assert (whole.num_samples, part.num_samples, part.stopped_by) == (20, 4, "SIGTERM")
+    assert part.line().startswith("stopped by SIGTERM after 4 test points; bits/dim: ")
+    points = training.sampling.draw_samples(run.sde, run.score_fn, run.data, solvers.sampler("euler", 3), 10, 3, 0,
+                                            ctx, stop=SignalAfter(2, "SIGINT"))
+    assert points.x.shape == (6, 3) and points.stopped_by == "SIGINT"
+
+
+def test_a_second_sigint_during_sampling_stops_at_once_with_exit_130(vectors):
+    proc = subprocess.Popen([sys.executable, "main.py", "--workdir", str(vectors), "--mode", "sample",
+                             "--solver=euler_maruyama", "--steps=200000", "--num_samples=4", "--batch_size=2",
+                             "--device=cpu"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    time.sleep(8)       # imports and checkpoint loading take ~5 s; then the first batch's 200,000 steps
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)     # a second one stops at once
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == "error: stopped by SIGINT; results of the batches in progress are lost"

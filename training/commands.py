@@ -97,15 +97,18 @@ def calibrate(job: Job) -> None:
                                             iterations=s.calibration_iterations, seed=job.config.seed))
 
 
-def likelihood(job: Job) -> None:
-    a = job.a
-    r = training.evaluation.evaluate_likelihood(
-        job.load(), job.ctx, num_samples=_or(a.num_samples, job.config.eval.num_samples), batch_size=a.batch_size,
-        divergence=a.divergence, repeats=a.dequant_repeats, rtol=a.rtol, atol=a.atol, accuracy=a.accuracy,
-        bound=_or(a.bound, "ode"))
+def likelihood(job: Job) -> int:
+    a, run = job.a, job.load()
+    with training.interrupts.StopRequested() as stop:
+        r = training.evaluation.evaluate_likelihood(
+            run, job.ctx, num_samples=_or(a.num_samples, job.config.eval.num_samples), batch_size=a.batch_size,
+            divergence=a.divergence, repeats=a.dequant_repeats, rtol=a.rtol, atol=a.atol, accuracy=a.accuracy,
+            bound=_or(a.bound, "ode"), stop=stop)
     if r is not None:
-        print(r.line())
-        atomic_write_json(job.workdir / "likelihood.json", r.as_json())
+        print(r.line())      # printed first: the result is never computed and then lost
+        name = "likelihood_partial.json" if r.stopped_by else "likelihood.json"
+        atomic_write_json(job.workdir / name, r.as_json())
+    return stop.exit_code
 
 
 def evaluate(job: Job) -> None:

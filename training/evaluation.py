@@ -1,8 +1,8 @@
 """Evaluations of a trained run: bits/dim of the test split, calibrated grids, inpainting of given observations."""
 from __future__ import annotations
 
-import math
 import itertools
+import math
 from typing import NamedTuple
 
 import torch
@@ -11,6 +11,7 @@ import guidance
 import likelihood
 import solvers
 
+from .interrupts import NEVER
 from .sampling import write_samples
 
 
@@ -26,15 +27,17 @@ class LikelihoodReport(NamedTuple):
     ode_error: float
     ode: str
     settings: dict
+    stopped_by: str | None = None
 
     def line(self) -> str:
+        head = f"stopped by {self.stopped_by} after {self.num_samples} test points; " if self.stopped_by else ""
         if self.settings.get("bound") == "elbo":
-            return (f"bits/dim (variational bound): {self.bits_per_dim:.4f} ± {self.stderr:.4f} ({self.num_samples} "
-                    f"samples, {self.mean_nfe:.0f} t samples each)")
+            return (f"{head}bits/dim (variational bound): {self.bits_per_dim:.4f} ± {self.stderr:.4f} "
+                    f"({self.num_samples} samples, {self.mean_nfe:.0f} t samples each)")
         noise = "stderr" if self.settings.get("divergence") == "exact" else "Hutchinson"
         ode = "" if math.isnan(self.ode_error) else f" ± {self.ode_error:.4f} (ODE)"
-        return (f"bits/dim: {self.bits_per_dim:.4f} ± {self.stderr:.4f} ({noise}){ode} ({self.num_samples} samples, "
-                f"mean NFE {self.mean_nfe:.0f}, {self.ode})")
+        return (f"{head}bits/dim: {self.bits_per_dim:.4f} ± {self.stderr:.4f} ({noise}){ode} ({self.num_samples} "
+                f"samples, mean NFE {self.mean_nfe:.0f}, {self.ode})")
 
     def as_json(self) -> dict:
         out = {k: v for k, v in self._asdict().items() if k != "settings"} | self.settings
@@ -42,7 +45,7 @@ class LikelihoodReport(NamedTuple):
 
 
 def evaluate_likelihood(run, ctx, *, num_samples: int = 0, batch_size: int | None = None, bound: str = "ode",
-                        **options) -> LikelihoodReport | None:
+                        stop=NEVER, **options) -> LikelihoodReport | None:
     """Bits/dim of run's test split (num_samples points, 0 = all) through the probability-flow ODE, or (bound
     "elbo") the continuous-time variational bound on it (likelihood.bound_bits_per_dim).
 
@@ -80,18 +83,23 @@ def evaluate_likelihood(run, ctx, *, num_samples: int = 0, batch_size: int | Non
                          "folder that holds the dataset")
     count = len(test) if num_samples <= 0 else min(num_samples, len(test))
     shard = torch.utils.data.Subset(test, ctx.shard(count))
-    batches = ((x.to(ctx.device), y) for x, y in
-               torch.utils.data.DataLoader(shard, batch_size=batch_size or e.batch_size))
+    loader = torch.utils.data.DataLoader(shard, batch_size=batch_size or e.batch_size)
+    batches = ((x.to(ctx.device), y) for x, y in loader if ctx.distributed or stop.signal is None)
     generator = torch.Generator(ctx.device).manual_seed(ctx.seed(run.config.seed))
-    result = None if len(shard) == 0 else evaluate(
-        run.sde, run.score_fn, batches, n_bins=run.data.n_bins, data_range=run.data.data_range,
-        progress=ctx.is_main, generator=generator, **{k: v for k, v in settings.items() if k != "bound"})
+    try:
+        result = None if len(shard) == 0 else evaluate(
+            run.sde, run.score_fn, batches, n_bins=run.data.n_bins, data_range=run.data.data_range,
+            progress=ctx.is_main, generator=generator, **{k: v for k, v in settings.items() if k != "bound"})
+    except ValueError:
+        if stop.signal is not None:     # stopped before a single batch was finished: nothing to report
+            raise KeyboardInterrupt(stop.signal) from None
+        raise
     results = ctx.gather(result)
     if not ctx.is_main:
         return None
     r = results[0] if len(results) == 1 else likelihood.merge_bits_per_dim(results)
     settings["dequant_repeats"] = settings.pop("repeats")
-    return LikelihoodReport(r.mean, r.stderr, r.count, r.nfe, r.ode_error, r.setting, settings)
+    return LikelihoodReport(r.mean, r.stderr, r.count, r.nfe, r.ode_error, r.setting, settings, stop.signal)
 
 
 def calibrate(run, sampler: solvers.Sampler, *, pilot: int, iterations: int, seed: int) -> str:
