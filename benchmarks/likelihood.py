@@ -6,7 +6,7 @@ and a backward pass for the Hutchinson divergence of the drift.
 
   python benchmarks/likelihood.py              # MLP, small U-Net, and the equal-accuracy study on a mixture
   python benchmarks/likelihood.py --quick      # smaller batches, for a smoke test
-  python benchmarks/likelihood.py --accuracy --run /work/shared_runs/vpsde   # time to |bias| <= 1e-3 bits/dim:
+  python benchmarks/likelihood.py --accuracy --run runs/vpsde   # time to |bias| <= 1e-3 bits/dim:
       score_sde's recipe at tol 1e-5 and at its loosest tolerance meeting the bias, against eab4 at the steps the
       accuracy search picks, on a trained digits U-Net (--run) and a CIFAR-size random U-Net
 """
