@@ -148,7 +148,7 @@ def test_bad_files_are_one_line_errors(trained, tmp_path):
          f"array: {tmp_path / 'fake.npy'} is not a NumPy file (no .npy header, not an .npz archive)"),
         (["--config.data.dataset=array", f"--config.data.path={tmp_path / 'oblong.npy'}"],
          "array: the images are 8x6, not square; set --config.data.image_size=N"),
-        (["--workdir", tmp_path / "afile"], f"{tmp_path / 'afile'} is a file, not a run directory"),
+        (["--workdir", tmp_path / "afile"], f"{tmp_path / 'afile'} is a file, not a directory"),
     ]:
         one_line_error(cli(*run, *args, check=False), message)
     one_line_error(cli("--mode", "sample", "--workdir", trained, "--checkpoint", tmp_path / "fake.pt", *TINY,
@@ -361,3 +361,17 @@ def test_a_second_sigint_during_sampling_stops_at_once_with_exit_130(vectors):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]
     assert err.strip().splitlines()[-1] == "error: stopped by SIGINT; results of the batches in progress are lost"
+
+
+def test_an_output_that_cannot_be_written_stops_before_any_sampling(vectors, tmp_path, monkeypatch):
+    workdir = tmp_path / "run"
+    shutil.copytree(vectors / "checkpoints", workdir / "checkpoints")
+    (workdir / "samples").write_text("in the way\n")
+    monkeypatch.setattr(solvers.Sampler, "sample", lambda *a, **k: pytest.fail("sampled before checking the output"))
+    one_line_error(cli("--workdir", workdir, *SAMPLE, check=False),
+                   f"{workdir / 'samples'} is a file, not a directory; move it away")
+
+
+def test_rerunning_a_finished_training_says_it_is_complete(trained):
+    result = cli("--mode", "train", "--workdir", trained, "--config.training.n_iters=4", *TINY)
+    assert result.stdout.startswith(f"already complete at step 4 (training.n_iters); checkpoint {trained}")

@@ -13,6 +13,7 @@ import torch
 import data as data_lib
 import models
 import sde_lib
+import sde_lib.io
 import solvers
 import training
 from training import checkpoint as ckpt
@@ -314,3 +315,29 @@ def test_cpu_threads_follow_the_config_and_the_network_size():
         assert training.builders.set_num_threads(config, big, torch.device("cpu")) == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_files_get_the_umask_permissions_not_mkstemps(tmp_path):
+    # mkstemp creates 0600 files; what a run writes must be readable as any file the user creates is.
+    old = os.umask(0o022)
+    try:
+        path = sde_lib.io.atomic_write_text(tmp_path / "a.json", "{}")
+        assert (path.stat().st_mode & 0o777) == 0o644
+        os.umask(0o077)
+        assert (sde_lib.io.atomic_write_text(tmp_path / "b.json", "{}").stat().st_mode & 0o777) == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_a_second_signal_during_a_snapshot_skips_it_and_saves(tmp_path):
+    trainer = training.Trainer(tiny_config(n_iters=100000, eval_freq=100000, snapshot_freq=10), tmp_path)
+
+    def slow_snapshot():
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)     # the second one interrupts the snapshot itself
+        pytest.fail("the snapshot went on after the second signal")
+    trainer.snapshot = slow_snapshot
+    result = trainer.run()
+    # The checkpoint of step 10 was saved before the snapshot started; the run stops there.
+    assert result.interrupted and result.step == 10
+    assert ckpt.latest_checkpoint(tmp_path).name == "checkpoint_10.pt"

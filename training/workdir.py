@@ -30,7 +30,8 @@ def check_directory(path) -> Path:
     """`path` as a directory that exists or can be made, and can be written (a clear ValueError otherwise)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise ValueError(f"{path} is a file, not a run directory; choose another --workdir")
+        raise ValueError(f"{path} is a file, not a directory; move it away or choose another --workdir (nothing was "
+                         "computed)")
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
