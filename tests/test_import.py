@@ -55,7 +55,7 @@ def their_score(state, arch, sde, x, t, use_ema=True):
 
 
 def rel_err(a, b):
-    return float((a - b).norm() / b.norm())
+    return float((a - b).detach().norm() / b.detach().norm())
 
 
 @pytest.mark.parametrize("name, count", [("score_sde_ddpmpp_cont", 61_804_419), ("score_sde_ncsnpp_cont", 62_758_915)])
