@@ -9,7 +9,7 @@ from sde_lib import SDE
 
 from .base import SampleResult, Solver
 from .counting import CountingScore
-from .grids import resolve_grid
+from .grids import calibrated_grid_path, grid_options, resolve_grid
 from .options import check_options, solver_options
 from .random import SampleGenerators, fresh_generator
 from .registry import SOLVERS, deterministic, get_solver
@@ -24,7 +24,7 @@ def calibratable() -> list[str]:
 
 def check_calibratable(solver: str) -> None:
     """A ValueError unless a grid can be fitted for `solver` (it must be deterministic and use a fixed grid)."""
-    if solver not in calibratable():
+    if SOLVERS.canonical(solver) not in calibratable():
         get_solver(solver)      # an unknown name gets the registry's error, which lists every solver
         raise ValueError(f"calibration fits the grid of a deterministic fixed-step solver, not {solver!r}: "
                          f"calibrated grids are fitted for the deterministic solvers {', '.join(calibratable())}")
@@ -99,8 +99,7 @@ def sample(sde: SDE, score_fn, shape, solver: str = "heun", *, steps: int | None
 def encode(sde: SDE, score_fn, x: Tensor, solver: str = "rk45", *, steps: int | None = None, eps: float = 1e-3,
            progress: bool = False, **solver_options) -> SampleResult:
     """Map data x at t = eps to its latent at T along the probability-flow ODE (the inverse of `sample`)."""
-    if solver not in deterministic():
-        get_solver(solver)
+    if SOLVERS.canonical(solver) not in deterministic():
         raise ValueError(f"encode needs a deterministic (probability-flow ODE) solver, not {solver!r}; "
                          f"use one of {', '.join(deterministic())}")
     check_steps(solver, steps)
@@ -167,5 +166,11 @@ def sampler(solver: str, steps: int | None = None, *, eps: float = 1e-3, grid=No
         if grid == "calibrated":
             check_calibratable(solver)
         resolved = resolve_grid(grid, solver, steps, steps_given=steps_given, workdir=workdir)
+        if grid == "calibrated":
+            fitted = check_options(solver, grid_options(calibrated_grid_path(workdir, solver, resolved.steps)))
+            if fitted != options:
+                raise ValueError(f"the calibrated {solver} grid with {resolved.steps} steps was fitted with options "
+                                 f"{fitted or 'none'}, not {options or 'none'}; sample with those, or calibrate again "
+                                 "with these")
         options["grid"], steps, label = resolved.grid, resolved.steps, resolved.label
     return Sampler(solver, steps, float(eps), options, label)

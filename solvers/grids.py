@@ -109,6 +109,12 @@ def load_grid(path) -> Tensor:
         raise ValueError(f"{str(path)!r} is not a grid file written by save_grid ({e})") from None
 
 
+def grid_options(path) -> dict:
+    """The solver options a grid file written by save_grid was fitted with ({} if it does not say)."""
+    with open(path) as f:
+        return dict(json.load(f).get("solver_options") or {})
+
+
 def calibrated_grid_path(workdir, solver: str, steps: int) -> Path:
     """Where --mode calibrate keeps the grid of `solver` at `steps` steps for the run in `workdir`."""
     return Path(workdir) / "grids" / f"{solver}_{steps}.json"

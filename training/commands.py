@@ -112,6 +112,8 @@ def likelihood(job: Job) -> int:
 
 
 def evaluate(job: Job) -> None:
+    if not job.ctx.is_main:     # one process evaluates and writes; torchrun's others have nothing to do
+        return
     path, state = training.use_checkpoint_config(job.config, job.workdir, job.a.checkpoint, job.overridden)
     trainer = training.Trainer(job.config, job.workdir, job.ctx)
     trainer.load_state_dict(state, path)
@@ -119,6 +121,8 @@ def evaluate(job: Job) -> None:
 
 
 def train_classifier(job: Job) -> None:
+    if not job.ctx.is_main:     # one process evaluates and writes; torchrun's others have nothing to do
+        return
     if training.latest_checkpoint(job.workdir) is not None:     # it guides this run's model: same noise and data
         training.use_checkpoint_config(job.config, job.workdir, None, job.overridden)
     r = training.train_classifier(job.config, job.workdir, job.ctx.device)
@@ -127,6 +131,8 @@ def train_classifier(job: Job) -> None:
 
 
 def inpaint(job: Job) -> None:
+    if not job.ctx.is_main:     # one process evaluates and writes; torchrun's others have nothing to do
+        return
     a, c = job.a, job.config
     if not a.input:
         raise ValueError(f"--mode inpaint needs --input=FILE: {guidance.io.ACCEPTED}")
@@ -162,6 +168,8 @@ def fid(job: Job) -> None:
 
 
 def import_model(job: Job) -> None:
+    if not job.ctx.is_main:     # one process evaluates and writes; torchrun's others have nothing to do
+        return
     config = job.config if job.config_given else None
     path = training.importing.import_run(getattr(job.a, "from") or "", config, job.a.checkpoint, job.workdir)
     print(f"imported {job.a.checkpoint} as {path}; sample with --mode sample --workdir {job.workdir}")

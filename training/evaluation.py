@@ -13,6 +13,7 @@ import solvers
 
 from .interrupts import NEVER
 from .sampling import write_samples
+from .workdir import check_directory, fresh_stem
 
 
 class LikelihoodReport(NamedTuple):
@@ -86,20 +87,28 @@ def evaluate_likelihood(run, ctx, *, num_samples: int = 0, batch_size: int | Non
     loader = torch.utils.data.DataLoader(shard, batch_size=batch_size or e.batch_size)
     batches = ((x.to(ctx.device), y) for x, y in loader if ctx.distributed or stop.signal is None)
     generator = torch.Generator(ctx.device).manual_seed(ctx.seed(run.config.seed))
+    error = None
     try:
         result = None if len(shard) == 0 else evaluate(
             run.sde, run.score_fn, batches, n_bins=run.data.n_bins, data_range=run.data.data_range,
             progress=ctx.is_main, generator=generator, **{k: v for k, v in settings.items() if k != "bound"})
-    except ValueError:
-        if stop.signal is not None:     # stopped before a single batch was finished: nothing to report
+    except ValueError as e:
+        if stop.signal is not None and not ctx.distributed:   # stopped before a single batch: nothing to report
             raise KeyboardInterrupt(stop.signal) from None
-        raise
-    results = ctx.gather(result)
+        if not ctx.distributed:
+            raise
+        result, error = None, e     # travels as a value: a rank that raised alone would leave the others waiting
+    results = ctx.gather((result, error))
     if not ctx.is_main:
         return None
+    errors = [e for _, e in results if e is not None]
+    if errors:
+        raise errors[0]
+    results = [r for r, _ in results]
     r = results[0] if len(results) == 1 else likelihood.merge_bits_per_dim(results)
     settings["dequant_repeats"] = settings.pop("repeats")
-    return LikelihoodReport(r.mean, r.stderr, r.count, r.nfe, r.ode_error, r.setting, settings, stop.signal)
+    return LikelihoodReport(r.mean, r.stderr, r.count, r.nfe, r.ode_error, r.setting, settings,
+                            None if ctx.distributed else stop.signal)
 
 
 def calibrate(run, sampler: solvers.Sampler, *, pilot: int, iterations: int, seed: int) -> str:
@@ -139,10 +148,15 @@ def calibrate_variance(run, *, times: int = 100, batches: int = 20, batch_size: 
 def inpaint_file(run, score_fn, input_path: str, mask_path: str | None, *, method: str, steps: int, resample: int,
                  batch_size: int, seed: int):
     """Inpaint the observations in `input_path` (mask from `mask_path`, the file's 'mask' or its NaNs) in batches;
-    writes <workdir>/inpaint/<method>_<steps>_seed<seed>.{npz,png}; returns the line saying what was written."""
+    writes <workdir>/inpaint/<method>_<steps>_seed<seed>.{npz,png} (or a fresh variant, _2, ..., where those exist);
+    returns the line saying what was written."""
     guidance.INPAINTERS[method]
     info = run.data
     x, mask = guidance.read_observation(input_path, mask_path, info.shape)
+    if len(x) == 0:
+        raise ValueError(f"{input_path} holds no observations")
+    stem = fresh_stem(run.workdir / "inpaint" / f"{method}_{steps}_seed{seed}", (".npz", ".png"))
+    check_directory(stem.parent)        # before any work: a result is never computed and then lost
     x, mask = info.scaler(x).to(run.device), torch.broadcast_to(mask.to(run.device), x.shape)
     generator = torch.Generator(run.device).manual_seed(seed)
     chunks, nfe = [], 0
@@ -153,7 +167,6 @@ def inpaint_file(run, score_fn, input_path: str, mask_path: str | None, *, metho
         nfe += result.nfe
     out = torch.cat(chunks)
     per_batch = nfe // len(chunks)
-    stem = run.workdir / "inpaint" / f"{method}_{steps}_seed{seed}"
     written = write_samples(stem, out, info, "try more --steps", title=f"{method}, NFE {per_batch}",
                             mask=mask.cpu().numpy())
     return f"inpainted {len(out)} items with {method}: NFE {per_batch} per batch; wrote {' and '.join(map(str, written))}"

@@ -20,7 +20,7 @@ from sde_lib.io import atomic_write_json
 
 from . import precision
 from .sampling import draw_samples
-from .workdir import check_directory
+from .workdir import check_directory, fresh_stem
 
 # Datasets whose name fixes the training set: their statistics are cached under that name, and the data are read
 # only when the cache misses. User data (an array, an image folder) are keyed by a digest of their contents.
@@ -140,8 +140,8 @@ class Report(NamedTuple):
         return f"{self.result.format()} ({self.result.num_samples} samples, {self.source})"
 
     def write(self, workdir) -> Path:
-        return atomic_write_json(Path(workdir) / "metrics" / f"{self.stem}.json",
-                                 {**self.record, **self.result.as_dict()})
+        stem = fresh_stem(Path(workdir) / "metrics" / self.stem, (".json",))     # never replace an earlier record
+        return atomic_write_json(Path(f"{stem}.json"), {**self.record, **self.result.as_dict()})
 
 
 def score_run(run, score_fn, sampler: solvers.Sampler, num: int, batch_size: int, seed: int, ctx, *,
@@ -149,8 +149,8 @@ def score_run(run, score_fn, sampler: solvers.Sampler, num: int, batch_size: int
     """Draw `num` samples of the run with `sampler` (training.draw_samples: sharded over ranks, seeded per sample)
     and score them; the Report on rank 0, None on the others. Its stem names the samples as --mode sample names
     its files (label, count, checkpoint step, seed), so a later checkpoint's record never replaces this one's."""
-    if ctx.is_main:
-        check_directory(run.workdir / "metrics")     # before any work: a result is never computed and then lost
+    # Before any work, and on every rank: a rank that stopped here alone would leave the others in the gather.
+    check_directory(run.workdir / "metrics")
     out = draw_samples(run.sde, score_fn, run.data, sampler, num, batch_size, seed, ctx)
     if out is None:
         return None

@@ -43,10 +43,13 @@ def sampler_from_config(config, workdir=None, *, solver: str | None = None, step
             grid = ""
     if str(merged.get("variance", "")).lower() == "analytic" and "eps_moments" not in merged and workdir is not None:
         path = solvers.analytic_variance_path(workdir)
-        if not path.is_file():
+        if not path.is_file() and snapshot:     # the table is made from a trained run: snapshots use DDPM's
+            merged.pop("variance")
+        elif not path.is_file():
             raise FileNotFoundError(f"no Analytic-DPM table at {path}; make it with `python main.py --mode calibrate "
                                     f"--workdir {workdir} --solver ancestral --solver_options variance=analytic` first")
-        merged["eps_moments"] = str(path)
+        else:
+            merged["eps_moments"] = str(path)
     return solvers.sampler(name, steps, eps=s.eps, grid=grid, workdir=workdir, default_steps=s.steps, **merged)
 
 
@@ -123,8 +126,9 @@ def draw_samples(sde, score_fn, data, sampler: solvers.Sampler, num: int, batch_
     if not ctx.is_main:
         return None
     counts = [n for p in parts for n in p[1]]
+    # Under torchrun a signal does not stop the shards (they must stay in step), so the samples are complete.
     return Samples(torch.cat([p[0] for p in parts]), sum(counts) / max(len(counts), 1), time.perf_counter() - start,
-                   stop.signal)
+                   None if ctx.distributed else stop.signal)
 
 
 def reference_points(data, limit: int = 2000) -> torch.Tensor | None:
@@ -175,8 +179,8 @@ def sample_to_files(run, score_fn, sampler: solvers.Sampler, num: int, batch_siz
     """draw_samples, then (rank 0) write them to sample_stem(...).{npz,png} (with "_partial" when a signal
     stopped the run early; the batches finished are kept)."""
     stem = sample_stem(run, sampler, num, seed, tag)
-    if ctx.is_main:
-        check_directory(stem.parent)      # before any work: a result is never computed and then lost
+    # Before any work, and on every rank: a rank that stopped here alone would leave the others in the gather.
+    check_directory(stem.parent)
     out = draw_samples(run.sde, score_fn, run.data, sampler, num, batch_size, seed, ctx, stop=stop)
     if out is None:
         return None

@@ -61,6 +61,7 @@ class WorkdirLock:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                f.close()
                 raise
             f.seek(0)
             holder = f.read().strip() or "unknown"
