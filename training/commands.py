@@ -90,7 +90,7 @@ def calibrate(job: Job) -> None:
             print(training.evaluation.calibrate_variance(run, seed=job.config.seed))
         return
     sampler, s = job.sampler(), job.config.sampling
-    solvers.check_calibratable(sampler.solver)
+    solvers.check_calibratable(sampler.solver)     # before the checkpoint is loaded
     run = job.load(autocast=True)       # in the precision the samples will be drawn in
     if job.ctx.is_main:
         print(training.evaluation.calibrate(run, sampler, pilot=s.calibration_pilot,

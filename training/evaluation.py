@@ -114,7 +114,6 @@ def evaluate_likelihood(run, ctx, *, num_samples: int = 0, batch_size: int | Non
 def calibrate(run, sampler: solvers.Sampler, *, pilot: int, iterations: int, seed: int) -> str:
     """Fit `sampler`'s grid to the run's network on `pilot` prior samples and save it where `--grid calibrated`
     finds it; returns the line that says what was fitted and written."""
-    solvers.check_calibratable(sampler.solver)
     options = {k: v for k, v in sampler.options.items() if k != "grid"}
     cal = solvers.calibrate_grid(run.sde, run.score_fn, (pilot, *run.data.shape), sampler.solver,
                                  steps=sampler.steps, eps=sampler.eps, iterations=iterations, progress=True,

@@ -5,7 +5,6 @@ import json
 import math
 import random
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -25,6 +24,7 @@ from . import distributed, precision
 from . import workdir as workdir_lib
 from .builders import build_model, build_optimizer, build_sde, build_weighting, learning_rate, set_num_threads
 from .images import save_samples
+from .interrupts import StopRequested
 from .sampling import reference_points, sampler_from_config
 from sde_lib.io import atomic_write_text
 from .metrics import MetricsLogger
@@ -61,33 +61,20 @@ class _ForcedStop(Exception):
     """A second signal during a snapshot: skip the rest of it (the checkpoint is already saved)."""
 
 
-class _StopFlag:
-    """Turns SIGINT/SIGTERM into a flag the loop checks once per step, so a preempted run saves and exits.
+class _StopFlag(StopRequested):
+    """StopRequested for the training loop, which checks the flag once per step, so a preempted run saves and exits.
 
     A second signal while `forceable` (during a snapshot, which can take seconds) raises _ForcedStop instead of
-    waiting for the snapshot to finish.
+    waiting for the snapshot to finish; at any other time it only keeps the flag set (the step in hand finishes).
     """
 
-    def __init__(self):
-        self.signal = None
-        self.forceable = False
-        self._previous = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
+    forceable = False
 
     def _handle(self, signum, frame):
         again = self.signal is not None
         self.signal = signal.Signals(signum).name
         if again and self.forceable:
             raise _ForcedStop(self.signal)
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 class Trainer:
