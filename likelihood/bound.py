@@ -69,13 +69,13 @@ def variational_bound(sde: SDE, score_fn, x: Tensor, *, n_t: int = 64, eps: floa
     n = x.shape[0]
     x64 = x.detach().to(torch.float64)
     terms = torch.zeros(n_t, n, dtype=torch.float64, device=x.device)
+    shape = (n,) + (1,) * (x.ndim - 1)
     with torch.no_grad():
         for k in range(n_t):
             u = (k + torch.rand(n, dtype=torch.float64, generator=generator, device=x.device)) / n_t
             t, w = weighting.sample(sde, u)
             a, b = sde.alpha_bar(t), sde.beta_bar(t)
             noise = torch.randn(x.shape, dtype=torch.float64, generator=generator, device=x.device)
-            shape = (n,) + (1,) * (x.ndim - 1)
             x_t = a.reshape(shape) * x64 + b.reshape(shape) * noise
             s = score_fn(x_t.to(x.dtype), t.to(x.dtype)).to(torch.float64)
             residual = (b.reshape(shape) * s + noise).reshape(n, -1).pow(2).sum(1)

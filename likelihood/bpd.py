@@ -118,7 +118,7 @@ def evaluate_bits_per_dim(sde, score_fn, batches: Iterable, *, n_bins: int | Non
         for _ in range(repeats):
             x_cont = x if n_bins is None else dequantize(x, n_bins, data_range, generator=generator)
             probes = None if estimator.probes is None else estimator.probes(
-                likelihood_kwargs.get("n_probes", 1), x_cont.to(_state_dtype(x_cont, None)), generator)
+                likelihood_kwargs.get("n_probes", 1), x_cont.to(_state_dtype(x_cont, likelihood_kwargs.get("state_dtype"))), generator)
             bpds, batch_nfe, start = [], 0, 0
             if pilot_result is None and pilot > 0:
                 start = min(pilot, x.shape[0])

@@ -18,7 +18,10 @@ import math
 
 import torch
 
-from sde_lib import SDE, Registry, as_time
+from sde_lib import SDE, Registry
+from solvers.grids import edm_rho
+
+from .ode import differentiable
 
 Tensor = torch.Tensor
 
@@ -28,14 +31,10 @@ RHO = 7.0
 
 
 def sigma_grid(sde: SDE, eps: float, steps: int) -> tuple[Tensor, Tensor]:
-    """(t, u = log sigma) at steps + 1 nodes from eps to T, uniform in sigma^(1/RHO); float64, ends exact."""
-    t_ends = as_time(torch.tensor([eps, sde.T], dtype=torch.float64))
-    s0, s1 = (-sde.log_snr(t_ends)).exp().tolist()
-    frac = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
-    sigma = (s0 ** (1 / RHO) + frac * (s1 ** (1 / RHO) - s0 ** (1 / RHO))) ** RHO
-    t = sde.t_of_log_snr(-sigma.log()).clamp(eps, sde.T)
-    t[0], t[-1] = eps, sde.T
-    return t, sigma.log()
+    """(t, u = log sigma) at steps + 1 nodes from eps to T: the sampler's EDM grid (uniform in sigma^(1/RHO))
+    reversed; float64, ends exact."""
+    t = edm_rho(sde, steps, eps, RHO).flip(0)
+    return t, -sde.log_snr(t)
 
 
 def _moments(h: float, k: int) -> list[float]:
@@ -70,10 +69,7 @@ def integrate_multistep(sde: SDE, score, x: Tensor, divergence, probes, *, steps
     for i in range(steps):
         with torch.enable_grad():
             xi = (alpha[i].to(state_dtype) * y).reshape(x.shape).to(x.dtype).requires_grad_(True)
-            s = score(xi, t[i].to(x.device))
-            if not s.requires_grad:
-                raise ValueError("score_fn output does not depend differentiably on x (was it computed under "
-                                 "torch.no_grad() or detached?); the likelihood needs its divergence")
+            s = differentiable(score(xi, t[i].to(x.device)))
             div_s = divergence(s, xi, probes)
         eps_hat = -(beta[i].to(state_dtype) * s.detach().to(state_dtype)).reshape(n, -1)
         div_y = -(alpha[i] * beta[i]).to(torch.float64) * div_s.to(torch.float64)

@@ -14,6 +14,14 @@ def flow_velocity(x: Tensor, score: Tensor, f: Tensor, g2: Tensor) -> Tensor:
     return f.to(x.dtype) * x - (0.5 * g2).to(x.dtype) * score.to(x.dtype)
 
 
+def differentiable(score: Tensor) -> Tensor:
+    """score, checked to be still attached to the graph of its input (the divergence differentiates it)."""
+    if not score.requires_grad:
+        raise ValueError("score_fn output does not depend differentiably on x (was it computed under "
+                         "torch.no_grad() or detached?); the likelihood needs its divergence")
+    return score
+
+
 class LikelihoodDynamics:
     """d/dt (x, Delta) = (F, div F) on a state (N, D + 1), div F = D f - g^2 div(score) / 2.
 
@@ -32,18 +40,10 @@ class LikelihoodDynamics:
         self.probes = probes
         self.score_dtype = score_dtype
 
-    @property
-    def nfe(self) -> int:
-        """Score evaluations so far."""
-        return self.score.nfe
-
     def __call__(self, t: Tensor, state: Tensor) -> Tensor:
         with torch.enable_grad():
             x = state[:, :-1].reshape(self.shape).detach().requires_grad_(True)
-            score = self.score(x.to(self.score_dtype), t)
-            if not score.requires_grad:
-                raise ValueError("score_fn output does not depend differentiably on x (was it computed under "
-                                 "torch.no_grad() or detached?); the likelihood needs its divergence")
+            score = differentiable(self.score(x.to(self.score_dtype), t))
             div_score = self.divergence(score, x, self.probes)
         x = x.detach()
         f, g2 = self.sde.f_and_g2(t)

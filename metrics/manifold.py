@@ -5,17 +5,18 @@ from __future__ import annotations
 import numpy as np
 
 
-def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """||a_i - b_j||^2 for all pairs, clipped at 0 against round-off."""
     return np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T, 0.0)
 
 
 def _radii(x: np.ndarray, k: int) -> np.ndarray:
     # Column 0 of each sorted row is the point itself (distance 0), so the k-th neighbour is column k.
-    return np.sort(_sq_dists(x, x), axis=1)[:, k]
+    return np.sort(sq_dists(x, x), axis=1)[:, k]
 
 
 def _coverage(points: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> float:
-    return float((_sq_dists(points, centres) <= radii[None, :]).any(axis=1).mean())
+    return float((sq_dists(points, centres) <= radii[None, :]).any(axis=1).mean())
 
 
 def precision_recall(real, fake, k: int = 3) -> tuple[float, float]:

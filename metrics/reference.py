@@ -58,13 +58,14 @@ def _matches(stored: dict, wanted: dict) -> bool:
 def reference_stats(meta: dict, features: Callable[[], np.ndarray], cache_dir: str | Path | None) -> ReferenceStats:
     """The cached statistics for `meta` (dataset, split, shape, extractor) if present, else computed from
     `features()` (called only then) and cached; cache_dir None computes without caching."""
+    meta = {**meta, "shape": list(meta["shape"])}
     if cache_dir is not None:
         path = cache_path(cache_dir, meta)
         if path.is_file():
             stats = load(path)
-            if _matches(stats.meta, {**meta, "shape": list(meta["shape"])}):
+            if _matches(stats.meta, meta):
                 return stats
-    stats = ReferenceStats.from_features(features(), {**meta, "shape": list(meta["shape"])})
+    stats = ReferenceStats.from_features(features(), meta)
     if cache_dir is not None:
         save(path, stats)
     return stats

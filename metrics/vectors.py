@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from .manifold import sq_dists
+
 _CHUNK = 2048  # rows per block of pairwise distances: memory stays O(chunk x N) for large sets
 
 
 def _mean_pairwise(a: np.ndarray, b: np.ndarray, same: bool) -> float:
     total = 0.0
     for i in range(0, len(a), _CHUNK):
-        block = a[i:i + _CHUNK]
-        sq = (block * block).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * block @ b.T
-        total += np.sqrt(np.maximum(sq, 0.0)).sum()
+        total += np.sqrt(sq_dists(a[i:i + _CHUNK], b)).sum()
     # The diagonal of a set against itself is zero, so the U-statistic only changes the divisor.
     return total / (len(a) * (len(b) - 1) if same else len(a) * len(b))
 
