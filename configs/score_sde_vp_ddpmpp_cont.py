@@ -14,7 +14,6 @@ def get_config():
     config.sde.beta_max = 20.0
     config.data.centered = True          # data in [-1, 1]
     model = config.model
-    model.name = "unet"
     model.parameterization = "eps"       # their score is -F(x, 999 t)/beta_bar(t)
     model.embedding_type = "positional"
     model.embedding_mult = 1             # embedding features = embedding_mult * nf
@@ -23,6 +22,5 @@ def get_config():
     model.progressive_input = "none"
     model.center_input = False
     model.scale_by_sigma = False
-    model.ema_rate = 0.9999
     config.sampling.solver = "euler_maruyama"   # their VP sampler: Euler-Maruyama predictor, no corrector
     return config

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .embeddings import LabelEmbedding, check_no_labels, make_activation, make_embedding
-from .upfirdn import FIRDownConv2d, downsample_2d, upsample_2d
+from .upfirdn import FIRDownConv2d, downsample_fir, setup_kernel, upsample_fir
 
 PROGRESSIVE_INPUTS = ("none", "residual")
 
@@ -39,7 +39,8 @@ class ResBlock(nn.Module):
                  skip_rescale: bool, up: bool = False, down: bool = False, fir_kernel=None):
         super().__init__()
         self.up, self.down, self.skip_rescale = up, down, skip_rescale
-        self.fir_kernel = None if fir_kernel is None else tuple(fir_kernel)
+        # The 2-D FIR kernel, built once (not saved in the state dict); None: nearest/average-pool resampling.
+        self.register_buffer("fir", None if fir_kernel is None else setup_kernel(fir_kernel), persistent=False)
         self.act = make_activation(activation)
         self.norm0 = _group_norm(in_ch)
         self.conv0 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
@@ -51,12 +52,12 @@ class ResBlock(nn.Module):
 
     def _resample(self, x: torch.Tensor) -> torch.Tensor:
         if self.up:
-            if self.fir_kernel is not None:
-                return upsample_2d(x, self.fir_kernel)
+            if self.fir is not None:
+                return upsample_fir(x, self.fir)
             return F.interpolate(x, scale_factor=2.0, mode="nearest")
         if self.down:
-            if self.fir_kernel is not None:
-                return downsample_2d(x, self.fir_kernel)
+            if self.fir is not None:
+                return downsample_fir(x, self.fir)
             return F.avg_pool2d(x, 2)
         return x
 

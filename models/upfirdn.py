@@ -35,18 +35,26 @@ def upfirdn2d(x: Tensor, kernel: Tensor, up: int = 1, down: int = 1, pad: tuple[
     return y.reshape(n, c, y.shape[-2], y.shape[-1])
 
 
-def upsample_2d(x: Tensor, k=(1, 3, 3, 1), factor: int = 2) -> Tensor:
-    """FIR upsampling by `factor`: output (H factor, W factor)."""
-    kernel = setup_kernel(k) * factor**2
+def upsample_fir(x: Tensor, kernel: Tensor, factor: int = 2) -> Tensor:
+    """FIR upsampling by `factor` with a kernel of setup_kernel: output (H factor, W factor)."""
     p = kernel.shape[0] - factor
-    return upfirdn2d(x, kernel, up=factor, pad=((p + 1) // 2 + factor - 1, p // 2))
+    return upfirdn2d(x, kernel * factor**2, up=factor, pad=((p + 1) // 2 + factor - 1, p // 2))
+
+
+def downsample_fir(x: Tensor, kernel: Tensor, factor: int = 2) -> Tensor:
+    """FIR low-pass filter with a kernel of setup_kernel, then keep every factor-th pixel: (H / factor, W / factor)."""
+    p = kernel.shape[0] - factor
+    return upfirdn2d(x, kernel, down=factor, pad=((p + 1) // 2, p // 2))
+
+
+def upsample_2d(x: Tensor, k=(1, 3, 3, 1), factor: int = 2) -> Tensor:
+    """FIR upsampling by `factor` with the 1-D or 2-D kernel k: output (H factor, W factor)."""
+    return upsample_fir(x, setup_kernel(k), factor)
 
 
 def downsample_2d(x: Tensor, k=(1, 3, 3, 1), factor: int = 2) -> Tensor:
-    """FIR low-pass filter then keep every factor-th pixel: output (H / factor, W / factor)."""
-    kernel = setup_kernel(k)
-    p = kernel.shape[0] - factor
-    return upfirdn2d(x, kernel, down=factor, pad=((p + 1) // 2, p // 2))
+    """FIR low-pass filter with the 1-D or 2-D kernel k, then keep every factor-th pixel: (H / factor, W / factor)."""
+    return downsample_fir(x, setup_kernel(k), factor)
 
 
 class FIRDownConv2d(nn.Module):
