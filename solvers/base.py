@@ -39,6 +39,7 @@ class Solver:
     def __init__(self, sde: SDE, score: CountingScore):
         self.sde = sde
         self.score = score
+        self.flow = sde.reverse(score, eta=0.0)     # the probability-flow ODE, built once for velocity()
 
     @property
     def denoises(self) -> bool:
@@ -56,7 +57,7 @@ class Solver:
 
     def velocity(self, x: Tensor, t: Tensor) -> Tensor:
         """The probability-flow ODE's dx/dt = f(t) x - g(t)^2/2 score(x, t) at a scalar float64 t."""
-        return self.sde.reverse(self.score, eta=0.0).drift(x, t, score=self.score_at(x, t))
+        return self.flow.drift(x, t, score=self.score_at(x, t))
 
     def denoised(self, x: Tensor, t: Tensor, score: Tensor | None = None) -> Tensor:
         """Tweedie's estimate E[x_0 | x_t] = (x + beta_bar^2 score) / alpha_bar."""

@@ -14,13 +14,7 @@ are second order; their eta is our nu (the two agree at 0 and 1).
 """
 from __future__ import annotations
 
-import torch
-
-from .base import steps_of
 from .ode import DPMSolver
-from .random import randn_like
-
-Tensor = torch.Tensor
 
 
 class DPMSolverSDE(DPMSolver):
@@ -38,14 +32,5 @@ class DPMSolverSDE(DPMSolver):
         self.nu = float(eta) ** 2
 
     def integrate(self, x, ts, *, generator=None, denoise=True, progress=False):
-        n = len(ts) - 1
-        lam, a, b = self.sde.log_snr(ts), self.sde.alpha_bar(ts), self.sde.beta_bar(ts)
-        history: list[tuple[Tensor, Tensor]] = []     # (lambda_j, D_j), most recent last
-        for i in steps_of(ts, progress, self.name):
-            history = (history + [(lam[i], self.denoised(x, ts[i]))])[-self.order:]
-            order = self.step_order(i, lam, len(history))
-            x = self.step(x, history[-order:], lam[i + 1], a[i + 1], b[i + 1] / b[i], self.nu)
-            if self.nu > 0 and not (denoise and i == n - 1):
-                std = b[i + 1] * (-torch.expm1(-2 * self.nu * (lam[i + 1] - lam[i]))).sqrt()
-                x = x + std * randn_like(x, generator)
-        return x
+        # DPMSolver.integrate draws the noise of every step when nu > 0; only the default `denoise` differs.
+        return super().integrate(x, ts, generator=generator, denoise=denoise, progress=progress)

@@ -12,6 +12,7 @@ from sde_lib import Registry
 
 from .adaptive import METHODS, integrate_adaptive
 from .base import FixedStepSolver, Solver, steps_of
+from .random import randn_like
 from .steps import ddim_coefficients
 
 Tensor = torch.Tensor
@@ -96,6 +97,7 @@ class DPMSolver(ODESolver):
     name = "dpm_solver"
     default_grid = "logsnr"
     default_steps = 20
+    nu = 0.0        # eta^2 of the eta family: 0 is the ODE; DPMSolverSDE sets it and draws each step's noise
 
     def __init__(self, sde, score, *, order: int = 3, lower_order_final: bool = True, **options):
         super().__init__(sde, score, **options)
@@ -115,13 +117,17 @@ class DPMSolver(ODESolver):
         return order
 
     def integrate(self, x, ts, *, generator=None, denoise=False, progress=False):
-        lam, b = self.sde.log_snr(ts), self.sde.beta_bar(ts)
-        a = self.sde.alpha_bar(ts)
+        n = len(ts) - 1
+        lam, a, b = self.sde.log_snr(ts), self.sde.alpha_bar(ts), self.sde.beta_bar(ts)
         history: list[tuple[Tensor, Tensor]] = []     # (lambda_j, D_j), most recent last
         for i in steps_of(ts, progress, self.name):
             history = (history + [(lam[i], self.denoised(x, ts[i]))])[-self.order:]
             order = self.step_order(i, lam, len(history))
-            x = self.step(x, history[-order:], lam[i + 1], a[i + 1], b[i + 1] / b[i])
+            x = self.step(x, history[-order:], lam[i + 1], a[i + 1], b[i + 1] / b[i], self.nu)
+            if self.nu > 0 and not (denoise and i == n - 1):
+                # The SDE step's noise (solvers/dpm_sde.py); with `denoise` the last step returns its mean.
+                std = b[i + 1] * (-torch.expm1(-2 * self.nu * (lam[i + 1] - lam[i]))).sqrt()
+                x = x + std * randn_like(x, generator)
         return x
 
     def step(self, x: Tensor, history, lam_next: Tensor, a_next: Tensor, b_ratio: Tensor, nu: float = 0.0) -> Tensor:
