@@ -92,16 +92,16 @@ def evaluate_likelihood(run, ctx, *, num_samples: int = 0, batch_size: int | Non
         result = None if len(shard) == 0 else evaluate(
             run.sde, run.score_fn, batches, n_bins=run.data.n_bins, data_range=run.data.data_range,
             progress=ctx.is_main, generator=generator, **{k: v for k, v in settings.items() if k != "bound"})
-    except ValueError as e:
+    except ValueError as failure:
         if stop.signal is not None and not ctx.distributed:   # stopped before a single batch: nothing to report
             raise KeyboardInterrupt(stop.signal) from None
         if not ctx.distributed:
             raise
-        result, error = None, e     # travels as a value: a rank that raised alone would leave the others waiting
+        result, error = None, failure     # travels as a value: a rank that raised alone would leave the others waiting
     results = ctx.gather((result, error))
     if not ctx.is_main:
         return None
-    errors = [e for _, e in results if e is not None]
+    errors = [err for _, err in results if err is not None]
     if errors:
         raise errors[0]
     results = [r for r, _ in results]
@@ -149,7 +149,7 @@ def inpaint_file(run, score_fn, input_path: str, mask_path: str | None, *, metho
     """Inpaint the observations in `input_path` (mask from `mask_path`, the file's 'mask' or its NaNs) in batches;
     writes <workdir>/inpaint/<method>_<steps>_seed<seed>.{npz,png} (or a fresh variant, _2, ..., where those exist);
     returns the line saying what was written."""
-    guidance.INPAINTERS[method]
+    method = guidance.INPAINTERS.canonical(method)
     info = run.data
     x, mask = guidance.read_observation(input_path, mask_path, info.shape)
     if len(x) == 0:
