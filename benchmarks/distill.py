@@ -14,24 +14,20 @@ DDIM sample from the same noise (how closely a few-step sampler follows the ODE'
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-# benchmarks/training.py would shadow the training package: drop this folder from the import path.
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
-import configs  # noqa: E402
-import metrics  # noqa: E402
-import solvers  # noqa: E402
-import training  # noqa: E402
-from metrics.digits import digits_split  # noqa: E402
-from training import checkpoint as ckpt  # noqa: E402
-from training import distill, distributed  # noqa: E402
+from scoresde import configs
+from scoresde import metrics
+from scoresde import solvers
+from scoresde import training
+from scoresde.metrics.digits import digits_split
+from scoresde.training import checkpoint as ckpt
+from scoresde.training import distill, distributed
 
 
 def copy_teacher(teacher: Path, out: Path) -> None:

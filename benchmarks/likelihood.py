@@ -14,20 +14,16 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import sys
 import time
 
 import numpy as np
 import torch
 from scipy import integrate
 
-# This script shares its name with the package it measures: drop its own folder from the import path.
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
-import likelihood  # noqa: E402
-import models  # noqa: E402
-from sde_lib import GaussianMixture, SubVPSDE, VPSDE  # noqa: E402
+from scoresde import likelihood
+from scoresde import models
+from scoresde.sde_lib import GaussianMixture, SubVPSDE, VPSDE
 
 
 # --- score_sde_pytorch's recipe (reference) ----------------------------------------------------------------
@@ -203,7 +199,7 @@ def accuracy_study(args):
           f"|bias| <= {args.target:g} |")
     print("|---|---|---|---|---|---|---|")
     if args.run:
-        import training
+        from scoresde import training
         run = training.load_run(args.run, args.checkpoint, "cpu")
         xs = torch.stack([run.data.test[i][0] for i in range(args.digits)])
         x = likelihood.dequantize(xs, run.data.n_bins, run.data.data_range, generator=torch.Generator().manual_seed(1))

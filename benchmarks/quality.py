@@ -15,21 +15,17 @@ The full run took 27 minutes on 2 shared CPU cores (the slowest row, pc at 1000 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
 import numpy as np
 import torch
 
-# benchmarks/training.py would shadow the training package: drop this folder from the import path.
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
-import metrics  # noqa: E402
-import solvers  # noqa: E402
-import training  # noqa: E402
-from metrics.digits import digits_split  # noqa: E402
-from training import distributed  # noqa: E402
+from scoresde import metrics
+from scoresde import solvers
+from scoresde import training
+from scoresde.metrics.digits import digits_split
+from scoresde.training import distributed
 
 TEST_SIZE = 297
 ODE = ("euler", "heun", "ddim", "dpm_solver", "unipc")

@@ -14,9 +14,9 @@ import time
 
 import torch
 
-import sde_lib
-from metrics import energy_distance
-import solvers
+from scoresde import sde_lib
+from scoresde.metrics import energy_distance
+from scoresde import solvers
 
 MIX = sde_lib.GaussianMixture(weights=[0.3, 0.7], means=[[-1.0, 0.5], [1.5, -0.5]], covs=[0.1, 0.2])
 RUNS = [("euler", {"grid": "uniform"}, (20, 80)), ("heun", {"grid": "uniform"}, (10, 25)),

@@ -14,15 +14,13 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import sys
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data.digits import N_TRAIN  # noqa: E402
-from metrics.digits import WEIGHTS, DigitsClassifier, digits_split  # noqa: E402
+from scoresde.data.digits import N_TRAIN
+from scoresde.metrics.digits import WEIGHTS, DigitsClassifier, digits_split
 
 
 def digits_labels(split: str) -> torch.Tensor:

@@ -14,21 +14,18 @@ import argparse
 import json
 import os
 import socket
-import sys
 import tempfile
 import time
 
 import torch
 import torch.multiprocessing as mp
 
-# This script shares its name with the package it measures: drop its own folder from the import path.
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
-import configs  # noqa: E402
-import solvers  # noqa: E402
-import models  # noqa: E402
-import training  # noqa: E402
-from training import distributed  # noqa: E402
+from scoresde import configs
+from scoresde import solvers
+from scoresde import models
+from scoresde import training
+from scoresde.training import distributed
 
 
 def bench_config(args):

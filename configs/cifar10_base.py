@@ -1,5 +1,5 @@
 """Shared CIFAR-10 settings of Song et al. 2021 (continuous-time DDPM++/NCSN++); not a config by itself."""
-from configs.default import get_default_configs
+from scoresde.configs.default import get_default_configs
 
 
 def get_cifar10_config():

@@ -1,5 +1,5 @@
 """CIFAR-10, sub-VP SDE, DDPM++ cont. (Song et al. 2021)."""
-from configs.cifar10_base import get_cifar10_config
+from scoresde.configs.cifar10_base import get_cifar10_config
 
 
 def get_config():

@@ -1,5 +1,5 @@
 """CIFAR-10, sub-VP SDE, DDPM++ cont. as score_sde_pytorch released it (the VP network under the sub-VP SDE)."""
-from configs.score_sde_vp_ddpmpp_cont import get_config as get_vp_config
+from scoresde.configs.score_sde_vp_ddpmpp_cont import get_config as get_vp_config
 
 
 def get_config():

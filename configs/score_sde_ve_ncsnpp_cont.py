@@ -3,7 +3,7 @@
 FIR resampling with kernel [1, 3, 3, 1], the residual input pyramid, 2 nf Gaussian Fourier features of log sigma
 (scale 16), input centring 2x - 1 of data in [0, 1], and the output divided by sigma (the network is the score).
 """
-from configs.cifar10_vesde import get_config as get_vesde_config
+from scoresde.configs.cifar10_vesde import get_config as get_vesde_config
 
 
 def get_config():

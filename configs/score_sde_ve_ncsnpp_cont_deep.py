@@ -1,5 +1,5 @@
 """CIFAR-10, VE SDE, NCSN++ cont. (deep): score_sde_pytorch's release with 8 residual blocks per level."""
-from configs.score_sde_ve_ncsnpp_cont import get_config as get_shallow_config
+from scoresde.configs.score_sde_ve_ncsnpp_cont import get_config as get_shallow_config
 
 
 def get_config():

@@ -4,7 +4,7 @@ The config to import its checkpoints under (python main.py --mode import --from 
 same network anew. It differs from cifar10_vpsde only in the time embedding: score_sde's 999 t with frequencies
 10000^(-k/(half-1)) ("positional"), without which their weights load and give a score 1-18 % off.
 """
-from configs.cifar10_base import get_cifar10_config
+from scoresde.configs.cifar10_base import get_cifar10_config
 
 
 def get_config():

@@ -1,5 +1,5 @@
 """CIFAR-10, VP SDE, DDPM++ cont. (deep): score_sde_pytorch's release with 8 residual blocks per level (106.6M)."""
-from configs.score_sde_vp_ddpmpp_cont import get_config as get_shallow_config
+from scoresde.configs.score_sde_vp_ddpmpp_cont import get_config as get_shallow_config
 
 
 def get_config():

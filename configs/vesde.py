@@ -1,5 +1,5 @@
 """VE SDE (sigma_min = 0.01, sigma_max = 50) on the bundled 8x8 digits with a small UNet."""
-from configs.default import get_default_configs
+from scoresde.configs.default import get_default_configs
 
 
 def get_config():

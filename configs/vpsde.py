@@ -1,5 +1,5 @@
 """VP SDE (beta_min = 0.1, beta_max = 20) on the bundled 8x8 digits with a small UNet: a few CPU minutes."""
-from configs.default import get_default_configs
+from scoresde.configs.default import get_default_configs
 
 
 def get_config():

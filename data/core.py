@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sde_lib import GaussianMixture
+from scoresde.sde_lib import GaussianMixture
 
 NO_LABEL = -1  # y of every item of a dataset without labels (num_classes is None then)
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from sklearn import datasets as skdata
 
-from sde_lib import GaussianMixture, Registry
+from scoresde.sde_lib import GaussianMixture, Registry
 
 from .core import DataInfo, continuous_info, derived_seed, labels_or_none
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models import MLP
-from models.embeddings import make_embedding
-from sde_lib import SDE, expand_as
+from scoresde.models import MLP
+from scoresde.models.embeddings import make_embedding
+from scoresde.sde_lib import SDE, expand_as
 
 Tensor = torch.Tensor
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-import solvers
-from sde_lib import SDE, Registry
-from solvers import CountingScore, SampleResult
-from solvers.random import fresh_generator
+from scoresde import solvers
+from scoresde.sde_lib import SDE, Registry
+from scoresde.solvers import CountingScore, SampleResult
+from scoresde.solvers.random import fresh_generator
 
 Tensor = torch.Tensor
 

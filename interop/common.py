@@ -6,12 +6,12 @@ from dataclasses import dataclass
 import ml_collections
 import torch
 
-import configs
-import data as data_lib
-import models
-import sde_lib
-from training.builders import build_sde
-from training.checkpoint import CheckpointError, load_module_state
+from scoresde import configs
+from scoresde import data as data_lib
+from scoresde import models
+from scoresde import sde_lib
+from scoresde.training.builders import build_sde
+from scoresde.training.checkpoint import CheckpointError, load_module_state
 
 
 class ImportMismatchError(CheckpointError):

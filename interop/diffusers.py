@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.embeddings import check_no_labels
-from training.builders import build_model
+from scoresde.models.embeddings import check_no_labels
+from scoresde.training.builders import build_model
 
 from .common import Imported, ImportMismatchError, as_config, finish
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from models.unet import AttnBlock, ResBlock, UNet
-from training.builders import build_model
-from training.checkpoint import CheckpointError
+from scoresde.models.unet import AttnBlock, ResBlock, UNet
+from scoresde.training.builders import build_model
+from scoresde.training.checkpoint import CheckpointError
 
 from .common import Imported, ImportMismatchError, as_config, data_shape, finish
 

@@ -1,5 +1,5 @@
 """Exact likelihoods of score-based models through the probability-flow ODE, and bits per dimension."""
-from solvers.adaptive import METHODS
+from scoresde.solvers.adaptive import METHODS
 
 from .accuracy import OdeSetting, choose_setting
 from .bound import BoundResult, bound_bits_per_dim, variational_bound

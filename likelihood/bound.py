@@ -20,8 +20,8 @@ from typing import Iterable, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from models.losses import get_weighting
-from sde_lib import SDE, as_time
+from scoresde.models.losses import get_weighting
+from scoresde.sde_lib import SDE, as_time
 
 from .bpd import BitsPerDim, _check_bins, _first, bits_per_dim, dequantize
 

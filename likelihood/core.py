@@ -8,9 +8,9 @@ from typing import NamedTuple
 
 import torch
 
-import solvers
-from sde_lib import SDE
-from solvers.adaptive import integrate_adaptive
+from scoresde import solvers
+from scoresde.sde_lib import SDE
+from scoresde.solvers.adaptive import integrate_adaptive
 
 from .divergence import DIVERGENCES
 from .multistep import FIXED_METHODS, integrate_multistep

@@ -18,8 +18,8 @@ import math
 
 import torch
 
-from sde_lib import SDE, Registry
-from solvers.grids import edm_rho
+from scoresde.sde_lib import SDE, Registry
+from scoresde.solvers.grids import edm_rho
 
 from .ode import differentiable
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from sde_lib import SDE
-from solvers import CountingScore
+from scoresde.sde_lib import SDE
+from scoresde.solvers import CountingScore
 
 Tensor = torch.Tensor
 

@@ -38,7 +38,7 @@ def digits_split(split: str) -> torch.Tensor:
     """The train or test images of the digits dataset in data space: float (N, 1, 8, 8), level k -> k / 16."""
     from sklearn.datasets import load_digits
 
-    from data.digits import N_BINS, N_TRAIN
+    from scoresde.data.digits import N_BINS, N_TRAIN
 
     images = torch.from_numpy(load_digits().images.astype(np.float32))[:, None] / (N_BINS - 1)
     if split == "train":

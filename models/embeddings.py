@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from sde_lib import Registry
+from scoresde.sde_lib import Registry
 
 
 class SinusoidalEmbedding(nn.Module):

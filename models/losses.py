@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from sde_lib import SDE, Registry, as_time, expand_as
+from scoresde.sde_lib import SDE, Registry, as_time, expand_as
 
 from .parameterization import ScoreFn, as_labels, network_attr
 

@@ -10,7 +10,7 @@ import functools
 import torch
 from torch import nn
 
-from sde_lib import SDE, Registry, batch_time, expand_as
+from scoresde.sde_lib import SDE, Registry, batch_time, expand_as
 
 Tensor = torch.Tensor
 

@@ -6,7 +6,7 @@ import inspect
 
 from torch import nn
 
-from sde_lib import Registry
+from scoresde.sde_lib import Registry
 
 from .mlp import MLP
 from .unet import UNet

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sde_lib import SDE
+from scoresde.sde_lib import SDE
 
 from .base import SampleResult, Solver
 from .counting import CountingScore

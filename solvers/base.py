@@ -6,7 +6,7 @@ from typing import NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from sde_lib import SDE
+from scoresde.sde_lib import SDE
 
 from .counting import CountingScore
 from .grids import as_times, check_grid_name, check_times, time_grid

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from sde_lib import SDE
+from scoresde.sde_lib import SDE
 
 from .api import check_calibratable, sample
 from .counting import CountingScore

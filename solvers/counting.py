@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from sde_lib import batch_time
+from scoresde.sde_lib import batch_time
 
 Tensor = torch.Tensor
 

@@ -11,8 +11,8 @@ from typing import NamedTuple
 
 import torch
 
-from sde_lib import SDE, Registry
-from sde_lib.io import atomic_write_text
+from scoresde.sde_lib import SDE, Registry
+from scoresde.sde_lib.io import atomic_write_text
 
 Tensor = torch.Tensor
 

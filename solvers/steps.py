@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from sde_lib import SDE, Registry, expand_as
+from scoresde.sde_lib import SDE, Registry, expand_as
 
 Tensor = torch.Tensor
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
-import configs
+from scoresde import configs
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import solvers
-import training
+from scoresde import solvers
+from scoresde import training
 from helpers import ROOT, cli, main_py
 
 TINY = ["--config.model.nf=8", "--config.model.ch_mult=(1,)", "--config.training.batch_size=16",

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-import data
-from sde_lib import GaussianMixture
+from scoresde import data
+from scoresde.sde_lib import GaussianMixture
 
 
 def get(path, **fields):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-import data
+from scoresde import data
 
 
 def get(name, **fields):

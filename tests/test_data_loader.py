@@ -2,7 +2,7 @@ import ml_collections
 import pytest
 import torch
 
-import data
+from scoresde import data
 
 
 def digits(random_flip=True, seed=0):

@@ -4,8 +4,8 @@ import ml_collections
 import pytest
 import torch
 
-import data
-from sde_lib import VESDE, VPSDE
+from scoresde import data
+from scoresde.sde_lib import VESDE, VPSDE
 
 TOYS = ["swissroll", "moons", "circles", "checkerboard", "gmm8"]
 

@@ -6,13 +6,13 @@ import signal
 import pytest
 import torch
 
-import data as data_lib
-import sde_lib
-import solvers
-import training
-from training import checkpoint as ckpt
-from training import distill
-from training.metrics import read_metrics
+from scoresde import data as data_lib
+from scoresde import sde_lib
+from scoresde import solvers
+from scoresde import training
+from scoresde.training import checkpoint as ckpt
+from scoresde.training import distill
+from scoresde.training.metrics import read_metrics
 
 from helpers import cli, tiny_config
 

@@ -13,13 +13,13 @@ import torch
 import torch.multiprocessing as mp
 
 import helpers
-import data as data_lib
-import models
-import training
-from likelihood.bpd import BitsPerDim, merge_bits_per_dim
-from training import checkpoint as ckpt
-from training import distributed, precision
-from training.metrics import read_metrics
+from scoresde import data as data_lib
+from scoresde import models
+from scoresde import training
+from scoresde.likelihood.bpd import BitsPerDim, merge_bits_per_dim
+from scoresde.training import checkpoint as ckpt
+from scoresde.training import distributed, precision
+from scoresde.training.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-import guidance
-import models
-import solvers
-from sde_lib import VESDE, VPSDE, CosineVPSDE, GaussianMixture, SubVPSDE
+from scoresde import guidance
+from scoresde import models
+from scoresde import solvers
+from scoresde.sde_lib import VESDE, VPSDE, CosineVPSDE, GaussianMixture, SubVPSDE
 
 WEIGHTS = [0.5, 0.3, 0.2]
 MEANS = [[-2.0, 0.0], [2.0, 1.0], [0.0, -2.5]]

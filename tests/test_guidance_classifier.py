@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-import guidance
-from sde_lib import VPSDE, GaussianMixture
+from scoresde import guidance
+from scoresde.sde_lib import VPSDE, GaussianMixture
 
 MIXTURE = GaussianMixture([0.5, 0.3, 0.2], [[-2.0, 0.0], [2.0, 1.0], [0.0, -2.5]], [0.3, 0.25, 0.35])
 

@@ -4,8 +4,8 @@ S_mm - K S_om) with K = S_mo S_oo^-1, and the exact score of N(mu, S) under the 
 import pytest
 import torch
 
-import guidance
-from sde_lib import VESDE, VPSDE, GaussianMixture
+from scoresde import guidance
+from scoresde.sde_lib import VESDE, VPSDE, GaussianMixture
 
 COV = torch.tensor([[1.0, 0.9, 0.8, 0.7], [0.9, 1.0, 0.9, 0.8], [0.8, 0.9, 1.0, 0.9], [0.7, 0.8, 0.9, 1.0]],
                    dtype=torch.float64)

@@ -11,24 +11,25 @@ import math
 import pytest
 import torch
 
-import configs
-import interop
-import likelihood
-import models
+from scoresde import configs
+from scoresde import interop
+from scoresde import likelihood
+from scoresde import models
 import score_sde_reference as ref
-import solvers
-import training
-from interop.score_sde import _Layout
-from training.builders import build_model
-from training.checkpoint import CheckpointError
-from training.importing import import_run
+from scoresde import solvers
+from scoresde import training
+from scoresde.interop.score_sde import _Layout
+from scoresde.training.builders import build_model
+from scoresde.training.checkpoint import CheckpointError
+from scoresde.training.importing import import_run
 
 SMALL = dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), image_size=8, channels=1)
 KINDS = {"score_sde_vp_ddpmpp_cont": ref.DDPMPP, "score_sde_subvp_ddpmpp_cont": ref.DDPMPP,
          "score_sde_ve_ncsnpp_cont": ref.NCSNPP}
-# Float32 round-off through ~25 layers: measured 6e-7 (DDPM++) and 3e-6 (NCSN++, whose log sigma and sigma are
-# computed in float64 here and in float32 there); the wrong embedding or a missing transpose is 1e-2 or more.
-RTOL = 2e-5
+# Float32 round-off through ~25 layers: measured 6e-7 (DDPM++) and 3e-6 to 2.1e-5 (NCSN++, whose log sigma and sigma
+# are computed in float64 here and in float32 there, then multiplied by Fourier frequencies up to 2 pi 16; the
+# figure depends on the CPU's kernels); the wrong embedding or a missing transpose is 1e-2 or more.
+RTOL = 1e-4
 
 
 def small_config(name, num_res_blocks=1):

@@ -7,13 +7,13 @@ import sys
 import pytest
 import torch
 
-import interop
-import likelihood
-import sde_lib
-import sde_lib.members
-import solvers
-import training
-from training.importing import import_run
+from scoresde import interop
+from scoresde import likelihood
+from scoresde import sde_lib
+from scoresde.sde_lib import members
+from scoresde import solvers
+from scoresde import training
+from scoresde.training.importing import import_run
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -97,7 +97,7 @@ def test_import_run_samples_with_every_kind_of_solver_and_likelihood(pipeline, t
 
 
 def test_schedule_knots_are_exact():
-    sde = sde_lib.members.DiscreteVPSDE()
+    sde = members.DiscreteVPSDE()
     t = sde.knots
     assert torch.allclose(sde.alpha_bar(t) ** 2, ACP, rtol=1e-12)
     assert torch.allclose(sde.beta_bar(t) ** 2, 1 - ACP, rtol=1e-10)

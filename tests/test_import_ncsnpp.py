@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-import configs
-import models
+from scoresde import configs
+from scoresde import models
 import score_sde_reference as ref
-from models.upfirdn import FIRDownConv2d, downsample_2d, upsample_2d
-from training.builders import build_model
+from scoresde.models.upfirdn import FIRDownConv2d, downsample_2d, upsample_2d
+from scoresde.training.builders import build_model
 
 
 def test_fir_up_and_down_sampling_are_the_closed_form_taps():

@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-import likelihood
-from sde_lib import GaussianMixture, SubVPSDE, VESDE, VPSDE
-from solvers.adaptive import integrate_adaptive
+from scoresde import likelihood
+from scoresde.sde_lib import GaussianMixture, SubVPSDE, VESDE, VPSDE
+from scoresde.solvers.adaptive import integrate_adaptive
 
 EPS = 1e-5
 SDES = [VPSDE(), SubVPSDE(), VESDE()]

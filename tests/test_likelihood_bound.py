@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-import likelihood
-import models
-from sde_lib import VESDE, VPSDE
+from scoresde import likelihood
+from scoresde import models
+from scoresde.sde_lib import VESDE, VPSDE
 from test_likelihood import make_mixture
 
 EPS = 1e-5

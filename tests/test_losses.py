@@ -12,8 +12,8 @@ import torch
 from scipy import integrate, stats
 from torch import nn
 
-import models
-from sde_lib import VESDE, CosineVPSDE, GaussianMixture, SubVPSDE, VPSDE
+from scoresde import models
+from scoresde.sde_lib import VESDE, CosineVPSDE, GaussianMixture, SubVPSDE, VPSDE
 
 D = 4
 MU = torch.tensor([0.5, -1.0, 0.0, 2.0], dtype=torch.float64)

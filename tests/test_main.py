@@ -8,7 +8,7 @@ import torch
 from helpers import tiny_config
 from PIL import Image
 
-import training
+from scoresde import training
 
 
 def trained_config(**changes):

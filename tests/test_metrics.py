@@ -7,14 +7,14 @@ import pytest
 import scipy.linalg
 import torch
 
-import metrics
-from metrics import fidelity, reference
-from metrics.digits import digits_features, digits_split, load_classifier
-from metrics.frechet import feature_statistics, frechet_distance
-from metrics.inception_score import inception_score
-from metrics.kid import kid, mmd2_unbiased
-from metrics.manifold import precision_recall
-from metrics.vectors import energy_distance, sliced_wasserstein
+from scoresde import metrics
+from scoresde.metrics import fidelity, reference
+from scoresde.metrics.digits import digits_features, digits_split, load_classifier
+from scoresde.metrics.frechet import feature_statistics, frechet_distance
+from scoresde.metrics.inception_score import inception_score
+from scoresde.metrics.kid import kid, mmd2_unbiased
+from scoresde.metrics.manifold import precision_recall
+from scoresde.metrics.vectors import energy_distance, sliced_wasserstein
 
 
 def _rotation(d, seed):

@@ -3,7 +3,7 @@ import pytest
 import torch
 from scipy import stats
 
-from sde_lib import GaussianMixture, SubVPSDE, VESDE, VPSDE
+from scoresde.sde_lib import GaussianMixture, SubVPSDE, VESDE, VPSDE
 
 MIX = GaussianMixture(weights=[0.3, 0.7], means=[[-1.0, 0.5, 0.0], [1.5, -0.5, 1.0]],
                       covs=np.array([[[0.3, 0.1, 0.0], [0.1, 0.2, 0.0], [0.0, 0.0, 0.1]], np.diag([0.05, 0.4, 0.2])]))

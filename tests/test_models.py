@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-import models
-from sde_lib import VESDE, GaussianMixture, VPSDE
+from scoresde import models
+from scoresde.sde_lib import VESDE, GaussianMixture, VPSDE
 
 SMALL_UNETS = [  # (in_channels, image_size, ch_mult): digits 8x8, MNIST 28x28, CIFAR-10 32x32, 64x64
     (1, 8, (1, 2)),

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-import models
-from sde_lib import VPSDE, GaussianMixture
+from scoresde import models
+from scoresde.sde_lib import VPSDE, GaussianMixture
 
 MIX = GaussianMixture([0.25, 0.25, 0.5], [[-1.0, -1.0], [1.0, -1.0], [0.0, 1.0]], [0.05, 0.05, 0.1])
 TIMES = [0.02, 0.05, 0.1, 0.25, 0.5, 1.0]

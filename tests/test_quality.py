@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-import configs
-import data as data_lib
-import metrics
-import training
-from metrics.digits import digits_split
-from training import quality
-from training.metrics import read_metrics
+from scoresde import configs
+from scoresde import data as data_lib
+from scoresde import metrics
+from scoresde import training
+from scoresde.metrics.digits import digits_split
+from scoresde.training import quality
+from scoresde.training.metrics import read_metrics
 
 from helpers import cli
 

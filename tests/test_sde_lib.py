@@ -5,8 +5,8 @@ import pytest
 import torch
 from scipy import stats
 
-import sde_lib
-from sde_lib import SDE, CosineVPSDE, ScheduleSDE, SubVPSDE, VESDE, VPSDE
+from scoresde import sde_lib
+from scoresde.sde_lib import SDE, CosineVPSDE, ScheduleSDE, SubVPSDE, VESDE, VPSDE
 
 MEMBERS = [VPSDE(), SubVPSDE(), VESDE(), CosineVPSDE(), VPSDE(beta_min=0.5, beta_max=5.0, T=0.8)]
 IDS = ["vp", "subvp", "ve", "cosine", "vp-custom"]

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-import solvers
-from sde_lib import GaussianMixture, SubVPSDE, VESDE, VPSDE
+from scoresde import solvers
+from scoresde.sde_lib import GaussianMixture, SubVPSDE, VESDE, VPSDE
 
 MIX = GaussianMixture(weights=[0.3, 0.7], means=[[-1.0, 0.5], [1.5, -0.5]], covs=[0.1, 0.2])
 
@@ -89,7 +89,7 @@ def test_dpm_solver_step_integrates_the_interpolating_polynomial_exactly(order):
     # 40-point Gauss-Legendre quadrature (exact to round-off for these smooth integrands). This is the "heun"
     # 2M update: Lu et al.'s Algorithm 2 ("midpoint") is off by about alpha_bar_s h^3/12 c_1 here, 1e-2 at h = 0.8.
     import numpy as np
-    from solvers.counting import CountingScore
+    from scoresde.solvers.counting import CountingScore
     sde = VPSDE()
     solver = solvers.get_solver("dpm_solver")(sde, CountingScore(MIX.score_fn(sde), 1e-3, 1.0), order=order)
     ts = torch.tensor([0.9, 0.7, 0.55, 0.4], dtype=torch.float64)
@@ -156,7 +156,7 @@ def test_rk45_never_leaves_eps_T_with_the_exact_vp_score():
 
 
 def test_cosine_and_float32_and_denoise_defaults():
-    from sde_lib import CosineVPSDE
+    from scoresde.sde_lib import CosineVPSDE
     sde = CosineVPSDE()
     out = solvers.sample(sde, MIX.score_fn(sde), (32, 2), "dpm_solver", generator=torch.Generator().manual_seed(0))
     assert out.x.dtype == torch.float32 and out.nfe == 20

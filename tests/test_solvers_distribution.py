@@ -2,8 +2,8 @@ import pytest
 import torch
 from oracles import energy_distance, permutation_null
 
-import solvers
-from sde_lib import GaussianMixture, SubVPSDE, VESDE, VPSDE
+from scoresde import solvers
+from scoresde.sde_lib import GaussianMixture, SubVPSDE, VESDE, VPSDE
 
 MIX = GaussianMixture(weights=[0.3, 0.7], means=[[-1.0, 0.5], [1.5, -0.5]], covs=[0.1, 0.2])
 N = 1000

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-import solvers
-from sde_lib import GaussianMixture, SubVPSDE, VESDE, VPSDE
-from solvers.analytic import EpsMoments, estimate_eps_moments, load_eps_moments, save_eps_moments
-from solvers.calibrate import _times_of
-from solvers.counting import CountingScore
+from scoresde import solvers
+from scoresde.sde_lib import GaussianMixture, SubVPSDE, VESDE, VPSDE
+from scoresde.solvers.analytic import EpsMoments, estimate_eps_moments, load_eps_moments, save_eps_moments
+from scoresde.solvers.calibrate import _times_of
+from scoresde.solvers.counting import CountingScore
 
 MIX = GaussianMixture(weights=[0.3, 0.7], means=[[-1.0, 0.5], [1.5, -0.5]], covs=[0.1, 0.2])
 F64 = torch.float64

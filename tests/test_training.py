@@ -10,14 +10,14 @@ import time
 import pytest
 import torch
 
-import data as data_lib
-import models
-import sde_lib
-import sde_lib.io
-import solvers
-import training
-from training import checkpoint as ckpt
-from training.metrics import read_metrics
+from scoresde import data as data_lib
+from scoresde import models
+from scoresde import sde_lib
+import scoresde.sde_lib.io
+from scoresde import solvers
+from scoresde import training
+from scoresde.training import checkpoint as ckpt
+from scoresde.training.metrics import read_metrics
 
 from helpers import ROOT, tiny_config
 from oracles import relative_score_error
@@ -321,10 +321,10 @@ def test_files_get_the_umask_permissions_not_mkstemps(tmp_path):
     # mkstemp creates 0600 files; what a run writes must be readable as any file the user creates is.
     old = os.umask(0o022)
     try:
-        path = sde_lib.io.atomic_write_text(tmp_path / "a.json", "{}")
+        path = scoresde.sde_lib.io.atomic_write_text(tmp_path / "a.json", "{}")
         assert (path.stat().st_mode & 0o777) == 0o644
         os.umask(0o077)
-        assert (sde_lib.io.atomic_write_text(tmp_path / "b.json", "{}").stat().st_mode & 0o777) == 0o600
+        assert (scoresde.sde_lib.io.atomic_write_text(tmp_path / "b.json", "{}").stat().st_mode & 0o777) == 0o600
     finally:
         os.umask(old)
 

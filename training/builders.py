@@ -5,8 +5,8 @@ import inspect
 
 import torch
 
-import models
-import sde_lib
+from scoresde import models
+from scoresde import sde_lib
 
 OPTIMIZERS = sde_lib.Registry("optimizer", {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW})
 
@@ -53,7 +53,7 @@ def build_model(config, shape, num_classes=None) -> torch.nn.Module:
         raise ValueError(f"model.name='mlp' is for vector data, but this dataset has images of shape {tuple(shape)}; "
                          "use model.name='unet'")
     if m.name == "diffusers":
-        from interop.diffusers import build_diffusers_model   # optional dependency, imported only when used
+        from scoresde.interop.diffusers import build_diffusers_model   # optional dependency, imported only when used
         return build_diffusers_model(config, shape)
     # NCSN++ fields (score_sde's names; absent from older configs, which then get DDPM++).
     ncsnpp = {key: m[key] for key in ("fir", "progressive_input", "center_input", "scale_by_sigma") if key in m}

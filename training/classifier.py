@@ -12,8 +12,8 @@ from typing import NamedTuple
 import torch
 from absl import logging
 
-import data as data_lib
-from guidance import build_classifier, classifier_loss
+from scoresde import data as data_lib
+from scoresde.guidance import build_classifier, classifier_loss
 
 from . import checkpoint as checkpoints
 from .builders import build_sde, get_device

@@ -11,14 +11,14 @@ from pathlib import Path
 from absl import flags, logging
 from ml_collections import config_flags
 
-import configs
-import guidance
-import solvers
-import training
-import training.distill
-import training.importing
-from sde_lib.io import atomic_write_json
-from training import distributed
+from scoresde import configs
+from scoresde import guidance
+from scoresde import solvers
+from scoresde import training
+from scoresde.training import distill as distillation
+from scoresde.training import importing
+from scoresde.sde_lib.io import atomic_write_json
+from scoresde.training import distributed
 
 SOLVER_FLAGS = ("snr", "corrector_steps", "eta", "rtol", "atol")
 
@@ -71,7 +71,7 @@ def train(job: Job) -> None:
 def sample(job: Job) -> int:
     sampler, labels, s = job.sampler(), job.guidance(), job.config.sampling
     run = job.load(autocast=True)
-    training.distill.check_sampler(run.workdir, run.sde, sampler)
+    distillation.check_sampler(run.workdir, run.sde, sampler)
     with training.interrupts.StopRequested() as stop:
         done = training.sampling.sample_to_files(
             run, training.guided_score_fn(run, *labels), sampler, _or(job.a.num_samples, s.num_samples),
@@ -157,7 +157,7 @@ def fid(job: Job) -> None:
     else:
         sampler, labels = job.sampler(), job.guidance()
         run = job.load(autocast=True)
-        training.distill.check_sampler(run.workdir, run.sde, sampler)
+        distillation.check_sampler(run.workdir, run.sde, sampler)
         report = quality.score_run(run, training.guided_score_fn(run, *labels), sampler,
                                    _or(a.num_samples, c.metrics.num_samples), _or(a.batch_size, c.sampling.batch_size),
                                    c.seed, job.ctx, cache=cache, weights=weights,
@@ -171,12 +171,12 @@ def import_model(job: Job) -> None:
     if not job.ctx.is_main:     # one process evaluates and writes; torchrun's others have nothing to do
         return
     config = job.config if job.config_given else None
-    path = training.importing.import_run(getattr(job.a, "from") or "", config, job.a.checkpoint, job.workdir)
+    path = importing.import_run(getattr(job.a, "from") or "", config, job.a.checkpoint, job.workdir)
     print(f"imported {job.a.checkpoint} as {path}; sample with --mode sample --workdir {job.workdir}")
 
 
 def distill(job: Job) -> None:
-    r = training.distill.distill(job.config, job.workdir, job.ctx, checkpoint=job.a.checkpoint)
+    r = distillation.distill(job.config, job.workdir, job.ctx, checkpoint=job.a.checkpoint)
     if job.ctx.is_main:
         print(r.line())
 

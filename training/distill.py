@@ -20,11 +20,11 @@ import ml_collections
 import torch
 from absl import logging
 
-import models
-import solvers
-from sde_lib import SDE, Registry, expand_as
-from sde_lib.io import atomic_write_json
-from solvers.steps import ddim_coefficients
+from scoresde import models
+from scoresde import solvers
+from scoresde.sde_lib import SDE, Registry, expand_as
+from scoresde.sde_lib.io import atomic_write_json
+from scoresde.solvers.steps import ddim_coefficients
 
 from . import checkpoint as ckpt
 from . import distributed, precision

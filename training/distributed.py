@@ -18,8 +18,8 @@ import torch.distributed as dist
 from absl import logging
 from torch import nn
 
-from data.core import derived_seed
-from data.loader import InfiniteLoader
+from scoresde.data.core import derived_seed
+from scoresde.data.loader import InfiniteLoader
 
 from .builders import get_device
 

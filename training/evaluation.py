@@ -7,9 +7,9 @@ from typing import NamedTuple
 
 import torch
 
-import guidance
-import likelihood
-import solvers
+from scoresde import guidance
+from scoresde import likelihood
+from scoresde import solvers
 
 from .interrupts import NEVER
 from .sampling import write_samples

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import interop
-import models
-from interop.common import data_shape
+from scoresde import interop
+from scoresde import models
+from scoresde.interop.common import data_shape
 
 from . import checkpoint as ckpt
 from .builders import build_model, build_optimizer

@@ -15,9 +15,9 @@ import torch
 from absl import logging
 from tqdm.auto import tqdm
 
-import configs
-import data as data_lib
-import models
+from scoresde import configs
+from scoresde import data as data_lib
+from scoresde import models
 
 from . import checkpoint as ckpt
 from . import distributed, precision
@@ -26,7 +26,7 @@ from .builders import build_model, build_optimizer, build_sde, build_weighting, 
 from .images import save_samples
 from .interrupts import StopRequested
 from .sampling import reference_points, sampler_from_config
-from sde_lib.io import atomic_write_text
+from scoresde.sde_lib.io import atomic_write_text
 from .metrics import MetricsLogger
 from .quality import TrainingQuality
 

@@ -11,12 +11,12 @@ import numpy as np
 import torch
 from absl import logging
 
-import data as data_lib
-import metrics
-import models
-import solvers
-from metrics import fidelity
-from sde_lib.io import atomic_write_json
+from scoresde import data as data_lib
+from scoresde import metrics
+from scoresde import models
+from scoresde import solvers
+from scoresde.metrics import fidelity
+from scoresde.sde_lib.io import atomic_write_json
 
 from . import precision
 from .sampling import draw_samples

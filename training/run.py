@@ -9,9 +9,9 @@ import ml_collections
 import torch
 from absl import logging
 
-import data as data_lib
-import models
-import sde_lib
+from scoresde import data as data_lib
+from scoresde import models
+from scoresde import sde_lib
 
 from . import checkpoint as ckpt
 from . import precision

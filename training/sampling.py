@@ -8,8 +8,8 @@ from typing import NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-import guidance
-import solvers
+from scoresde import guidance
+from scoresde import solvers
 
 from .classifier import load_classifier
 from .images import save_npz, save_samples
