@@ -21,13 +21,14 @@ from pathlib import Path
 import torch
 
 
+from scoresde import run as runs
 from scoresde import configs
 from scoresde import metrics
 from scoresde import solvers
-from scoresde import training
 from scoresde.metrics.digits import digits_split
-from scoresde.training import checkpoint as ckpt
-from scoresde.training import distill, distributed
+from scoresde.run import checkpoint as ckpt
+from scoresde.training import distill
+from scoresde.training import distributed
 
 
 def copy_teacher(teacher: Path, out: Path) -> None:
@@ -86,11 +87,11 @@ def main():
         t0 = time.perf_counter()
         sampler = solvers.sampler("ddim", steps)
         distill.check_sampler(run.workdir, run.sde, sampler)
-        samples = training.draw_samples(run.sde, run.score_fn, run.data, sampler, a.n, a.batch, a.seed, ctx,
+        samples = runs.draw_samples(run.sde, run.score_fn, run.data, sampler, a.n, a.batch, a.seed, ctx,
                                         progress=False)
         return samples, time.perf_counter() - t0
 
-    teacher = training.load_run(out, device="cpu")
+    teacher = runs.load_run(out, device="cpu")
     reference, ref_seconds = draw(teacher, 64)
     lines = ["| sampler | DDIM steps (NFE) | FD-digits | RMSE to teacher-64 paths | sampling s |",
              "|---|---|---|---|---|",
@@ -107,7 +108,7 @@ def main():
     row("teacher", 64, reference, ref_seconds)
     for steps in rounds:
         row(f"student ({distill.student_dir(out, steps)})", steps,
-            *draw(training.load_run(distill.student_dir(out, steps), device="cpu"), steps))
+            *draw(runs.load_run(distill.student_dir(out, steps), device="cpu"), steps))
     print("\n" + "\n".join(lines) + f"\n\n{a.n} samples per row; {cost}")
 
 

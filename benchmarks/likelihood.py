@@ -21,6 +21,7 @@ import torch
 from scipy import integrate
 
 
+from scoresde import run as runs
 from scoresde import likelihood
 from scoresde import models
 from scoresde.sde_lib import GaussianMixture, SubVPSDE, VPSDE
@@ -199,8 +200,7 @@ def accuracy_study(args):
           f"|bias| <= {args.target:g} |")
     print("|---|---|---|---|---|---|---|")
     if args.run:
-        from scoresde import training
-        run = training.load_run(args.run, args.checkpoint, "cpu")
+        run = runs.load_run(args.run, args.checkpoint, "cpu")
         xs = torch.stack([run.data.test[i][0] for i in range(args.digits)])
         x = likelihood.dequantize(xs, run.data.n_bins, run.data.data_range, generator=torch.Generator().manual_seed(1))
         label = f"digits U-Net step {run.step}, {len(x)} test digits"

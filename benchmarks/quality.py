@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 
+from scoresde import run as runs
 from scoresde import metrics
 from scoresde import solvers
-from scoresde import training
 from scoresde.metrics.digits import digits_split
 from scoresde.training import distributed
 
@@ -60,11 +60,11 @@ def main():
     if a.quick:
         a.n, a.noise_sets, steps_list, cal_steps, sde_steps = 500, 2, (5, 10, 20), (10,), (100,)
     start_all = time.perf_counter()
-    run = training.load_run(a.workdir, a.checkpoint, a.device)
+    run = runs.load_run(a.workdir, a.checkpoint, a.device)
     ctx = distributed.Context(0, 1, 0, torch.device(a.device), False)
 
     def draw(sampler, n, seed=a.seed):
-        out = training.draw_samples(run.sde, run.score_fn, run.data, sampler, n, a.batch, seed, ctx, progress=False)
+        out = runs.draw_samples(run.sde, run.score_fn, run.data, sampler, n, a.batch, seed, ctx, progress=False)
         return out, fd(out.x)
 
     print(f"checkpoint {run.path} (step {run.step}); FD-digits of the samples against the 1500 training digits\n")

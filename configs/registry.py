@@ -7,7 +7,7 @@ from pathlib import Path
 
 import ml_collections
 
-from scoresde.sde_lib import Registry
+from scoresde.utils import Registry
 
 CONFIG_DIR = Path(__file__).resolve().parent
 _NOT_CONFIGS = {"__init__", "registry", "validate", "default", "cifar10_base"}

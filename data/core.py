@@ -8,13 +8,9 @@ import torch
 from torch.utils.data import Dataset
 
 from scoresde.sde_lib import GaussianMixture
+from scoresde.utils import derived_seed
 
 NO_LABEL = -1  # y of every item of a dataset without labels (num_classes is None then)
-
-
-def derived_seed(*key: int) -> int:
-    """A 63-bit seed from integer keys via numpy's SeedSequence (so (seed, epoch) pairs never collide)."""
-    return int(np.random.SeedSequence([int(k) for k in key]).generate_state(1, np.uint64)[0] >> 1)
 
 
 class AffineMap:

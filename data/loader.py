@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from .core import derived_seed
+from scoresde.utils import derived_seed
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:

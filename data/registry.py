@@ -5,7 +5,7 @@ from typing import Callable
 
 import torch
 
-from scoresde.sde_lib import Registry
+from scoresde.utils import Registry
 
 from .array import load_array
 from .core import DataInfo, discrete_info

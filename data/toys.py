@@ -10,9 +10,12 @@ import numpy as np
 import torch
 from sklearn import datasets as skdata
 
-from scoresde.sde_lib import GaussianMixture, Registry
+from scoresde.sde_lib import GaussianMixture
+from scoresde.utils import Registry
 
-from .core import DataInfo, continuous_info, derived_seed, labels_or_none
+from scoresde.utils import derived_seed
+
+from .core import DataInfo, continuous_info, labels_or_none
 
 GMM8_RADIUS = 4.0 / math.sqrt(2.0)   # FFJORD's ring of radius 4 with std 0.5, divided by sqrt(2)
 GMM8_STD = 0.5 / math.sqrt(2.0)

@@ -12,7 +12,8 @@ import torch
 from tqdm.auto import tqdm
 
 from scoresde import solvers
-from scoresde.sde_lib import SDE, Registry
+from scoresde.sde_lib import SDE
+from scoresde.utils import Registry
 from scoresde.solvers import CountingScore, SampleResult
 from scoresde.solvers.random import fresh_generator
 

@@ -10,8 +10,8 @@ from scoresde import configs
 from scoresde import data as data_lib
 from scoresde import models
 from scoresde import sde_lib
-from scoresde.training.builders import build_sde
-from scoresde.training.checkpoint import CheckpointError, load_module_state
+from scoresde.run.builders import build_sde
+from scoresde.run.checkpoint import CheckpointError, load_module_state
 
 
 class ImportMismatchError(CheckpointError):
@@ -21,7 +21,7 @@ class ImportMismatchError(CheckpointError):
 @dataclass
 class Imported:
     """config: the config the network is used under; network: the network with the released (EMA) weights, in eval
-    mode; sde and score_fn(x, t): as training.load_run gives them; step: the training step of the checkpoint;
+    mode; sde and score_fn(x, t): as runs.load_run gives them; step: the training step of the checkpoint;
     model_state: the non-averaged weights where the checkpoint has them (else the EMA weights), in this project's
     key names, for resuming training."""
 

@@ -10,53 +10,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-from torch import nn
 
-from scoresde.models.embeddings import check_no_labels
-from scoresde.training.builders import build_model
+from scoresde.models.diffusers import DiffusersUNet, require_diffusers
+from scoresde.run.builders import build_model
 
 from .common import Imported, ImportMismatchError, as_config, finish
 
 PARAMETERIZATIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 SCHEDULE_FIELDS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
-
-
-def require_diffusers():
-    """The diffusers package, or an ImportError saying how to install the optional extra."""
-    try:
-        import diffusers
-    except ImportError:
-        raise ImportError('diffusers models need the optional diffusers package: pip install -e ".[diffusers]"') from None
-    return diffusers
-
-
-class DiffusersUNet(nn.Module):
-    """A diffusers UNet2DModel as a network of this project: forward(x, noise_input=t) = unet(x, N t - 1).sample."""
-
-    embedding = "diffusers"   # not Fourier: ScoreFn passes t as the noise input
-
-    def __init__(self, unet: nn.Module, num_train_timesteps: int):
-        super().__init__()
-        self.unet = unet
-        self.num_train_timesteps = int(num_train_timesteps)
-
-    def forward(self, x: torch.Tensor, noise_input: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        check_no_labels(y, None)
-        n = self.num_train_timesteps
-        timestep = (noise_input.to(x.dtype) * n - 1).clamp(0, n - 1).expand(x.shape[0])
-        return self.unet(x, timestep).sample
-
-
-def build_diffusers_model(config, shape) -> DiffusersUNet:
-    """The wrapped UNet2DModel described by config.model.diffusers_unet (its config as JSON), untrained."""
-    diffusers = require_diffusers()
-    unet = diffusers.UNet2DModel.from_config(json.loads(config.model.diffusers_unet))
-    expected = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-    if tuple(shape) != expected:
-        raise ValueError(f"the diffusers UNet takes images of shape {expected}, the data have {tuple(shape)}; "
-                         "set data.image_size and data.num_channels to match")
-    return DiffusersUNet(unet, config.sde.num_train_timesteps)
 
 
 def _folders(folder: Path) -> tuple[Path, Path]:

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from scoresde.models.unet import AttnBlock, ResBlock, UNet
-from scoresde.training.builders import build_model
-from scoresde.training.checkpoint import CheckpointError
+from scoresde.run.builders import build_model
+from scoresde.run.checkpoint import CheckpointError
 
 from .common import Imported, ImportMismatchError, as_config, data_shape, finish
 

@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-from scoresde.sde_lib import Registry
+from scoresde.utils import Registry
 
 Tensor = torch.Tensor
 

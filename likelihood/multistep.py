@@ -18,7 +18,8 @@ import math
 
 import torch
 
-from scoresde.sde_lib import SDE, Registry
+from scoresde.sde_lib import SDE
+from scoresde.utils import Registry
 from scoresde.solvers.grids import edm_rho
 
 from .ode import differentiable

@@ -9,7 +9,7 @@ from typing import Callable
 
 import numpy as np
 
-from scoresde.sde_lib.io import atomic_write
+from scoresde.utils import atomic_write
 
 from .frechet import feature_statistics
 

@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from scoresde.sde_lib import Registry
+from scoresde.utils import Registry
 
 
 class SinusoidalEmbedding(nn.Module):

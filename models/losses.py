@@ -13,7 +13,8 @@ import math
 import torch
 from torch import nn
 
-from scoresde.sde_lib import SDE, Registry, as_time, expand_as
+from scoresde.sde_lib import SDE, as_time, expand_as
+from scoresde.utils import Registry
 
 from .parameterization import ScoreFn, as_labels, network_attr
 

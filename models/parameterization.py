@@ -10,7 +10,8 @@ import functools
 import torch
 from torch import nn
 
-from scoresde.sde_lib import SDE, Registry, batch_time, expand_as
+from scoresde.sde_lib import SDE, batch_time, expand_as
+from scoresde.utils import Registry
 
 Tensor = torch.Tensor
 

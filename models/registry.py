@@ -6,7 +6,7 @@ import inspect
 
 from torch import nn
 
-from scoresde.sde_lib import Registry
+from scoresde.utils import Registry
 
 from .mlp import MLP
 from .unet import UNet

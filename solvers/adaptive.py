@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torchdiffeq import odeint
 
-from scoresde.sde_lib import Registry
+from scoresde.utils import Registry
 
 Tensor = torch.Tensor
 

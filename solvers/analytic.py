@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 
 from scoresde.sde_lib import SDE
-from scoresde.sde_lib.io import atomic_write_text
+from scoresde.utils import atomic_write_text
 
 Tensor = torch.Tensor
 

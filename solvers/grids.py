@@ -11,8 +11,9 @@ from typing import NamedTuple
 
 import torch
 
-from scoresde.sde_lib import SDE, Registry
-from scoresde.sde_lib.io import atomic_write_text
+from scoresde.sde_lib import SDE
+from scoresde.utils import Registry
+from scoresde.utils import atomic_write_text
 
 Tensor = torch.Tensor
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from scoresde.sde_lib import Registry
+from scoresde.utils import Registry
 
 from .adaptive import METHODS, integrate_adaptive
 from .base import FixedStepSolver, Solver, steps_of

@@ -1,15 +1,11 @@
 """Noise that depends only on (seed, sample index): the same samples for any batch size or number of processes."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
+from scoresde.utils import derived_seed
+
 Tensor = torch.Tensor
-
-
-def sample_seed(seed: int, index: int) -> int:
-    """A 63-bit seed for sample `index` of a run seeded with `seed` (numpy SeedSequence, so seeds never collide)."""
-    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, np.uint64)[0] >> 1)
 
 
 class SampleGenerators:
@@ -23,7 +19,7 @@ class SampleGenerators:
 
     def __init__(self, seed: int, indices, device=None, block: int = 64):
         self.device = torch.device(device if device is not None else "cpu")
-        self.generators = [torch.Generator(self.device).manual_seed(sample_seed(seed, i)) for i in indices]
+        self.generators = [torch.Generator(self.device).manual_seed(derived_seed(seed, i)) for i in indices]
         self.block = int(block)
         self._key, self._buffer, self._next = None, None, 0
 

@@ -1,7 +1,7 @@
 """Name -> solver class; the names are the CLI's --solver values."""
 from __future__ import annotations
 
-from scoresde.sde_lib import Registry
+from scoresde.utils import Registry
 
 from .base import Solver
 from .dpm_sde import DPMSolverSDE

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from scoresde.sde_lib import SDE, Registry, expand_as
+from scoresde.sde_lib import SDE, expand_as
+from scoresde.utils import Registry
 
 Tensor = torch.Tensor
 

@@ -14,8 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from scoresde import run as runs
+from scoresde.commands import sampling
 from scoresde import solvers
 from scoresde import training
+from scoresde.commands import evaluation
 from helpers import ROOT, cli, main_py
 
 TINY = ["--config.model.nf=8", "--config.model.ch_mult=(1,)", "--config.training.batch_size=16",
@@ -300,7 +303,7 @@ def test_the_console_entry_point(vectors):
 
 
 def test_a_second_writer_is_refused_naming_the_holder(vectors):
-    with training.WorkdirLock(vectors, "sample"):
+    with runs.WorkdirLock(vectors, "sample"):
         one_line_error(cli("--workdir", vectors, *SAMPLE, check=False),
                        f"{vectors} is in use by another sample process (PID {os.getpid()})")
     assert cli("--workdir", vectors, *SAMPLE).returncode == 0      # released on exit
@@ -309,8 +312,8 @@ def test_a_second_writer_is_refused_naming_the_holder(vectors):
 def test_the_training_lock_is_released_when_its_holder_is_killed(tmp_path):
     # Another process holds the lock as a training would; kill -9 gives no chance to clean up, yet the OS drops
     # the lock with the process, so a new training starts at once.
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time, training\n"
-                               f"with training.WorkdirLock({str(tmp_path)!r}, 'train'):\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom scoresde import run as runs\n"
+                               f"with runs.WorkdirLock({str(tmp_path)!r}, 'train'):\n"
                                "    print('locked', flush=True); time.sleep(600)"],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
@@ -324,7 +327,7 @@ def test_the_training_lock_is_released_when_its_holder_is_killed(tmp_path):
 
 
 class SignalAfter:
-    """A stand-in for training.interrupts.StopRequested whose signal arrives after `batches` batches have started."""
+    """A stand-in for runs.interrupts.StopRequested whose signal arrives after `batches` batches have started."""
 
     def __init__(self, batches, name="SIGTERM"):
         self.checks, self.batches, self.name = 0, batches, name
@@ -336,15 +339,15 @@ class SignalAfter:
 
 
 def test_a_signal_keeps_the_batches_already_evaluated(vectors):
-    run = training.load_run(vectors)
+    run = runs.load_run(vectors)
     ctx = training.distributed.setup(run.config)
-    whole = training.evaluation.evaluate_likelihood(run, ctx, batch_size=4, rtol=1e-3, atol=1e-3)
-    part = training.evaluation.evaluate_likelihood(run, ctx, batch_size=4, rtol=1e-3, atol=1e-3,
+    whole = evaluation.evaluate_likelihood(run, ctx, batch_size=4, rtol=1e-3, atol=1e-3)
+    part = evaluation.evaluate_likelihood(run, ctx, batch_size=4, rtol=1e-3, atol=1e-3,
                                                    stop=SignalAfter(1))
     # The first batch of 4 test points was evaluated, then no new batch started; the whole split has 20 points.
     assert (whole.num_samples, part.num_samples, part.stopped_by) == (20, 4, "SIGTERM")
     assert part.line().startswith("stopped by SIGTERM after 4 test points; bits/dim: ")
-    points = training.sampling.draw_samples(run.sde, run.score_fn, run.data, solvers.sampler("euler", 3), 10, 3, 0,
+    points = sampling.draw_samples(run.sde, run.score_fn, run.data, solvers.sampler("euler", 3), 10, 3, 0,
                                             ctx, stop=SignalAfter(2, "SIGINT"))
     assert points.x.shape == (6, 3) and points.stopped_by == "SIGINT"
 

@@ -6,13 +6,14 @@ import signal
 import pytest
 import torch
 
+from scoresde import run as runs
 from scoresde import data as data_lib
 from scoresde import sde_lib
 from scoresde import solvers
 from scoresde import training
-from scoresde.training import checkpoint as ckpt
+from scoresde.run import checkpoint as ckpt
 from scoresde.training import distill
-from scoresde.training.metrics import read_metrics
+from scoresde.run.log import read_metrics
 
 from helpers import cli, tiny_config
 
@@ -73,12 +74,12 @@ def _rmse(x, y):
 @pytest.mark.slow
 def test_a_4_step_student_follows_the_exact_teachers_paths(tmp_path):
     config = _gmm8_config(iterations=500, start_steps=16, width=128)
-    sde = training.build_sde(config)
+    sde = runs.build_sde(config)
     mixture = data_lib.gmm8_mixture()
     exact = distill.Teacher(mixture.score_fn(sde), None, None, "exact gmm8 score", 0)
     result = distill.distill(config, tmp_path, teacher=exact)
     assert [n for n, _ in result.rounds] == [8, 4] and not result.interrupted
-    run = training.load_run(distill.student_dir(tmp_path, 4), device="cpu")
+    run = runs.load_run(distill.student_dir(tmp_path, 4), device="cpu")
     assert (run.config.sampling.solver, run.config.sampling.steps, run.config.model.parameterization) == ("ddim", 4, "v")
     assert len([r for r in read_metrics(run.workdir) if "loss" in r]) == 5
 
@@ -124,7 +125,7 @@ class _SignalAt:
 def test_an_interrupted_round_resumes_bit_exactly(tmp_path):
     config = _gmm8_config(iterations=12, start_steps=16, width=32)
     config.data.num_samples = 2000
-    sde = training.build_sde(config)
+    sde = runs.build_sde(config)
     score = data_lib.gmm8_mixture().score_fn(sde)
     teacher = distill.Teacher(score, None, None, "exact", 0)
     distill.distill(config, tmp_path / "a", teacher=teacher)
@@ -168,7 +169,7 @@ def test_main_py_distills_a_trained_run_into_students_that_sample(tmp_path):
     assert r.stdout.strip().endswith(f"sample it with python main.py --mode sample --workdir {student} --solver ddim "
                                      "--steps 2")
     state = ckpt.load_checkpoint(ckpt.latest_checkpoint(student))
-    config = training.config_of_checkpoint(ckpt.latest_checkpoint(student), state)
+    config = runs.config_of_checkpoint(ckpt.latest_checkpoint(student), state)
     assert (state["step"], config.distill.teacher_step, config.model.parameterization) == (5, 5, "v")
     assert distill.read_record(student)["teacher"] == str(ckpt.latest_checkpoint(distill.student_dir(tmp_path, 4)))
     assert "NFE 2 per batch" in cli("--mode", "sample", "--workdir", student, "--device=cpu", "--solver", "ddim",

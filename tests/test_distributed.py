@@ -13,13 +13,15 @@ import torch
 import torch.multiprocessing as mp
 
 import helpers
+from scoresde import run as runs
 from scoresde import data as data_lib
 from scoresde import models
 from scoresde import training
 from scoresde.likelihood.bpd import BitsPerDim, merge_bits_per_dim
-from scoresde.training import checkpoint as ckpt
-from scoresde.training import distributed, precision
-from scoresde.training.metrics import read_metrics
+from scoresde.run import checkpoint as ckpt
+from scoresde.training import distributed
+from scoresde.run import precision
+from scoresde.run.log import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +66,7 @@ def test_shards_partition_the_range():
 def test_rank_losses_average_to_the_global_batch_loss_and_gradient():
     """Sum over ranks of (1/W) grad(mean over the rank's rows) = grad(mean over B): what DDP's average computes."""
     torch.manual_seed(0)
-    sde = training.build_sde(tiny_config())
+    sde = runs.build_sde(tiny_config())
     net = models.get_model("mlp", dim=2, width=32, depth=2)
     x = torch.randn(12, 2)
     kwargs = dict(t_sampling="stratified", weighting="likelihood", reduce="none")

@@ -11,17 +11,17 @@ import math
 import pytest
 import torch
 
+from scoresde import run as runs
 from scoresde import configs
 from scoresde import interop
 from scoresde import likelihood
 from scoresde import models
 import score_sde_reference as ref
 from scoresde import solvers
-from scoresde import training
 from scoresde.interop.score_sde import _Layout
-from scoresde.training.builders import build_model
-from scoresde.training.checkpoint import CheckpointError
-from scoresde.training.importing import import_run
+from scoresde.run.builders import build_model
+from scoresde.run.checkpoint import CheckpointError
+from scoresde.commands.importing import import_run
 
 SMALL = dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), image_size=8, channels=1)
 KINDS = {"score_sde_vp_ddpmpp_cont": ref.DDPMPP, "score_sde_subvp_ddpmpp_cont": ref.DDPMPP,
@@ -175,7 +175,7 @@ def test_import_run_then_load_run_samples_and_likelihood(tmp_path, name, solver)
     path = import_run("score_sde", small_config(name), file, tmp_path / "run")
     saved = torch.load(path, weights_only=True)
     assert set(saved) == {"step", "model", "ema", "optimizer", "rng", "config"} and saved["step"] == 1234
-    run = training.load_run(tmp_path / "run")
+    run = runs.load_run(tmp_path / "run")
     x = torch.rand(3, 1, 8, 8) if not arch["centered"] else torch.randn(3, 1, 8, 8)
     t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
     assert rel_err(run.score_fn(x, t), their_score(state, arch, run.sde, x, t)) < RTOL

@@ -7,13 +7,13 @@ import sys
 import pytest
 import torch
 
+from scoresde import run as runs
 from scoresde import interop
 from scoresde import likelihood
 from scoresde import sde_lib
 from scoresde.sde_lib import members
 from scoresde import solvers
-from scoresde import training
-from scoresde.training.importing import import_run
+from scoresde.commands.importing import import_run
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -84,7 +84,7 @@ def test_ddim_on_the_trailing_knots_is_diffusers_ddim(pipeline):
 def test_import_run_samples_with_every_kind_of_solver_and_likelihood(pipeline, tmp_path, registered):
     folder, _ = pipeline
     path = import_run("diffusers", "vpsde", folder, tmp_path / "run")
-    run = training.load_run(tmp_path / "run")
+    run = runs.load_run(tmp_path / "run")
     assert path.name == "checkpoint_0.pt" and run.config.eval.eps == 1 / N and run.config.model.name == "diffusers"
     gen = torch.Generator().manual_seed(0)
     for solver, steps, nfe in (("dpm_solver", 5, 5), ("pc", 3, 6), ("ddim", 4, 4)):

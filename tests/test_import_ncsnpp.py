@@ -9,7 +9,7 @@ from scoresde import configs
 from scoresde import models
 import score_sde_reference as ref
 from scoresde.models.upfirdn import FIRDownConv2d, downsample_2d, upsample_2d
-from scoresde.training.builders import build_model
+from scoresde.run.builders import build_model
 
 
 def test_fir_up_and_down_sampling_are_the_closed_form_taps():

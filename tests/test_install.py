@@ -1,6 +1,7 @@
 """The installed project is the one package `scoresde` (plus its console script): a user's own modules named like
 our subpackages (models.py, data/, training.py, configs/) stay the user's, and the library still imports and samples.
 """
+import importlib.util
 import subprocess
 import sys
 import sysconfig
@@ -24,11 +25,17 @@ print("mean |x|", round(float(x.abs().mean()), 2))
 """
 
 
-def _venv(tmp_path: Path) -> Path:
+def _venv(tmp_path: Path) -> tuple[Path, Path]:
+    """A new venv that sees the test environment's packages (torch, ...) after its own, through a .pth path line
+    (the paths only: that environment's own install of this project, a .pth finder, is not loaded)."""
     venv = tmp_path / "venv"
-    # The test environment's packages (torch, ...) are visible; the project is installed into the new venv only.
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    return venv / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    (site / "test-environment.pth").write_text("".join(f"{p}\n" for p in sorted(ours)))
+    return python, site
 
 
 def _user_folder(tmp_path: Path) -> Path:
@@ -44,17 +51,15 @@ def _user_folder(tmp_path: Path) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("editable", [False, True], ids=["install", "editable"])
 def test_install_is_one_namespace(tmp_path, editable):
-    try:
-        import setuptools  # noqa: F401  (the build runs without isolation: no package index needed)
-    except ImportError:
-        pytest.skip("setuptools is not installed in the test environment")
-    python = _venv(tmp_path)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    *(["-e"] if editable else []), str(ROOT)], check=True, capture_output=True, cwd=tmp_path)
-    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               check=True, capture_output=True, text=True).stdout.strip())
+    python, site = _venv(tmp_path)
+    # Without setuptools and wheel at hand, pip fetches them for the build from the package index.
+    have = importlib.util.find_spec("setuptools") and importlib.util.find_spec("wheel")
+    isolation = ["--no-build-isolation"] if have else []
+    done = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", *isolation,
+                           *(["-e"] if editable else []), str(ROOT)], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
     ours = {p.name for p in site.iterdir() if "scoresde" in p.name.lower()}
-    others = {p.name for p in site.iterdir()} - ours - {"__pycache__", "_distutils_hack", "distutils-precedence.pth"}
+    others = {p.name for p in site.iterdir()} - ours - {"__pycache__", "_distutils_hack", "distutils-precedence.pth", "test-environment.pth"}
     others = {n for n in others if not n.startswith(("pip", "setuptools", "pkg_resources", "_virtualenv"))}
     assert others == set(), f"the install put generic names into site-packages: {sorted(others)}"
     assert "scoresde" in ours if not editable else any(n.endswith("finder.py") for n in ours)

@@ -109,7 +109,7 @@ def test_evaluate_bits_per_dim_matches_the_gaussian_in_closed_form():
 
 
 def test_merged_ode_error_is_the_count_weighted_mean_and_the_report_line_shows_both_errors():
-    from scoresde.training.evaluation import LikelihoodReport
+    from scoresde.commands.evaluation import LikelihoodReport
     parts = [likelihood.BitsPerDim(2.0, 0.1, 10, 96.0, 4e-4, "eab4 96 steps"),
              likelihood.BitsPerDim(3.0, 0.2, 30, 48.0, 8e-4, "eab4 48 steps")]
     merged = likelihood.merge_bits_per_dim(parts)

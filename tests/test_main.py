@@ -8,7 +8,8 @@ import torch
 from helpers import tiny_config
 from PIL import Image
 
-from scoresde import training
+from scoresde import run as runs
+from scoresde.commands import sampling
 
 
 def trained_config(**changes):
@@ -26,7 +27,7 @@ def test_inference_takes_the_trained_sections_of_the_checkpoint(caplog):
     config.data.path = "/new/place"
     trained = trained_config(**{"model.ch_mult": [1, 2, 2], "data.path": "/old/place"})
     with caplog.at_level("WARNING"):
-        training.use_trained_sections(config, trained, {"model.mlp_width": 32, "data.path": "/new/place"})
+        runs.use_trained_sections(config, trained, {"model.mlp_width": 32, "data.path": "/new/place"})
     assert (config.sde.name, config.model.embedding_type, config.model.ch_mult) == ("vpsde", "sinusoidal", (1, 2, 2))
     # Sampling options stay those of the command line; the data may have moved.
     assert config.sampling.steps == 200 and config.data.path == "/new/place"
@@ -43,16 +44,16 @@ def test_an_override_that_contradicts_the_checkpoint_is_refused(key, given, save
     config[section][field] = given
     with pytest.raises(ValueError, match=f"--config.{key}={given!r} conflicts with the checkpoint, which was "
                                               f"trained with {key}={saved!r}".replace("(", r"\(").replace(")", r"\)")):
-        training.use_trained_sections(config, trained_config(), {key: given})
+        runs.use_trained_sections(config, trained_config(), {key: given})
 
 
 def test_an_override_that_agrees_with_the_checkpoint_is_fine():
     config = tiny_config()
-    training.use_trained_sections(config, trained_config(),
+    runs.use_trained_sections(config, trained_config(),
                                   {"model.mlp_width": 32, "model.ch_mult": (1, 2), "sde.name": "vpsde"})
     assert config.to_dict() == tiny_config().to_dict()
     # Without an override the data are where they were in training.
-    training.use_trained_sections(config, trained_config(**{"data.path": "/old/place"}), {})
+    runs.use_trained_sections(config, trained_config(**{"data.path": "/old/place"}), {})
     assert config.data.path == "/old/place"
 
 
@@ -65,17 +66,17 @@ def data_info(is_image: bool, dim: int = 2):
 
 def test_vector_samples_without_a_picture_write_only_the_npz(tmp_path):
     x = torch.randn(5, 3)
-    written = training.write_samples(tmp_path / "s", x, data_info(False, 3), "hint")
+    written = sampling.write_samples(tmp_path / "s", x, data_info(False, 3), "hint")
     assert written == [tmp_path / "s.npz"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"]
     np.testing.assert_array_equal(np.load(tmp_path / "s.npz")["samples"], x.numpy())
 
 
 def test_points_and_images_also_get_a_png(tmp_path):
-    assert training.write_samples(tmp_path / "p", torch.randn(5, 2), data_info(False), "hint") == [
+    assert sampling.write_samples(tmp_path / "p", torch.randn(5, 2), data_info(False), "hint") == [
         tmp_path / "p.png", tmp_path / "p.npz"]
     assert Image.open(tmp_path / "p.png").size[0] > 100
-    written = training.write_samples(tmp_path / "i", torch.rand(4, 1, 8, 8), data_info(True), "hint",
+    written = sampling.write_samples(tmp_path / "i", torch.rand(4, 1, 8, 8), data_info(True), "hint",
                                      mask=np.ones((1, 8, 8)))
     assert written == [tmp_path / "i.png", tmp_path / "i.npz"]
     assert Image.open(tmp_path / "i.png").mode == "L"
@@ -87,5 +88,5 @@ def test_non_finite_samples_raise_and_write_nothing(tmp_path, bad):
     x = torch.rand(4, 1, 8, 8)
     x[2, 0, 3, 3] = bad
     with pytest.raises(ValueError, match=r"the samples contain NaN/inf \(nothing written\); try more --steps"):
-        training.write_samples(tmp_path / "out" / "s", x, data_info(True), "try more --steps")
+        sampling.write_samples(tmp_path / "out" / "s", x, data_info(True), "try more --steps")
     assert not (tmp_path / "out").exists()

@@ -12,8 +12,9 @@ from scoresde import data as data_lib
 from scoresde import metrics
 from scoresde import training
 from scoresde.metrics.digits import digits_split
-from scoresde.training import quality
-from scoresde.training.metrics import read_metrics
+from scoresde.run import quality as scoring
+from scoresde.training.quality import TrainingQuality
+from scoresde.run.log import read_metrics
 
 from helpers import cli
 
@@ -123,7 +124,7 @@ def test_vectors_are_scored_against_the_held_out_split():
     config.data.dataset, config.data.num_samples = "gmm8", 500
     info = data_lib.get_dataset(config)
     x = torch.randn(300, 2, generator=torch.Generator().manual_seed(0))
-    result = quality.score(x, config)
+    result = scoring.score(x, config)
     held_out = info.test.data.double().numpy()
     assert result.energy == pytest.approx(metrics.energy_distance(x.double().numpy(), held_out), rel=1e-12)
 
@@ -134,15 +135,15 @@ def test_training_metric_needs_the_extra_for_other_images(tmp_path, monkeypatch)
     config.training.fid_freq = 10
     info = data_lib.get_dataset(config)
     monkeypatch.setattr(metrics, "inception_available", lambda: False)
-    assert quality.TrainingQuality.from_config(config, info) is None
+    assert TrainingQuality.from_config(config, info) is None
     config.data.dataset = "digits"
-    assert quality.TrainingQuality.from_config(config, data_lib.get_dataset(config)).num == 1000
+    assert TrainingQuality.from_config(config, data_lib.get_dataset(config)).num == 1000
 
 
 def test_default_cache_dir_is_per_user(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert quality.default_cache_dir() == tmp_path / "scoresde" / "fid_stats"
+    assert scoring.default_cache_dir() == tmp_path / "scoresde" / "fid_stats"
     config = configs.load_config("vpsde")
-    assert quality.cache_dir(config) == tmp_path / "scoresde" / "fid_stats"
+    assert scoring.cache_dir(config) == tmp_path / "scoresde" / "fid_stats"
     config.metrics.cache_dir = str(tmp_path / "mine")
-    assert quality.cache_dir(config) == tmp_path / "mine"
+    assert scoring.cache_dir(config) == tmp_path / "mine"

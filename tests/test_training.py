@@ -10,14 +10,15 @@ import time
 import pytest
 import torch
 
+from scoresde import run as runs
 from scoresde import data as data_lib
 from scoresde import models
 from scoresde import sde_lib
-import scoresde.sde_lib.io
+import scoresde.utils
 from scoresde import solvers
 from scoresde import training
-from scoresde.training import checkpoint as ckpt
-from scoresde.training.metrics import read_metrics
+from scoresde.run import checkpoint as ckpt
+from scoresde.run.log import read_metrics
 
 from helpers import ROOT, tiny_config
 from oracles import relative_score_error
@@ -90,57 +91,57 @@ def test_resume_skips_a_metrics_line_cut_by_a_crash(tmp_path, caplog):
 def test_sampler_from_config_takes_the_sampling_section():
     config = tiny_config()
     config.sampling.snr, config.sampling.corrector_steps, config.sampling.eps = 0.07, 3, 2e-3
-    s = training.sampler_from_config(config, solver="pc")
+    s = runs.sampler_from_config(config, solver="pc")
     assert (s.solver, s.steps, s.eps, s.options, s.label) == ("pc", 4, 2e-3, {"snr": 0.07, "corrector_steps": 3},
                                                               "pc_4")
-    s = training.sampler_from_config(config, solver="pc", steps=9, options={"snr": 0.2})
+    s = runs.sampler_from_config(config, solver="pc", steps=9, options={"snr": 0.2})
     assert (s.steps, s.options) == (9, {"snr": 0.2, "corrector_steps": 3})
     # Fields the solver does not take are dropped; adaptive solvers get no steps.
-    s = training.sampler_from_config(config, solver="heun")
+    s = runs.sampler_from_config(config, solver="heun")
     assert (s.steps, s.eps, s.options, s.label) == (4, 2e-3, {}, "heun_4")
-    s = training.sampler_from_config(config, solver="rk45", options={"rtol": 1e-3})
+    s = runs.sampler_from_config(config, solver="rk45", options={"rtol": 1e-3})
     assert (s.steps, s.options, s.label) == (None, {"rtol": 1e-3}, "rk45_adaptive")
     # ... but an option given for a solver that does not take it is an error.
     with pytest.raises(ValueError, match=r"^unknown option 'snr' for solver 'heun'; its options: grid, rho$"):
-        training.sampler_from_config(config, solver="heun", options={"snr": 0.1})
+        runs.sampler_from_config(config, solver="heun", options={"snr": 0.1})
 
 
 def test_sampler_options_from_the_config_and_the_command_line():
     config = tiny_config()
     config.sampling.solver, config.sampling.options = "unipc", "order=2, variant=bh1"
     # Text from the config is converted to the solver's types; given options take precedence over it.
-    assert training.sampler_from_config(config).options == {"order": 2, "variant": "bh1"}
-    assert training.sampler_from_config(config, options={"order": "1"}).options == {"order": 1, "variant": "bh1"}
+    assert runs.sampler_from_config(config).options == {"order": 2, "variant": "bh1"}
+    assert runs.sampler_from_config(config, options={"order": "1"}).options == {"order": 1, "variant": "bh1"}
     with pytest.raises(ValueError, match=r"^solver 'unipc' option order='x': expected int$"):
-        training.sampler_from_config(config, options={"order": "x"})
+        runs.sampler_from_config(config, options={"order": "x"})
     config.sampling.options = "orderr=2"
     with pytest.raises(ValueError, match=r"^unknown option 'orderr' for solver 'unipc'; its options: variant, "):
-        training.sampler_from_config(config)
+        runs.sampler_from_config(config)
 
 
 def test_sampler_from_config_resolves_the_grid(tmp_path):
     config = tiny_config()
     config.sampling.grid = "edm"
-    s = training.sampler_from_config(config, solver="heun")
+    s = runs.sampler_from_config(config, solver="heun")
     assert (s.options["grid"], s.label) == ("edm", "heun_4_edm")
     config.sampling.grid = "calibrated"
     with pytest.raises(FileNotFoundError, match=re.escape(f"make it with `python main.py --mode calibrate --workdir "
                                                           f"{tmp_path} --solver heun --steps 4`")):
-        training.sampler_from_config(config, tmp_path, solver="heun")
+        runs.sampler_from_config(config, tmp_path, solver="heun")
     times = solvers.time_grid(sde_lib.VPSDE(), 4, 1e-3, "edm")
     path = solvers.calibrated_grid_path(tmp_path, "heun", 4)
     assert path == tmp_path / "grids" / "heun_4.json"
     solvers.save_grid(str(path), solvers.Calibration(times, 0.1, 0.2, 10), solver="heun", sde=sde_lib.VPSDE())
-    s = training.sampler_from_config(config, tmp_path, solver="heun")
+    s = runs.sampler_from_config(config, tmp_path, solver="heun")
     assert s.options["grid"].tolist() == times.tolist() and s.label == "heun_4_calibrated"
     # A grid file brings its own number of steps unless steps is given.
     config.sampling.grid, config.sampling.steps = str(path), 6
-    s = training.sampler_from_config(config, solver="unipc")
+    s = runs.sampler_from_config(config, solver="unipc")
     assert (s.steps, s.label) == (4, "unipc_4_grid-heun_4") and s.options["grid"].tolist() == times.tolist()
-    assert training.sampler_from_config(config, solver="heun", steps=7).steps == 7
+    assert runs.sampler_from_config(config, solver="heun", steps=7).steps == 7
     config.sampling.grid = "nonsense"
     with pytest.raises(ValueError, match="unknown time grid 'nonsense'; available: uniform, logsnr, edm, calibrated"):
-        training.sampler_from_config(config, solver="heun")
+        runs.sampler_from_config(config, solver="heun")
 
 
 def test_snapshots_use_the_sampling_options(tmp_path, monkeypatch):
@@ -193,10 +194,10 @@ def test_truncated_checkpoint_gives_clear_error(tmp_path):
     path.parent.mkdir(parents=True)
     torch.save({"step": 7, "weights": torch.zeros(1000)}, path)
     path.write_bytes(path.read_bytes()[:2000])       # a crash mid-copy: the zip's directory is missing
-    with pytest.raises(training.CheckpointError, match="is not readable .*delete it to fall back"):
+    with pytest.raises(runs.CheckpointError, match="is not readable .*delete it to fall back"):
         training.train(tiny_config(), tmp_path)
     path.write_bytes(b"garbage")
-    with pytest.raises(training.CheckpointError, match="is not a checkpoint"):
+    with pytest.raises(runs.CheckpointError, match="is not a checkpoint"):
         training.train(tiny_config(), tmp_path)
 
 
@@ -225,8 +226,8 @@ def test_checkpoint_of_another_network_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"trained with another config: model.mlp_width: 32 -> 48; a run is one "):
         training.train(config, tmp_path)
     # ... and tensors that do not fit the network are refused by the strict load, naming the differences.
-    state = training.load_checkpoint(training.latest_checkpoint(tmp_path))
-    with pytest.raises(training.CheckpointError, match="does not match the configured network .*shape differs"):
+    state = runs.load_checkpoint(runs.latest_checkpoint(tmp_path))
+    with pytest.raises(runs.CheckpointError, match="does not match the configured network .*shape differs"):
         training.Trainer(config, tmp_path).load_state_dict(state, "checkpoint_10.pt")
 
 
@@ -306,13 +307,13 @@ def test_cpu_threads_follow_the_config_and_the_network_size():
     try:
         config, small = tiny_config(), torch.nn.Linear(10, 10)
         config.num_threads = 2
-        assert training.builders.set_num_threads(config, small, torch.device("cpu")) == 2
+        assert runs.builders.set_num_threads(config, small, torch.device("cpu")) == 2
         config.num_threads = 0      # auto: one thread below SMALL_NETWORK parameters on the CPU ...
-        assert training.builders.set_num_threads(config, small, torch.device("cpu")) == 1
+        assert runs.builders.set_num_threads(config, small, torch.device("cpu")) == 1
         torch.set_num_threads(2)    # ... and torch's own setting otherwise
         big = torch.nn.Linear(1500, 1500)
-        assert sum(p.numel() for p in big.parameters()) > training.builders.SMALL_NETWORK
-        assert training.builders.set_num_threads(config, big, torch.device("cpu")) == 2
+        assert sum(p.numel() for p in big.parameters()) > runs.builders.SMALL_NETWORK
+        assert runs.builders.set_num_threads(config, big, torch.device("cpu")) == 2
     finally:
         torch.set_num_threads(before)
 
@@ -321,10 +322,10 @@ def test_files_get_the_umask_permissions_not_mkstemps(tmp_path):
     # mkstemp creates 0600 files; what a run writes must be readable as any file the user creates is.
     old = os.umask(0o022)
     try:
-        path = scoresde.sde_lib.io.atomic_write_text(tmp_path / "a.json", "{}")
+        path = scoresde.utils.atomic_write_text(tmp_path / "a.json", "{}")
         assert (path.stat().st_mode & 0o777) == 0o644
         os.umask(0o077)
-        assert (scoresde.sde_lib.io.atomic_write_text(tmp_path / "b.json", "{}").stat().st_mode & 0o777) == 0o600
+        assert (scoresde.utils.atomic_write_text(tmp_path / "b.json", "{}").stat().st_mode & 0o777) == 0o600
     finally:
         os.umask(old)
 

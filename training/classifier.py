@@ -15,8 +15,8 @@ from absl import logging
 from scoresde import data as data_lib
 from scoresde.guidance import build_classifier, classifier_loss
 
-from . import checkpoint as checkpoints
-from .builders import build_sde, get_device
+from scoresde.run import checkpoint as checkpoints
+from scoresde.run.builders import build_sde, get_device
 
 CLASSIFIER_DIR = "classifier"  # under the run's workdir: <workdir>/classifier/checkpoints/checkpoint_<step>.pt
 

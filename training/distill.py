@@ -22,15 +22,17 @@ from absl import logging
 
 from scoresde import models
 from scoresde import solvers
-from scoresde.sde_lib import SDE, Registry, expand_as
-from scoresde.sde_lib.io import atomic_write_json
+from scoresde.sde_lib import SDE, expand_as
+from scoresde.utils import Registry
+from scoresde.utils import atomic_write_json
 from scoresde.solvers.steps import ddim_coefficients
 
-from . import checkpoint as ckpt
-from . import distributed, precision
-from .builders import build_sde
-from .loop import Trainer
-from .run import TRAINED_SECTIONS, config_of_checkpoint, load_run
+from scoresde.run import checkpoint as ckpt
+from scoresde.training import distributed
+from scoresde.run import precision
+from scoresde.run.builders import build_sde
+from scoresde.training.loop import Trainer
+from scoresde.run.load import TRAINED_SECTIONS, config_of_checkpoint, load_run
 
 Tensor = torch.Tensor
 

@@ -18,10 +18,10 @@ import torch.distributed as dist
 from absl import logging
 from torch import nn
 
-from scoresde.data.core import derived_seed
+from scoresde.utils import derived_seed
 from scoresde.data.loader import InfiniteLoader
 
-from .builders import get_device
+from scoresde.run.builders import get_device
 
 BACKENDS = ("auto", "nccl", "gloo")
 # Stream tags in derived_seed keys, so the loss noise and the per-rank streams never share a seed.

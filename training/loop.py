@@ -19,15 +19,16 @@ from scoresde import configs
 from scoresde import data as data_lib
 from scoresde import models
 
-from . import checkpoint as ckpt
-from . import distributed, precision
-from . import workdir as workdir_lib
-from .builders import build_model, build_optimizer, build_sde, build_weighting, learning_rate, set_num_threads
-from .images import save_samples
-from .interrupts import StopRequested
-from .sampling import reference_points, sampler_from_config
-from scoresde.sde_lib.io import atomic_write_text
-from .metrics import MetricsLogger
+from scoresde.run import checkpoint as ckpt
+from scoresde.training import distributed
+from scoresde.run import precision
+from scoresde.run import workdir as workdir_lib
+from scoresde.run.builders import build_model, build_optimizer, build_sde, build_weighting, learning_rate, set_num_threads
+from scoresde.run.images import save_samples
+from scoresde.run.interrupts import StopRequested
+from scoresde.run.sampling import reference_points, sampler_from_config
+from scoresde.utils import atomic_write_text
+from scoresde.run.log import MetricsLogger
 from .quality import TrainingQuality
 
 

@@ -7,8 +7,8 @@ from scoresde import interop
 from scoresde import models
 from scoresde.interop.common import data_shape
 
-from . import checkpoint as ckpt
-from .builders import build_model, build_optimizer
+from scoresde.run import checkpoint as ckpt
+from scoresde.run.builders import build_model, build_optimizer
 
 SOURCES = ("score_sde", "diffusers")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from absl import logging
 
-from scoresde.sde_lib.io import atomic_write_text
+from scoresde.utils import atomic_write_text
 
 
 def _read_rows(path: Path) -> list[dict]:

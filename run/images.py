@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from scoresde.sde_lib.io import atomic_write
+from scoresde.utils import atomic_write
 
 
 def image_grid(x: torch.Tensor, nrow: int | None = None, padding: int = 1) -> np.ndarray:

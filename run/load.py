@@ -13,9 +13,9 @@ from scoresde import data as data_lib
 from scoresde import models
 from scoresde import sde_lib
 
-from . import checkpoint as ckpt
-from . import precision
-from .builders import build_model, build_sde, get_device, set_num_threads
+from scoresde.run import checkpoint as ckpt
+from scoresde.run import precision
+from scoresde.run.builders import build_model, build_sde, get_device, set_num_threads
 
 # What a checkpoint's network was trained on and for: inference takes these sections from the checkpoint.
 TRAINED_SECTIONS = ("sde", "model", "data")

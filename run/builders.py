@@ -7,8 +7,9 @@ import torch
 
 from scoresde import models
 from scoresde import sde_lib
+from scoresde.utils import Registry
 
-OPTIMIZERS = sde_lib.Registry("optimizer", {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW})
+OPTIMIZERS = Registry("optimizer", {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW})
 
 
 def get_device(name: str = "auto") -> torch.device:
@@ -38,7 +39,7 @@ def build_model(config, shape, num_classes=None) -> torch.nn.Module:
     """A UNet for images (C, H, W) and an MLP for vector data, configured from config.model.
 
     The network takes class labels only when config.model.conditional is set (and the data have labels).
-    model.name="diffusers" is a wrapped diffusers UNet2DModel (interop.diffusers; needs the diffusers extra).
+    model.name="diffusers" is a wrapped diffusers UNet2DModel (models.diffusers; needs the diffusers extra).
     """
     m = config.model
     if m.conditional and not num_classes:
@@ -53,7 +54,7 @@ def build_model(config, shape, num_classes=None) -> torch.nn.Module:
         raise ValueError(f"model.name='mlp' is for vector data, but this dataset has images of shape {tuple(shape)}; "
                          "use model.name='unet'")
     if m.name == "diffusers":
-        from scoresde.interop.diffusers import build_diffusers_model   # optional dependency, imported only when used
+        from scoresde.models.diffusers import build_diffusers_model   # optional dependency, imported only when used
         return build_diffusers_model(config, shape)
     # NCSN++ fields (score_sde's names; absent from older configs, which then get DDPM++).
     ncsnpp = {key: m[key] for key in ("fir", "progressive_input", "center_input", "scale_by_sigma") if key in m}

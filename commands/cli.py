@@ -1,4 +1,4 @@
-"""The command line: flags, parsing and dispatch to the modes of training.commands; see MODES."""
+"""The command line: flags, parsing and dispatch to the modes of commands.modes; see MODES."""
 from __future__ import annotations
 
 import sys
@@ -8,9 +8,10 @@ from ml_collections import config_flags
 
 from scoresde import configs
 from scoresde import solvers
-from scoresde import training
-from scoresde.training import distributed
-from scoresde.training.commands import RUNNERS, Job
+from scoresde import run as runs
+from scoresde.training import TrainingDivergedError, distributed
+
+from .modes import RUNNERS, Job
 
 MODES = {
     "train": "train, or resume, the configured model in --workdir",
@@ -110,14 +111,14 @@ def run(argv: list[str]) -> int:
         job = Job(fv, name, config_given=any(arg == "--config" or arg.startswith("--config=") for arg in argv))
         with job.lock(fv.mode):
             return RUNNERS[fv.mode](job) or 0
-    except (ValueError, FileNotFoundError, ImportError, training.CheckpointError, training.TrainingDivergedError,
-            training.WorkdirBusyError) as e:
+    except (ValueError, FileNotFoundError, ImportError, runs.CheckpointError, TrainingDivergedError,
+            runs.WorkdirBusyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
         name = str(e) or "SIGINT"
         print(f"error: stopped by {name}; results of the batches in progress are lost", file=sys.stderr)
-        return training.interrupts.EXIT_CODES.get(name, 130)
+        return runs.EXIT_CODES.get(name, 130)
     finally:
         distributed.shutdown()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scoresde.sde_lib.io import atomic_write
+from scoresde.utils import atomic_write
 
 CHECKPOINT_DIR = "checkpoints"
 _PATTERN = re.compile(r"^checkpoint_(\d+)\.pt$")

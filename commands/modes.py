@@ -14,10 +14,14 @@ from ml_collections import config_flags
 from scoresde import configs
 from scoresde import guidance
 from scoresde import solvers
+from scoresde import run as runs
 from scoresde import training
+from scoresde.run import interrupts
+from scoresde.run import quality as scoring
 from scoresde.training import distill as distillation
-from scoresde.training import importing
-from scoresde.sde_lib.io import atomic_write_json
+
+from . import evaluation, importing, quality, sampling
+from scoresde.utils import atomic_write_json
 from scoresde.training import distributed
 
 SOLVER_FLAGS = ("snr", "corrector_steps", "eta", "rtol", "atol")
@@ -44,16 +48,16 @@ class Job:
         exist yet and the mode does not create it (it will stop with a clear error first)."""
         if mode not in LOCKS or not self.ctx.is_main or (mode != "import" and not self.workdir.is_dir()):
             return contextlib.nullcontext()
-        return training.WorkdirLock(training.check_directory(self.workdir), LOCKS[mode])
+        return runs.WorkdirLock(runs.check_directory(self.workdir), LOCKS[mode])
 
-    def load(self, autocast: bool = False) -> training.Run:
-        return training.load_run(self.workdir, self.a.checkpoint, self.ctx.device, config=self.config,
+    def load(self, autocast: bool = False) -> runs.Run:
+        return runs.load_run(self.workdir, self.a.checkpoint, self.ctx.device, config=self.config,
                                  overridden=self.overridden, autocast=autocast)
 
     def sampler(self) -> solvers.Sampler:
         options = solvers.parse_options(self.a.solver_options or "")
         options.update({k: getattr(self.a, k) for k in SOLVER_FLAGS if getattr(self.a, k) is not None})
-        return training.sampler_from_config(self.config, self.workdir, solver=self.a.solver, steps=self.a.steps,
+        return runs.sampler_from_config(self.config, self.workdir, solver=self.a.solver, steps=self.a.steps,
                                             grid=self.a.grid, options=options)
 
     def guidance(self) -> tuple:
@@ -72,10 +76,10 @@ def sample(job: Job) -> int:
     sampler, labels, s = job.sampler(), job.guidance(), job.config.sampling
     run = job.load(autocast=True)
     distillation.check_sampler(run.workdir, run.sde, sampler)
-    with training.interrupts.StopRequested() as stop:
-        done = training.sampling.sample_to_files(
-            run, training.guided_score_fn(run, *labels), sampler, _or(job.a.num_samples, s.num_samples),
-            _or(job.a.batch_size, s.batch_size), job.config.seed, job.ctx, training.sampling.guidance_tag(*labels),
+    with interrupts.StopRequested() as stop:
+        done = sampling.sample_to_files(
+            run, sampling.guided_score_fn(run, *labels), sampler, _or(job.a.num_samples, s.num_samples),
+            _or(job.a.batch_size, s.batch_size), job.config.seed, job.ctx, sampling.guidance_tag(*labels),
             stop=stop)
     if done is not None:
         print(done.line())
@@ -87,20 +91,20 @@ def calibrate(job: Job) -> None:
     if str(given.get("variance", "")).lower() == "analytic":       # Analytic-DPM's table, not a grid
         run = job.load()
         if job.ctx.is_main:
-            print(training.evaluation.calibrate_variance(run, seed=job.config.seed))
+            print(evaluation.calibrate_variance(run, seed=job.config.seed))
         return
     sampler, s = job.sampler(), job.config.sampling
     solvers.check_calibratable(sampler.solver)     # before the checkpoint is loaded
     run = job.load(autocast=True)       # in the precision the samples will be drawn in
     if job.ctx.is_main:
-        print(training.evaluation.calibrate(run, sampler, pilot=s.calibration_pilot,
+        print(evaluation.calibrate(run, sampler, pilot=s.calibration_pilot,
                                             iterations=s.calibration_iterations, seed=job.config.seed))
 
 
 def likelihood(job: Job) -> int:
     a, run = job.a, job.load()
-    with training.interrupts.StopRequested() as stop:
-        r = training.evaluation.evaluate_likelihood(
+    with interrupts.StopRequested() as stop:
+        r = evaluation.evaluate_likelihood(
             run, job.ctx, num_samples=_or(a.num_samples, job.config.eval.num_samples), batch_size=a.batch_size,
             divergence=a.divergence, repeats=a.dequant_repeats, rtol=a.rtol, atol=a.atol, accuracy=a.accuracy,
             bound=_or(a.bound, "ode"), stop=stop)
@@ -114,7 +118,7 @@ def likelihood(job: Job) -> int:
 def evaluate(job: Job) -> None:
     if not job.ctx.is_main:     # one process evaluates and writes; torchrun's others have nothing to do
         return
-    path, state = training.use_checkpoint_config(job.config, job.workdir, job.a.checkpoint, job.overridden)
+    path, state = runs.use_checkpoint_config(job.config, job.workdir, job.a.checkpoint, job.overridden)
     trainer = training.Trainer(job.config, job.workdir, job.ctx)
     trainer.load_state_dict(state, path)
     print(f"test loss (EMA, step {trainer.step}): {trainer.test_loss(max_batches=10**9):.5f}")
@@ -123,8 +127,8 @@ def evaluate(job: Job) -> None:
 def train_classifier(job: Job) -> None:
     if not job.ctx.is_main:     # one process evaluates and writes; torchrun's others have nothing to do
         return
-    if training.latest_checkpoint(job.workdir) is not None:     # it guides this run's model: same noise and data
-        training.use_checkpoint_config(job.config, job.workdir, None, job.overridden)
+    if runs.latest_checkpoint(job.workdir) is not None:     # it guides this run's model: same noise and data
+        runs.use_checkpoint_config(job.config, job.workdir, None, job.overridden)
     r = training.train_classifier(job.config, job.workdir, job.ctx.device)
     print(f"classifier at step {r.step}, cross-entropy {r.loss:.4f}, test accuracy {r.test_accuracy:.3f} at "
           f"t = 0.1 T; checkpoint {r.checkpoint}")
@@ -139,29 +143,28 @@ def inpaint(job: Job) -> None:
     method = guidance.INPAINTERS.canonical(_or(a.inpaint_method, c.inpainting.method))
     steps = _or(a.steps, c.inpainting.steps)
     run = job.load()
-    print(training.evaluation.inpaint_file(
-        run, training.guided_score_fn(run, *job.guidance()), a.input, a.mask, method=method, steps=steps,
+    print(evaluation.inpaint_file(
+        run, sampling.guided_score_fn(run, *job.guidance()), a.input, a.mask, method=method, steps=steps,
         resample=_or(a.resample, c.inpainting.resample), batch_size=_or(a.batch_size, c.sampling.batch_size),
         seed=c.seed))
 
 
 def fid(job: Job) -> None:
     a, c = job.a, job.config
-    quality = training.quality
-    cache, weights = quality.cache_dir(c), quality.inception_weights(c, a.inception_weights)
+    cache, weights = scoring.cache_dir(c), scoring.inception_weights(c, a.inception_weights)
     if a.samples:
-        if training.latest_checkpoint(job.workdir) is not None:     # the data the run's model was trained on
-            training.use_checkpoint_config(c, job.workdir, a.checkpoint, job.overridden)
+        if runs.latest_checkpoint(job.workdir) is not None:     # the data the run's model was trained on
+            runs.use_checkpoint_config(c, job.workdir, a.checkpoint, job.overridden)
         report = quality.score_file(a.samples, c, cache=cache, weights=weights, device=job.ctx.device) \
             if job.ctx.is_main else None
     else:
         sampler, labels = job.sampler(), job.guidance()
         run = job.load(autocast=True)
         distillation.check_sampler(run.workdir, run.sde, sampler)
-        report = quality.score_run(run, training.guided_score_fn(run, *labels), sampler,
+        report = quality.score_run(run, sampling.guided_score_fn(run, *labels), sampler,
                                    _or(a.num_samples, c.metrics.num_samples), _or(a.batch_size, c.sampling.batch_size),
                                    c.seed, job.ctx, cache=cache, weights=weights,
-                                   tag=training.sampling.guidance_tag(*labels))
+                                   tag=sampling.guidance_tag(*labels))
     if report is not None:
         print(report.line())
         logging.info("wrote %s", report.write(job.workdir))

@@ -11,9 +11,9 @@ from scoresde import guidance
 from scoresde import likelihood
 from scoresde import solvers
 
-from .interrupts import NEVER
-from .sampling import write_samples
-from .workdir import check_directory, fresh_stem
+from scoresde.run.interrupts import NEVER
+from scoresde.commands.sampling import write_samples
+from scoresde.run.workdir import check_directory, fresh_stem
 
 
 class LikelihoodReport(NamedTuple):

@@ -1,0 +1,90 @@
+"""Sample quality of a run as papers report it: samples drawn with a configured sampler and scored against the
+training data's reference statistics (metrics.evaluate), for --mode fid and for the metric logged in training."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from scoresde import metrics
+from scoresde import solvers
+from scoresde.utils import atomic_write_json
+
+from scoresde.run.quality import score
+from scoresde.run.sampling import draw_samples
+from scoresde.run.workdir import check_directory, fresh_stem
+
+SAMPLES_KEY = "samples"
+
+
+def read_samples(path) -> torch.Tensor:
+    """The 'samples' array of an .npz as --mode sample writes it (data space), as a float tensor."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no samples file {path}; write one with --mode sample (an .npz with key "
+                                f"{SAMPLES_KEY!r}, in data space)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if SAMPLES_KEY not in z:
+                raise ValueError(f"{path} holds {', '.join(z.keys()) or 'no arrays'}, not {SAMPLES_KEY!r} (an .npz as "
+                                 f"--mode sample writes it)")
+            x = z[SAMPLES_KEY]
+    except (OSError, EOFError) as e:
+        raise ValueError(f"cannot read {path} as an .npz ({e})") from None
+    if x.dtype.kind != "f":
+        raise ValueError(f"{path}: samples must be floats in data space ([0, 1] for images), got dtype {x.dtype}")
+    bad = int((~np.isfinite(x)).sum())
+    if bad:
+        raise ValueError(f"{path}: the samples contain {bad} NaN or infinite values; draw them again")
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+
+class Report(NamedTuple):
+    """One scored set of samples: the metrics, where the samples came from (shown in the line) and what the JSON
+    record holds besides the metrics; `stem` names it under <workdir>/metrics/."""
+
+    result: metrics.EvalResult
+    source: str
+    record: dict
+    stem: str
+
+    def line(self) -> str:
+        return f"{self.result.format()} ({self.result.num_samples} samples, {self.source})"
+
+    def write(self, workdir) -> Path:
+        stem = fresh_stem(Path(workdir) / "metrics" / self.stem, (".json",))     # never replace an earlier record
+        return atomic_write_json(Path(f"{stem}.json"), {**self.record, **self.result.as_dict()})
+
+
+def score_run(run, score_fn, sampler: solvers.Sampler, num: int, batch_size: int, seed: int, ctx, *,
+              cache: str | Path | None, weights: str | Path | None = None, tag: str = "") -> Report | None:
+    """Draw `num` samples of the run with `sampler` (training.draw_samples: sharded over ranks, seeded per sample)
+    and score them; the Report on rank 0, None on the others. Its stem names the samples as --mode sample names
+    its files (label, count, checkpoint step, seed), so a later checkpoint's record never replaces this one's."""
+    # Before any work, and on every rank: a rank that stopped here alone would leave the others in the gather.
+    check_directory(run.workdir / "metrics")
+    out = draw_samples(run.sde, score_fn, run.data, sampler, num, batch_size, seed, ctx)
+    if out is None:
+        return None
+    if not out.x.isfinite().all():
+        raise ValueError(f"{int((~out.x.isfinite()).sum())} sample values are NaN/inf (nothing scored); try more "
+                         "--steps or another --solver")
+    result = score(out.x, run.config, run.data, cache=cache, weights=weights, device=ctx.device)
+    record = {"dataset": run.config.data.dataset, "checkpoint": str(run.path), "step": run.step, "seed": seed,
+              "solver": sampler.solver, "steps": sampler.steps, "grid": sampler.grid_label,
+              "options": {k: v for k, v in sampler.options.items() if k != "grid"}, "sampler": sampler.describe(),
+              "nfe": out.nfe, "sampling_seconds": out.seconds}
+    return Report(result, f"{sampler.describe()}, NFE {out.nfe:.0f}", record,
+                  f"{sampler.label}_n{num}_step{run.step}_seed{seed}{tag}")
+
+
+def score_file(path, config, *, cache: str | Path | None, weights: str | Path | None = None,
+               device="cpu") -> Report:
+    """Score the samples of an .npz (read_samples) as samples of config.data; needs no checkpoint. The record is
+    from_<file stem>: scoring --mode sample's file never replaces score_run's record of the same samples."""
+    x = read_samples(path)
+    result = score(x, config, cache=cache, weights=weights, device=device)
+    record = {"dataset": config.data.dataset, "samples": str(path)}
+    return Report(result, f"from {path}", record, f"from_{Path(path).stem}")
