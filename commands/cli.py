@@ -9,6 +9,7 @@ from ml_collections import config_flags
 from scoresde import configs
 from scoresde import solvers
 from scoresde import run as runs
+from scoresde.run.sampling import MissingTable
 from scoresde.training import TrainingDivergedError, distributed
 
 from .modes import RUNNERS, Job
@@ -113,7 +114,7 @@ def run(argv: list[str]) -> int:
             return RUNNERS[fv.mode](job) or 0
     except (ValueError, FileNotFoundError, ImportError, runs.CheckpointError, TrainingDivergedError,
             runs.WorkdirBusyError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}{calibrate_hint(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
         name = str(e) or "SIGINT"
@@ -121,6 +122,16 @@ def run(argv: list[str]) -> int:
         return runs.EXIT_CODES.get(name, 130)
     finally:
         distributed.shutdown()
+
+
+def calibrate_hint(e: Exception) -> str:
+    """The command that makes a run's missing calibration table, for errors that say one is missing."""
+    if not isinstance(e, MissingTable):
+        return ""
+    flags_ = [f"--workdir {e.workdir}", f"--solver {e.solver}"]
+    flags_ += [f"--steps {e.steps}"] if e.steps is not None else []
+    flags_ += [f"--solver_options {e.options}"] if e.options else []
+    return f"; make it with `python main.py --mode calibrate {' '.join(flags_)}`"
 
 
 def entry() -> None:

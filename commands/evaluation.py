@@ -12,6 +12,7 @@ from scoresde import likelihood
 from scoresde import solvers
 
 from scoresde.run.interrupts import NEVER
+from scoresde.run.sampling import analytic_table_path, calibrated_grid_path
 from scoresde.commands.sampling import write_samples
 from scoresde.run.workdir import check_directory, fresh_stem
 
@@ -119,7 +120,7 @@ def calibrate(run, sampler: solvers.Sampler, *, pilot: int, iterations: int, see
                                  steps=sampler.steps, eps=sampler.eps, iterations=iterations, progress=True,
                                  generator=torch.Generator(run.device).manual_seed(seed), device=run.device,
                                  **options)
-    path = solvers.calibrated_grid_path(run.workdir, sampler.solver, sampler.steps)
+    path = calibrated_grid_path(run.workdir, sampler.solver, sampler.steps)
     solvers.save_grid(path, cal, solver=sampler.solver, sde=run.sde, **options)
     return (f"{sampler.solver} grid with {sampler.steps} steps fitted on {pilot} pilot paths: pathwise RMSE "
             f"{cal.initial_error:.3g} (uniform log-SNR) -> {cal.error:.3g}, {cal.nfe} NFE; wrote {path}; sample "
@@ -129,7 +130,7 @@ def calibrate(run, sampler: solvers.Sampler, *, pilot: int, iterations: int, see
 def calibrate_variance(run, *, times: int = 100, batches: int = 20, batch_size: int | None = None, seed: int = 0) -> str:
     """Estimate E||eps_hat(x_t, t)||^2/D, the table of Analytic-DPM's variance (solvers.estimate_eps_moments), on
     `batches` batches of the run's training split at `times` log-SNR-spaced times from eps to T, and write it to
-    <workdir>/variances/analytic.json (solvers.analytic_variance_path); returns the line saying what was written."""
+    <workdir>/variances/analytic.json (run.sampling.analytic_table_path); returns the line saying what was written."""
     eps = run.config.sampling.eps
     grid = solvers.time_grid(run.sde, times - 1, eps, "logsnr")
     loader = torch.utils.data.DataLoader(run.data.train, batch_size=batch_size or run.config.eval.batch_size,
@@ -137,7 +138,7 @@ def calibrate_variance(run, *, times: int = 100, batches: int = 20, batch_size: 
     data = (x.to(run.device) for x, _ in itertools.islice(loader, batches))
     table = solvers.estimate_eps_moments(run.sde, run.score_fn, data, grid,
                                          torch.Generator(run.device).manual_seed(seed))
-    path = solvers.analytic_variance_path(run.workdir)
+    path = analytic_table_path(run.workdir)
     solvers.save_eps_moments(path, table, sde=run.sde)
     return (f"E||eps||^2/D at {times} times from {table.count} training points, {float(table.values.min()):.3g} "
             f"to {float(table.values.max()):.3g}; wrote {path}; sample with --workdir "

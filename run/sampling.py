@@ -3,12 +3,14 @@ resolved from its directory), the sharded per-sample-seeded loop, and the refere
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
 from scoresde import solvers
+from scoresde.utils import UsageError
 
 from scoresde.run.interrupts import NEVER
 
@@ -38,15 +40,60 @@ def sampler_from_config(config, workdir=None, *, solver: str | None = None, step
         if snapshot and grid not in solvers.GRIDS:
             grid = ""
     if str(merged.get("variance", "")).lower() == "analytic" and "eps_moments" not in merged and workdir is not None:
-        path = solvers.analytic_variance_path(workdir)
+        path = analytic_table_path(workdir)
         if not path.is_file() and snapshot:     # the table is made from a trained run: snapshots use DDPM's
             merged.pop("variance")
         elif not path.is_file():
-            raise FileNotFoundError(f"no Analytic-DPM table at {path}; make it with `python main.py --mode calibrate "
-                                    f"--workdir {workdir} --solver ancestral --solver_options variance=analytic` first")
+            raise MissingTable(f"no Analytic-DPM table at {path}; estimate it for this run first", workdir,
+                               "ancestral", None, "variance=analytic")
         else:
             merged["eps_moments"] = str(path)
-    return solvers.sampler(name, steps, eps=s.eps, grid=grid, workdir=workdir, default_steps=s.steps, **merged)
+    label = None
+    if grid == "calibrated":
+        grid, steps, label = _calibrated_grid(name, steps, s.steps, workdir, merged), None, "calibrated"
+    elif isinstance(grid, str) and grid not in ("", *solvers.GRIDS) and not grid.endswith(".json"):
+        raise UsageError(f"unknown time grid {grid!r}; available: {', '.join(solvers.GRIDS)}, calibrated, or the "
+                         "path of a .json grid file")
+    return solvers.sampler(name, steps, eps=s.eps, grid=grid, grid_label=label, default_steps=s.steps, **merged)
+
+
+class MissingTable(UsageError):
+    """A run lacks what calibration makes for it (a calibrated grid, the Analytic-DPM table); the attributes say
+    which run, solver, steps and options it is needed for."""
+
+    def __init__(self, message: str, workdir, solver: str, steps: int | None, options: str = ""):
+        super().__init__(message)
+        self.workdir, self.solver, self.steps, self.options = Path(workdir), solver, steps, options
+
+
+def calibrated_grid_path(workdir, solver: str, steps: int) -> Path:
+    """Where a run keeps the grid of `solver` fitted at `steps` steps: <workdir>/grids/<solver>_<steps>.json."""
+    return Path(workdir) / "grids" / f"{solver}_{steps}.json"
+
+
+def analytic_table_path(workdir) -> Path:
+    """Where a run keeps Analytic-DPM's E||eps_hat||^2/D table: <workdir>/variances/analytic.json."""
+    return Path(workdir) / "variances" / "analytic.json"
+
+
+def _calibrated_grid(solver: str, steps: int | None, default_steps: int, workdir, options: dict) -> str:
+    """The path of the run's calibrated grid for `solver` at `steps` (default_steps if None), checked to have been
+    fitted with these options."""
+    solvers.check_calibratable(solver)
+    if workdir is None:
+        raise UsageError("grid 'calibrated' needs the run directory (--workdir); or give the path of the .json grid "
+                         "file")
+    steps = solvers.check_steps(solver, default_steps if steps is None else steps)
+    path = calibrated_grid_path(workdir, solver, steps)
+    if not path.is_file():
+        raise MissingTable(f"no calibrated {solver} grid with {steps} steps at {path}; fit one for this run first",
+                           workdir, solver, steps, "")
+    fitted = solvers.check_options(solver, solvers.grid_options(path))
+    wanted = solvers.check_options(solver, options)
+    if fitted != wanted:
+        raise UsageError(f"the calibrated {solver} grid with {steps} steps was fitted with options "
+                         f"{fitted or 'none'}, not {wanted or 'none'}; sample with those, or calibrate again with these")
+    return str(path)
 
 
 class Samples(NamedTuple):

@@ -82,8 +82,8 @@ def load_eps_moments(path) -> EpsMoments:
         table = EpsMoments(torch.tensor(record["times"], dtype=torch.float64),
                            torch.tensor(record["values"], dtype=torch.float64), int(record["count"]))
     except FileNotFoundError:
-        raise FileNotFoundError(f"no E||eps||^2 table at {str(path)!r}; make one with estimate_eps_moments / "
-                                "--mode calibrate --solver ancestral --solver_options variance=analytic") from None
+        raise FileNotFoundError(f"no E||eps||^2 table at {str(path)!r}; make one with estimate_eps_moments and "
+                                "save_eps_moments") from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"{str(path)!r} is not a table written by save_eps_moments ({e})") from None
     if table.times.ndim != 1 or table.times.shape != table.values.shape or len(table.times) < 2:
@@ -99,8 +99,3 @@ def as_eps_moments(table) -> EpsMoments:
         return load_eps_moments(table)
     raise ValueError(f"eps_moments must be a table from solvers.estimate_eps_moments or the path of its .json file, "
                      f"got {type(table).__name__}")
-
-
-def analytic_variance_path(workdir) -> Path:
-    """Where --mode calibrate keeps the E||eps_hat||^2 table of the run in `workdir`."""
-    return Path(workdir) / "variances" / "analytic.json"

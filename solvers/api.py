@@ -9,7 +9,7 @@ from scoresde.sde_lib import SDE
 
 from .base import SampleResult, Solver
 from .counting import CountingScore
-from .grids import calibrated_grid_path, grid_options, resolve_grid
+from .grids import resolve_grid
 from .options import check_options, solver_options
 from .random import SampleGenerators, fresh_generator
 from .registry import SOLVERS, deterministic, get_solver
@@ -145,12 +145,12 @@ class Sampler:
         return ", ".join(parts)
 
 
-def sampler(solver: str, steps: int | None = None, *, eps: float = 1e-3, grid=None, workdir=None,
+def sampler(solver: str, steps: int | None = None, *, eps: float = 1e-3, grid=None, grid_label: str | None = None,
             default_steps: int | None = None, **options) -> Sampler:
     """A checked Sampler: the solver name, its steps (adaptive solvers take none), its grid ("" or None: the
-    solver's own, a grid name, "calibrated" with `workdir`, a .json path, or times) and its options (strings
-    from the command line are converted). Without `steps`, a grid file or given times set them, else
-    default_steps, else the solver's default."""
+    solver's own, a grid name, a .json path, or times) and its options (strings from the command line are
+    converted). Without `steps`, a grid file or given times set them, else default_steps, else the solver's
+    default. grid_label: the grid's name in the Sampler's label (default: from the grid)."""
     solver = SOLVERS.canonical(solver)
     steps_given = steps is not None
     if steps is None and not get_solver(solver).adaptive:
@@ -163,14 +163,6 @@ def sampler(solver: str, steps: int | None = None, *, eps: float = 1e-3, grid=No
     if grid not in (None, ""):
         if "grid" not in solver_options(solver):
             raise ValueError(f"solver {solver!r} takes no grid (it is adaptive); drop the grid setting")
-        if grid == "calibrated":
-            check_calibratable(solver)
-        resolved = resolve_grid(grid, solver, steps, steps_given=steps_given, workdir=workdir)
-        if grid == "calibrated":
-            fitted = check_options(solver, grid_options(calibrated_grid_path(workdir, solver, resolved.steps)))
-            if fitted != options:
-                raise ValueError(f"the calibrated {solver} grid with {resolved.steps} steps was fitted with options "
-                                 f"{fitted or 'none'}, not {options or 'none'}; sample with those, or calibrate again "
-                                 "with these")
+        resolved = resolve_grid(grid, steps, steps_given=steps_given, label=grid_label)
         options["grid"], steps, label = resolved.grid, resolved.steps, resolved.label
     return Sampler(solver, steps, float(eps), options, label)

@@ -104,7 +104,7 @@ def load_grid(path) -> Tensor:
             record = json.load(f)
         return as_times(record["times"])
     except FileNotFoundError:
-        raise FileNotFoundError(f"no grid file at {str(path)!r}; make one with calibrate_grid / --mode calibrate") \
+        raise FileNotFoundError(f"no grid file at {str(path)!r}; make one with calibrate_grid and save_grid") \
             from None
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise ValueError(f"{str(path)!r} is not a grid file written by save_grid ({e})") from None
@@ -116,11 +116,6 @@ def grid_options(path) -> dict:
         return dict(json.load(f).get("solver_options") or {})
 
 
-def calibrated_grid_path(workdir, solver: str, steps: int) -> Path:
-    """Where --mode calibrate keeps the grid of `solver` at `steps` steps for the run in `workdir`."""
-    return Path(workdir) / "grids" / f"{solver}_{steps}.json"
-
-
 class ResolvedGrid(NamedTuple):
     """grid: the solver's grid option (a name or the times; None = the solver's default); steps: the steps to
     take; label: what tells the grid apart in file names ("" for the default)."""
@@ -130,32 +125,21 @@ class ResolvedGrid(NamedTuple):
     label: str
 
 
-def resolve_grid(grid: str, solver: str, steps: int | None, *, steps_given: bool = True,
-                 workdir=None) -> ResolvedGrid:
-    """A grid setting ("" for the solver's own, a grid name, "calibrated" or a .json path) as a solver option.
+def resolve_grid(grid, steps: int | None, *, steps_given: bool = True, label: str | None = None) -> ResolvedGrid:
+    """A grid setting ("" for the solver's own, a grid name, a .json path or the times) as a solver option.
 
-    "calibrated" reads <workdir>/grids/<solver>_<steps>.json (written by --mode calibrate); a .json path gives its
-    times and, unless steps_given, its number of steps.
+    A .json path (a grid written by save_grid) gives its times and, unless steps_given, its number of steps.
+    label: the grid's name in file names (default: the grid's name, "grid-<file stem>" or "given").
     """
     if grid in ("", None):
         return ResolvedGrid(None, steps, "")
     if not isinstance(grid, str):
         times = as_times(grid)
-        return ResolvedGrid(times, steps if steps_given else len(times) - 1, "given")
+        return ResolvedGrid(times, steps if steps_given else len(times) - 1, label or "given")
     if grid in GRIDS:
         return ResolvedGrid(grid, steps, grid)
-    if grid == "calibrated":
-        if workdir is None:
-            raise ValueError("grid 'calibrated' needs the run directory (--workdir); or give the path of the "
-                             ".json grid file")
-        path = calibrated_grid_path(workdir, solver, steps)
-        if not path.is_file():
-            raise FileNotFoundError(f"no calibrated {solver} grid with {steps} steps at {path}; make it with "
-                                    f"`python main.py --mode calibrate --workdir {workdir} --solver {solver} "
-                                    f"--steps {steps}` first")
-        return ResolvedGrid(load_grid(path), steps, "calibrated")
     if not grid.endswith(".json"):
-        raise ValueError(f"unknown time grid {grid!r}; available: {', '.join(GRIDS)}, calibrated, or the path of "
-                         f"a .json grid file")
+        raise ValueError(f"unknown time grid {grid!r}; available: {', '.join(GRIDS)}, or the path of a "
+                         f".json grid file")
     times = load_grid(grid)
-    return ResolvedGrid(times, steps if steps_given else len(times) - 1, f"grid-{Path(grid).stem}")
+    return ResolvedGrid(times, steps if steps_given else len(times) - 1, label or f"grid-{Path(grid).stem}")

@@ -85,8 +85,7 @@ class Ancestral(StochasticSolver):
         self.noise_std = ANCESTRAL_VARIANCES[variance]
         if self.variance == "analytic" and eps_moments is None:
             raise ValueError("variance='analytic' needs eps_moments: a table from solvers.estimate_eps_moments or "
-                             "the path of its .json (python main.py --mode calibrate --solver ancestral "
-                             "--solver_options variance=analytic)")
+                             "the path of the .json that save_eps_moments wrote")
         self.eps_moments = None if eps_moments is None else as_eps_moments(eps_moments)
 
     @property

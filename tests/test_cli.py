@@ -176,7 +176,7 @@ def test_an_override_that_contradicts_the_checkpoint_is_refused(trained):
 def test_calibrate_then_sample_on_the_calibrated_grid(trained):
     result = cli("--mode", "calibrate", "--workdir", trained, "--solver=unipc", "--steps=3",
                  "--config.sampling.calibration_pilot=4", "--config.sampling.calibration_iterations=3", *TINY)
-    path = solvers.calibrated_grid_path(trained, "unipc", 3)
+    path = runs.calibrated_grid_path(trained, "unipc", 3)
     assert path == trained / "grids" / "unipc_3.json"
     record = json.loads(path.read_text())
     assert len(record["times"]) == 4 and record["solver"] == "unipc"

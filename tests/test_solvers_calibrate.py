@@ -136,14 +136,3 @@ def test_calibration_leaves_the_networks_gradients_alone():
 
     solvers.calibrate_grid(VP, score, (16, 2), "unipc", steps=3, iterations=3, dtype=torch.float64)
     assert net.weight.grad is None and net.bias.grad is None
-
-
-def test_a_calibrated_grid_is_used_only_with_the_options_it_was_fitted_with(tmp_path):
-    sde = sde_lib.VPSDE()
-    times = solvers.time_grid(sde, 4, 1e-3, "edm")
-    fitted = solvers.Calibration(times, 0.1, 0.2, 10)
-    solvers.save_grid(solvers.calibrated_grid_path(tmp_path, "unipc", 4), fitted, solver="unipc", sde=sde, order=2)
-    s = solvers.sampler("unipc", 4, grid="calibrated", workdir=tmp_path, order="2")
-    assert s.grid_label == "calibrated" and s.options["grid"].tolist() == times.tolist()
-    with pytest.raises(ValueError, match=r"was fitted with options \{'order': 2\}, not \{'order': 3\}"):
-        solvers.sampler("unipc", 4, grid="calibrated", workdir=tmp_path, order=3)

@@ -20,7 +20,7 @@ from scoresde import training
 from scoresde.run import checkpoint as ckpt
 from scoresde.run.log import read_metrics
 
-from helpers import ROOT, tiny_config
+from helpers import ROOT, cli, tiny_config
 from oracles import relative_score_error
 
 
@@ -125,11 +125,11 @@ def test_sampler_from_config_resolves_the_grid(tmp_path):
     s = runs.sampler_from_config(config, solver="heun")
     assert (s.options["grid"], s.label) == ("edm", "heun_4_edm")
     config.sampling.grid = "calibrated"
-    with pytest.raises(FileNotFoundError, match=re.escape(f"make it with `python main.py --mode calibrate --workdir "
-                                                          f"{tmp_path} --solver heun --steps 4`")):
+    with pytest.raises(runs.MissingTable, match=re.escape(f"no calibrated heun grid with 4 steps at "
+                                                          f"{tmp_path / 'grids' / 'heun_4.json'}; fit one")):
         runs.sampler_from_config(config, tmp_path, solver="heun")
     times = solvers.time_grid(sde_lib.VPSDE(), 4, 1e-3, "edm")
-    path = solvers.calibrated_grid_path(tmp_path, "heun", 4)
+    path = runs.calibrated_grid_path(tmp_path, "heun", 4)
     assert path == tmp_path / "grids" / "heun_4.json"
     solvers.save_grid(str(path), solvers.Calibration(times, 0.1, 0.2, 10), solver="heun", sde=sde_lib.VPSDE())
     s = runs.sampler_from_config(config, tmp_path, solver="heun")
@@ -142,6 +142,31 @@ def test_sampler_from_config_resolves_the_grid(tmp_path):
     config.sampling.grid = "nonsense"
     with pytest.raises(ValueError, match="unknown time grid 'nonsense'; available: uniform, logsnr, edm, calibrated"):
         runs.sampler_from_config(config, solver="heun")
+
+
+def test_a_calibrated_grid_is_used_only_with_the_options_it_was_fitted_with(tmp_path):
+    sde = sde_lib.VPSDE()
+    times = solvers.time_grid(sde, 4, 1e-3, "edm")
+    fitted = solvers.Calibration(times, 0.1, 0.2, 10)
+    solvers.save_grid(runs.calibrated_grid_path(tmp_path, "unipc", 4), fitted, solver="unipc", sde=sde, order=2)
+    config = tiny_config()
+    config.sampling.grid = "calibrated"
+    s = runs.sampler_from_config(config, tmp_path, solver="unipc", steps=4, options={"order": "2"})
+    assert s.grid_label == "calibrated" and s.options["grid"].tolist() == times.tolist()
+    with pytest.raises(ValueError, match=r"was fitted with options \{'order': 2\}, not \{'order': 3\}"):
+        runs.sampler_from_config(config, tmp_path, solver="unipc", steps=4, options={"order": 3})
+
+
+def test_a_missing_calibrated_grid_names_the_command_that_makes_it(tmp_path):
+    config = tiny_config()
+    trainer = training.Trainer(config, tmp_path)
+    trainer.run()
+    result = cli("--mode", "sample", "--workdir", tmp_path, "--solver=heun", "--steps=3", "--grid=calibrated",
+                 check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: no calibrated heun grid with 3 steps at {tmp_path / 'grids' / 'heun_3.json'}; fit one for this run "
+        f"first; make it with `python main.py --mode calibrate --workdir {tmp_path} --solver heun --steps 3`"]
 
 
 def test_snapshots_use_the_sampling_options(tmp_path, monkeypatch):
