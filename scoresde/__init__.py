@@ -2,8 +2,8 @@
 
 The everyday API, loaded on first use so that `import scoresde` stays cheap:
 
-    run = scoresde.load_run("runs/vpsde")
-    sampler = scoresde.solvers.get_solver("heun", run.sde, steps=20)
+    run = scoresde.load_run("runs/vpsde")                  # config, sde, score_fn, network, data of a trained run
+    x = scoresde.sample(run.sde, run.score_fn, (64, *run.data.shape), "heun", steps=20).x
 """
 import importlib
 import os
@@ -16,9 +16,11 @@ if os.path.isfile(os.path.join(_checkout, "setup.cfg")) and os.path.isfile(os.pa
 
 __version__ = "0.1.0"
 
-SUBPACKAGES = ("sde_lib", "models", "solvers", "likelihood", "metrics", "data", "guidance", "configs", "interop",
-               "training")
-FUNCTIONS = {"load_run": "training", "Run": "training", "train": "training", "get_sde": "sde_lib"}
+SUBPACKAGES = ("utils", "sde_lib", "models", "solvers", "likelihood", "metrics", "data", "guidance", "configs", "run",
+               "training", "interop", "commands")
+FUNCTIONS = {"load_run": "run", "Run": "run", "draw_samples": "run", "train": "training", "Trainer": "training",
+             "get_sde": "sde_lib", "GaussianMixture": "sde_lib", "sample": "solvers", "sampler": "solvers",
+             "load_config": "configs", "UsageError": "utils"}
 
 __all__ = [*SUBPACKAGES, *FUNCTIONS, "__version__"]
 
