@@ -20,12 +20,13 @@ def get_default_configs() -> ml_collections.ConfigDict:
     distributed.timeout_minutes = 30    # how long a rank waits for the others at a collective before failing
 
     config.sde = sde = ml_collections.ConfigDict()
-    sde.name = "vpsde"                  # vpsde | subvpsde | vesde | cosine
+    sde.name = "vpsde"                  # vpsde | subvpsde | vesde | cosine | rectified | polynomial_flow
     sde.beta_min = 0.1                  # VP / sub-VP: beta(0)
     sde.beta_max = 20.0                 # VP / sub-VP: beta(1)
     sde.sigma_min = 0.01                # VE: sigma(0)
     sde.sigma_max = 50.0                # VE: sigma(1), about the largest distance between data points
     sde.s = 0.008                       # cosine: offset s of Nichol & Dhariwal's schedule
+    sde.power = 2.0                     # polynomial_flow: alpha_bar = 1 - t^power, beta_bar = t
 
     config.data = data = ml_collections.ConfigDict()
     data.dataset = "digits"             # digits | moons | swissroll | circles | checkerboard | gmm8 | mnist | cifar10 | image_folder | array

@@ -8,6 +8,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from scoresde.configs.default import get_default_configs
+
 try:
     import fcntl
 except ImportError:     # Windows: no advisory locks; the run goes unlocked
@@ -109,11 +111,17 @@ def _resumable(key: str) -> bool:
 
 def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
     """(refused, allowed): 'key: old -> new' for every config key that differs between a run's saved config
-    and the one it is resumed with; refused are those that would make the checkpoints another experiment."""
+    and the one it is resumed with; refused are those that would make the checkpoints another experiment.
+
+    A field that the saved config lacks and that has its default value is no change: fields are added with a
+    default that keeps what runs trained before them did."""
     old, new = _flat(saved), _flat(current)
+    defaults = _flat(json.loads(get_default_configs().to_json()))
     refused, allowed = [], []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
+        if key not in old and key in defaults and b == defaults[key]:
+            continue
         if a != b:
             (allowed if _resumable(key) else refused).append(f"{key}: {a!r} -> {b!r}")
     return refused, allowed

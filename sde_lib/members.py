@@ -1,4 +1,5 @@
-"""The SDEs of Song et al. 2021 (VP, sub-VP, VE), the cosine schedule, and schedules from user callables.
+"""The SDEs of Song et al. 2021 (VP, sub-VP, VE), the cosine schedule, rectified flow and its polynomial
+relatives, and schedules from user callables.
 
 Each member chooses alpha_bar and beta_bar; f and g^2 are given in closed form where they exist and
 checked against the autograd-derived ones of the base class in the tests.
@@ -219,6 +220,56 @@ def ddpm_betas(num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_e
         return torch.tensor([min(1 - a2((i + 1) / n) / a2(i / n), 0.999) for i in range(n)], dtype=torch.float64)
     raise ValueError(f"unsupported beta_schedule {beta_schedule!r}; supported: linear, scaled_linear, "
                      "squaredcos_cap_v2, or trained_betas")
+
+
+class PolynomialFlow(SDE):
+    """The affine path alpha_bar = 1 - t^k, beta_bar = t (k = 1: rectified flow), stopped at T < 1.
+
+    f = -k t^(k-1)/(1 - t^k) and g^2 = 2t + 2k t^(k+1)/(1 - t^k) are infinite at t = 1, where alpha_bar = 0 and
+    the log-SNR log((1 - t^k)/t) is -inf; the probability-flow velocity alpha_bar' x_0 + beta_bar' eps stays finite
+    there, but the samplers that step in the log-SNR cannot start from -inf. So the process ends at T = 1 - 1e-3 by
+    default, where alpha_bar(T) = k 1e-3 to first order (azula clips its rectified schedule the same way): the prior
+    N(0, T^2 I) then ignores the marginal's mean alpha_bar(T) x_0, as VP's prior ignores exp(-5) x_0.
+    """
+
+    def __init__(self, power: float = 1.0, T: float = 1.0 - 1e-3):
+        _require(power > 0, f"power must be positive, got power={power}")
+        _require(0 < T < 1, f"T must lie in (0, 1): alpha_bar(1) = 0 has an infinite drift; got T={T}")
+        super().__init__(T)
+        self.power = float(power)
+
+    def alpha_bar(self, t) -> Tensor:
+        """alpha_bar(t) = 1 - t^k."""
+        return 1.0 - as_time(t) ** self.power
+
+    def beta_bar(self, t) -> Tensor:
+        """beta_bar(t) = t."""
+        return as_time(t)
+
+    def f(self, t) -> Tensor:
+        """f(t) = d ln alpha_bar/dt = -k t^(k-1)/(1 - t^k)."""
+        t = as_time(t)
+        return -self.power * t ** (self.power - 1.0) / (1.0 - t**self.power)
+
+    def g2(self, t) -> Tensor:
+        """g(t)^2 = d t^2/dt - 2 f t^2 = 2t + 2k t^(k+1)/(1 - t^k)."""
+        t = as_time(t)
+        return 2.0 * t + 2.0 * self.power * t ** (self.power + 1.0) / (1.0 - t**self.power)
+
+
+class RectifiedFlow(PolynomialFlow):
+    """Rectified flow (Liu et al. 2022), the conditional optimal-transport path of flow matching (Lipman et al.
+    2023): x_t = (1 - t) x_0 + t eps, so f = -1/(1 - t), g^2 = 2t/(1 - t); stopped at T = 1 - 1e-3."""
+
+    def __init__(self, T: float = 1.0 - 1e-3):
+        super().__init__(1.0, T)
+
+    def __repr__(self) -> str:
+        return f"RectifiedFlow(T={self.T!r})"
+
+    def t_of_log_snr(self, lam) -> Tensor:
+        """Closed form: lambda = log((1 - t)/t), so t = sigmoid(-lambda)."""
+        return torch.sigmoid(-as_time(lam))
 
 
 class DiscreteVPSDE(SDE):

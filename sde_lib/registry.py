@@ -4,7 +4,7 @@ from __future__ import annotations
 from scoresde.utils import Registry
 
 from .base import SDE
-from .members import CosineVPSDE, DiscreteVPSDE, SubVPSDE, VESDE, VPSDE
+from .members import CosineVPSDE, DiscreteVPSDE, PolynomialFlow, RectifiedFlow, SubVPSDE, VESDE, VPSDE
 
 SDES: Registry[type[SDE]] = Registry("SDE", {
     "vpsde": VPSDE,
@@ -12,6 +12,8 @@ SDES: Registry[type[SDE]] = Registry("SDE", {
     "vesde": VESDE,
     "cosine": CosineVPSDE,
     "discrete_vp": DiscreteVPSDE,
+    "rectified": RectifiedFlow,
+    "polynomial_flow": PolynomialFlow,
 })
 
 

@@ -90,3 +90,12 @@ def test_non_finite_samples_raise_and_write_nothing(tmp_path, bad):
     with pytest.raises(ValueError, match=r"the samples contain NaN/inf \(nothing written\); try more --steps"):
         sampling.write_samples(tmp_path / "out" / "s", x, data_info(True), "try more --steps")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_field_added_since_a_run_was_trained_is_no_change_at_its_default():
+    from scoresde.run.workdir import config_changes
+    saved = {"sde": {"name": "vpsde", "beta_min": 0.1}}
+    assert config_changes(saved, {"sde": {"name": "vpsde", "beta_min": 0.1, "power": 2.0}}) == ([], [])
+    # At another value it changes the experiment like any other field.
+    assert config_changes(saved, {"sde": {"name": "vpsde", "beta_min": 0.1, "power": 3.0}}) == (
+        ["sde.power: '<unset>' -> 3.0"], [])
