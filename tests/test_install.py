@@ -2,6 +2,7 @@
 our subpackages (models.py, data/, training.py, configs/) stay the user's, and the library still imports and samples.
 """
 import importlib.util
+import os
 import subprocess
 import sys
 import sysconfig
@@ -23,6 +24,10 @@ print("user", models.WHO, data.WHO, training.WHO, configs.WHO)
 print("scoresde", scoresde.__file__)
 print("mean |x|", round(float(x.abs().mean()), 2))
 """
+
+
+# A PYTHONPATH pointing at a checkout would import the checkout instead of what was installed.
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
 def _venv(tmp_path: Path) -> tuple[Path, Path]:
@@ -56,7 +61,8 @@ def test_install_is_one_namespace(tmp_path, editable):
     have = importlib.util.find_spec("setuptools") and importlib.util.find_spec("wheel")
     isolation = ["--no-build-isolation"] if have else []
     done = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", *isolation,
-                           *(["-e"] if editable else []), str(ROOT)], capture_output=True, text=True, cwd=tmp_path)
+                           *(["-e"] if editable else []), str(ROOT)], capture_output=True, text=True, cwd=tmp_path,
+                          env=CLEAN_ENV)
     assert done.returncode == 0, done.stderr[-3000:]
     ours = {p.name for p in site.iterdir() if "scoresde" in p.name.lower()}
     others = {p.name for p in site.iterdir()} - ours - {"__pycache__", "_distutils_hack", "distutils-precedence.pth", "test-environment.pth"}
@@ -66,7 +72,7 @@ def test_install_is_one_namespace(tmp_path, editable):
     assert (python.parent / "scoresde").is_file(), "no console script 'scoresde'"
 
     user = _user_folder(tmp_path)
-    out = subprocess.run([str(python), "-c", USER_SCRIPT], cwd=user, capture_output=True, text=True)
+    out = subprocess.run([str(python), "-c", USER_SCRIPT], cwd=user, capture_output=True, text=True, env=CLEAN_ENV)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "user user models user data user training user configs"
@@ -76,5 +82,6 @@ def test_install_is_one_namespace(tmp_path, editable):
     # about 0.5/sqrt(512) = 0.02.
     assert abs(float(lines[2].split()[-1]) - 2.0) < 0.1, lines[2]
 
-    cli = subprocess.run([str(python.parent / "scoresde"), "--help"], cwd=user, capture_output=True, text=True)
+    cli = subprocess.run([str(python.parent / "scoresde"), "--help"], cwd=user, capture_output=True, text=True,
+                         env=CLEAN_ENV)
     assert cli.returncode == 0 and "--mode MODE" in cli.stdout, cli.stderr
