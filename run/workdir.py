@@ -8,6 +8,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from scoresde.models import SIGMA_DATA
+
 try:
     import fcntl
 except ImportError:     # Windows: no advisory locks; the run goes unlocked
@@ -20,6 +22,10 @@ RESUMABLE_CHANGES = (
     "distill",
     "classifier", "inpainting", "device", "distributed", "compile", "num_threads", "data.path", "data.download",
 )
+
+# Keys a saved config may lack, with the value a run whose config lacks them trains with (the default of
+# run.builders.build_precond).
+IMPLIED = {"model.sigma_data": SIGMA_DATA}
 
 
 class WorkdirBusyError(RuntimeError):
@@ -113,7 +119,7 @@ def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
     old, new = _flat(saved), _flat(current)
     refused, allowed = [], []
     for key in sorted(set(old) | set(new)):
-        a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
+        a, b = old.get(key, IMPLIED.get(key, "<unset>")), new.get(key, "<unset>")
         if a != b:
             (allowed if _resumable(key) else refused).append(f"{key}: {a!r} -> {b!r}")
     return refused, allowed

@@ -25,7 +25,8 @@ def test_inference_takes_the_trained_sections_of_the_checkpoint(caplog):
     config = tiny_config()
     config.sde.name, config.model.embedding_type, config.sampling.steps = "vesde", "fourier", 200
     config.data.path = "/new/place"
-    trained = trained_config(**{"model.ch_mult": [1, 2, 2], "data.path": "/old/place"})
+    trained = trained_config(**{"model.ch_mult": [1, 2, 2], "model.embedding_type": "sinusoidal",
+                                "data.path": "/old/place"})
     with caplog.at_level("WARNING"):
         runs.use_trained_sections(config, trained, {"model.mlp_width": 32, "data.path": "/new/place"})
     assert (config.sde.name, config.model.embedding_type, config.model.ch_mult) == ("vpsde", "sinusoidal", (1, 2, 2))
