@@ -142,7 +142,7 @@ class PrecondCoefficients(NamedTuple):
 
 class Precond:
     """How a network is fed and how its output F becomes a score: EDM's preconditioning (Karras et al. 2022,
-    Table 1), in x_hat = x_t/alpha_bar with noise level sigma = beta_bar/alpha_bar.
+    Table 1), in x_hat = x_t/alpha_bar with noise level sigma = beta_bar/alpha_bar (docs/math.md, Preconditioning).
 
     D(x_t) = c_skip x_hat + c_out F(c_in x_hat; c_noise) estimates E[x_0 | x_t], and score = (alpha_bar D - x_t)/beta_bar^2.
     `parameterization` fixes c_in, c_skip and c_out; `noise_input` names c_noise, what the network receives as its
@@ -170,6 +170,10 @@ class Precond:
             noise_input = "edm"
         else:
             noise_input = network_attr(network, "noise_input") or "t"
+        if network_attr(network, "scale_by_sigma") and noise_input != "log_sigma":
+            raise UsageError(f"the network divides its output by exp(noise input) (scale_by_sigma), which is sigma "
+                             f"only when it is fed log sigma, but parameterization={parameterization!r} feeds it "
+                             f"{noise_input}; use another parameterisation or a network without scale_by_sigma")
         return cls(parameterization, noise_input, sigma_data)
 
     def noise(self, c: Coefficients) -> Tensor:

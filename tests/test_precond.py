@@ -118,6 +118,10 @@ def test_networks_declare_their_noise_input():
     assert edm.noise_input == "edm"
     torch.testing.assert_close(edm.coefficients(sde, t).c_noise, log_sigma / 4, rtol=0, atol=0)
     assert models.Precond.for_network(nn.Linear(2, 2)).noise_input == "t"     # declares nothing
+    scaled = models.UNet(1, 8, ch=8, ch_mult=(1, 2), attn_resolutions=(), embedding="fourier", scale_by_sigma=True)
+    assert models.Precond.for_network(scaled, "score").noise_input == "log_sigma"
+    with pytest.raises(UsageError, match="scale_by_sigma.*parameterization='edm' feeds it edm"):
+        models.Precond.for_network(scaled, "edm")
 
 
 def image_config(**model):
