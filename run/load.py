@@ -65,7 +65,8 @@ def use_trained_sections(config, trained, overridden=()) -> None:
     """Set config's TRAINED_SECTIONS to those of `trained`, the config a checkpoint was trained with.
 
     overridden: the config keys given on the command line ('model.nf', ...). One that contradicts the checkpoint
-    is a ValueError naming both values; other differences (another --config name, say) are logged.
+    is a ValueError naming both values; other differences (another --config name, say) are logged, except where
+    `config` leaves the field None.
     """
     replaced = []
     for section in TRAINED_SECTIONS:
@@ -81,7 +82,8 @@ def use_trained_sections(config, trained, overridden=()) -> None:
                                  "eval and inpainting use the checkpoint's sde, model and data settings)")
             with config.unlocked():
                 config[section][name] = value
-            replaced.append(f"{key}={_plain(value)!r} (not {_plain(current)!r})")
+            if current is not None:     # None leaves the choice to the run (model.embedding_type: its preset's)
+                replaced.append(f"{key}={_plain(value)!r} (not {_plain(current)!r})")
     if replaced:
         logging.warning("using the checkpoint's %s", ", ".join(replaced))
 

@@ -10,6 +10,7 @@ from torch import nn
 from scoresde import configs
 from scoresde import models
 from scoresde.models.diffusers import DiffusersUNet
+from scoresde import run as runs
 from scoresde.run import builders, load_run, workdir
 from scoresde.sde_lib import VESDE, GaussianMixture, SubVPSDE, VPSDE
 from scoresde.training import Trainer
@@ -164,6 +165,15 @@ def test_an_unset_embedding_type_is_the_model_presets_and_an_explicit_one_overri
     assert builders.build_model(image_config(), (1, 8, 8)).embedding == "sinusoidal"
     assert builders.build_model(image_config(name="ddpmpp"), (1, 8, 8)).embedding == "sinusoidal"
     assert builders.build_model(image_config(name="ncsnpp"), (2,)).embedding == "sinusoidal"   # vector data: MLP
+
+
+def test_inference_takes_the_recorded_embedding_quietly_where_the_config_leaves_it_unset(caplog):
+    config = image_config(name="ncsnpp")
+    trained = json.loads(image_config(name="ncsnpp", embedding_type="sinusoidal").to_json())
+    with caplog.at_level("WARNING"):
+        runs.use_trained_sections(config, trained)
+    assert config.model.embedding_type == "sinusoidal"
+    assert "embedding_type" not in caplog.text
 
 
 def test_a_run_records_the_embedding_it_trains_with(tmp_path):
