@@ -85,7 +85,7 @@ def random_network(name, sde, **kwargs):
         p.requires_grad_(False)
         if p.ndim > 1 and not p.any():
             torch.nn.init.normal_(p, std=0.05)
-    return models.get_score_fn(net, sde, parameterization="eps")
+    return models.get_score_fn(net, sde, "eps")
 
 
 def row(label, impl, nfe, seconds, ratio):

@@ -66,7 +66,7 @@ def _worker(rank, world_size, port, args, out_path):
             ctx.barrier()
             train_s = time.perf_counter() - start
 
-            score_fn = models.get_score_fn(trainer.ema.module.eval(), trainer.sde, config.model.parameterization)
+            score_fn = models.get_score_fn(trainer.ema.module.eval(), trainer.sde, trainer.precond)
             shard = ctx.shard(args.samples)
             gen = torch.Generator(trainer.device).manual_seed(ctx.seed(config.seed))
             ctx.barrier()

@@ -42,6 +42,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     config.model = model = ml_collections.ConfigDict()
     model.name = "unet"                 # unet | mlp (vector data always uses mlp)
     model.parameterization = "eps"      # eps | score | x0 | v | edm
+    model.sigma_data = 0.5              # data standard deviation of the edm parameterisation and the edm weighting
     model.ema_rate = 0.995              # EMA decay per step (with warm-up (1+n)/(10+n)); CIFAR-10: 0.9999
     model.nf = 16                       # base channels of the UNet
     model.ch_mult = (1, 2)              # channel multiplier per resolution
@@ -50,7 +51,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     model.dropout = 0.0                 # dropout probability in residual blocks
     model.resblock_updown = True        # BigGAN-style residual up/down-sampling
     model.skip_rescale = True           # rescale skip connections by 1/sqrt(2)
-    model.embedding_type = "sinusoidal"  # sinusoidal (of t, VP-type) | fourier (of log sigma, VE-type)
+    model.embedding_type = placeholder(str)  # None: the model's own (ncsnpp: fourier, else sinusoidal) |
+    #                                          sinusoidal (of t, VP-type) | fourier (of log sigma, VE-type)
     model.fourier_scale = 16.0          # std of the Gaussian Fourier features
     model.conditional = False           # feed class labels to the network (datasets with labels only)
     model.mlp_width = 256               # MLP hidden width (vector data)

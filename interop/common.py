@@ -10,7 +10,7 @@ from scoresde import configs
 from scoresde import data as data_lib
 from scoresde import models
 from scoresde import sde_lib
-from scoresde.run.builders import build_sde
+from scoresde.run.builders import build_precond, build_sde
 from scoresde.run.checkpoint import CheckpointError, load_module_state
 
 
@@ -56,5 +56,5 @@ def finish(config, network, state_ema: dict, model_state: dict, step: int, sourc
     load_module_state(network, state_ema, "imported EMA network", source)
     network.eval().requires_grad_(False)
     sde = build_sde(config)
-    return Imported(config, network, sde, models.get_score_fn(network, sde, config.model.parameterization),
+    return Imported(config, network, sde, models.get_score_fn(network, sde, build_precond(config, network)),
                     int(step), model_state)

@@ -1,4 +1,4 @@
-"""Score networks (MLP, DDPM++/NCSN++ U-Net), parameterisations of the score, DSM losses and EMA."""
+"""Score networks (MLP, DDPM++/NCSN++ U-Net), their preconditioning (parameterisations of the score), DSM losses and EMA."""
 from .ema import EMAAverage, create_ema
 from .embeddings import ACTIVATIONS, EMBEDDINGS, GaussianFourierEmbedding, SinusoidalEmbedding
 from .losses import (
@@ -13,12 +13,13 @@ from .losses import (
     get_weighting,
 )
 from .mlp import MLP
-from .parameterization import NOISE_INPUTS, PARAMETERIZATIONS, ScoreFn, get_score_fn
+from .parameterization import NOISE_INPUTS, PARAMETERIZATIONS, SIGMA_DATA, Precond, ScoreFn, get_score_fn
 from .registry import MODELS, get_model
 from .unet import UNet
 
 __all__ = [
-    "MLP", "UNet", "MODELS", "get_model", "ScoreFn", "get_score_fn", "PARAMETERIZATIONS", "NOISE_INPUTS",
+    "MLP", "UNet", "MODELS", "get_model", "Precond", "SIGMA_DATA", "ScoreFn", "get_score_fn", "PARAMETERIZATIONS",
+    "NOISE_INPUTS",
     "dsm_loss", "WEIGHTINGS", "T_SAMPLINGS", "Weighting", "EpsWeighting", "LikelihoodWeighting",
     "ImportanceLikelihoodWeighting", "EDMWeighting", "get_weighting", "create_ema", "EMAAverage", "ACTIVATIONS",
     "EMBEDDINGS", "SinusoidalEmbedding", "GaussianFourierEmbedding",

@@ -22,7 +22,7 @@ def require_diffusers():
 class DiffusersUNet(nn.Module):
     """A diffusers UNet2DModel as a network of this project: forward(x, noise_input=t) = unet(x, N t - 1).sample."""
 
-    embedding = "diffusers"   # not Fourier: ScoreFn passes t as the noise input
+    noise_input = "t"   # forward maps t to the UNet's timestep itself
 
     def __init__(self, unet: nn.Module, num_train_timesteps: int):
         super().__init__()

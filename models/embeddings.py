@@ -17,6 +17,8 @@ class SinusoidalEmbedding(nn.Module):
     are only right with exactly that embedding.
     """
 
+    noise_input = "t"   # what a network with this embedding is fed (models.NOISE_INPUTS)
+
     def __init__(self, dim: int, scale: float = 1000.0, max_period: float = 10000.0, freq_shift: int = 0):
         super().__init__()
         if dim < 2 or dim % 2:
@@ -35,6 +37,8 @@ class SinusoidalEmbedding(nn.Module):
 
 class GaussianFourierEmbedding(nn.Module):
     """emb(s) = [sin(2 pi s W), cos(2 pi s W)], W ~ N(0, scale^2) fixed at construction (NCSN++ with s = log sigma)."""
+
+    noise_input = "log_sigma"
 
     def __init__(self, dim: int, scale: float = 16.0):
         super().__init__()

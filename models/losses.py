@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from scoresde.sde_lib import SDE, as_time, expand_as
-from scoresde.utils import Registry
+from scoresde.utils import Registry, UsageError
 
-from .parameterization import ScoreFn, as_labels, network_attr
+from .parameterization import Precond, ScoreFn, as_labels, network_attr
 
 Tensor = torch.Tensor
 
@@ -198,24 +198,35 @@ def _drop_labels(model: nn.Module, y: Tensor | None, p: float, generator) -> Ten
     return torch.where(drop, torch.full_like(y, num_classes), y)
 
 
-def dsm_loss(model: nn.Module, sde: SDE, x0: Tensor, *, parameterization: str = "eps",
+def _weighting_for(weighting: str | Weighting, precond: Precond) -> Weighting:
+    """`weighting`, built by name with the preconditioning's sigma_data where it takes one; a Weighting whose
+    sigma_data differs from the preconditioning's is a UsageError (the loss would weight another data scale)."""
+    if not isinstance(weighting, Weighting):
+        takes_sigma_data = "sigma_data" in inspect.signature(WEIGHTINGS[weighting]).parameters
+        return get_weighting(weighting, **({"sigma_data": precond.sigma_data} if takes_sigma_data else {}))
+    sigma_data = getattr(weighting, "sigma_data", precond.sigma_data)
+    if sigma_data != precond.sigma_data:
+        raise UsageError(f"the weighting has sigma_data={sigma_data} but the preconditioning {precond.sigma_data}; "
+                         "build both from the same value (run.builders.build_weighting does)")
+    return weighting
+
+
+def dsm_loss(model: nn.Module, sde: SDE, x0: Tensor, *, precond: Precond | str = "eps",
              weighting: str | Weighting = "eps", t_sampling: str = "uniform", class_labels=None,
-             label_dropout: float = 0.0, generator: torch.Generator | None = None, reduce: str = "mean",
-             noise_input: str | None = None, sigma_data: float = 0.5, scale_by_sigma: bool = False) -> Tensor:
+             label_dropout: float = 0.0, generator: torch.Generator | None = None, reduce: str = "mean") -> Tensor:
     """w(t) ||beta_bar(t) s_theta(x_t, t) + eps||^2 summed over dimensions, x_t = alpha_bar x0 + beta_bar eps.
 
+    precond: the Precond of the network (or a parameterisation name: Precond.for_network(model, name)).
     weighting: a Weighting (which holds eps, the smallest training time, and its other hyper-parameters) or the
-    name of one, built with its defaults (get_weighting). Returns the batch mean (reduce="mean") or the per-sample
-    losses of shape (N,) (reduce="none"). parameterization / noise_input / sigma_data / scale_by_sigma are those of
-    ScoreFn. label_dropout replaces each class label by the null label `model.num_classes` with that probability
-    (training for classifier-free guidance).
+    name of one, built with its defaults and the preconditioning's sigma_data (get_weighting). Returns the batch
+    mean (reduce="mean") or the per-sample losses of shape (N,) (reduce="none"). label_dropout replaces each class
+    label by the null label `model.num_classes` with that probability (training for classifier-free guidance).
     """
-    weighting = get_weighting(weighting)
+    score_fn = ScoreFn(model, sde, precond)
+    weighting = _weighting_for(weighting, score_fn.precond)
     draw_u = T_SAMPLINGS[t_sampling]
     reduction = REDUCTIONS[reduce]
     weighting.check(sde)
-    score_fn = ScoreFn(model, sde, parameterization, noise_input=noise_input, sigma_data=sigma_data,
-                       scale_by_sigma=scale_by_sigma)
     n = x0.shape[0]
     labels = _drop_labels(model, as_labels(class_labels, n, x0.device), label_dropout, generator)
     u = draw_u(n, generator, x0.device)

@@ -4,14 +4,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .embeddings import LabelEmbedding, check_no_labels, make_activation, make_embedding
+from .embeddings import EMBEDDINGS, LabelEmbedding, check_no_labels, make_activation, make_embedding
 
 
 class MLP(nn.Module):
     """out = W_out act(h_depth), h_{k+1} = h_k + W_k act(h_k + emb(noise_input, y)), h_1 = W_in x.
 
     The output has out_dim entries (default dim, a score or eps; the number of classes for a noisy classifier's
-    logits); num_classes makes the network conditional on class labels y.
+    logits); num_classes makes the network conditional on class labels y. noise_input says what it is fed as
+    its noise level: t for sinusoidal embeddings, log sigma for Fourier features (models.Precond reads it).
     """
 
     def __init__(self, dim: int, width: int = 128, depth: int = 3, activation: str = "silu",
@@ -23,6 +24,7 @@ class MLP(nn.Module):
             if not (isinstance(value, int) and value > 0):
                 raise ValueError(f"MLP {name} must be a positive int, got {value!r}")
         self.dim, self.embedding, self.num_classes = dim, embedding, num_classes
+        self.noise_input = EMBEDDINGS[embedding].noise_input
         self.act = make_activation(activation)
         self.noise_embed = nn.Sequential(make_embedding(embedding, width, embedding_scale),
                                          nn.Linear(width, width), make_activation(activation), nn.Linear(width, width))

@@ -1,17 +1,18 @@
 """What the network predicts, and the score it implies: x_t = alpha_bar x_0 + beta_bar eps, score = -E[eps | x_t]/beta_bar.
 
-Every parameterisation maps the network output F to score(x_t, t); training, sampling and likelihood all go
-through `ScoreFn`, so there is one place where the network output is interpreted.
+A `Precond` (EDM's preconditioning) says what the network is fed and maps its output F to score(x_t, t); training,
+sampling and likelihood all go through it, so there is one place where the network output is interpreted.
 """
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from scoresde.sde_lib import SDE, batch_time, expand_as
-from scoresde.utils import Registry
+from scoresde.utils import Registry, UsageError
 
 Tensor = torch.Tensor
 
@@ -51,38 +52,36 @@ NOISE_INPUTS = Registry("noise_input", {
 })
 
 
-def _score_from_score(net, x, a, b, opts) -> Tensor:
-    """score = F, or F / beta_bar with scale_by_sigma (NCSN++)."""
-    out = net(x)
-    return out / b if opts["scale_by_sigma"] else out
+def _score_from_score(net, x, a, b, sigma_data) -> Tensor:
+    """score = F (a network that scales its own output, as NCSN++'s scale_by_sigma, does so inside)."""
+    return net(x)
 
 
-def _score_from_eps(net, x, a, b, opts) -> Tensor:
+def _score_from_eps(net, x, a, b, sigma_data) -> Tensor:
     """score = -eps_hat / beta_bar."""
     return -net(x) / b
 
 
-def _score_from_x0(net, x, a, b, opts) -> Tensor:
+def _score_from_x0(net, x, a, b, sigma_data) -> Tensor:
     """score = -(x - alpha_bar x0_hat) / beta_bar^2."""
     return -(x - a * net(x)) / b**2
 
 
-def _score_from_v(net, x, a, b, opts) -> Tensor:
+def _score_from_v(net, x, a, b, sigma_data) -> Tensor:
     """v = alpha_bar eps - beta_bar x0, so eps_hat = (beta_bar x + alpha_bar v_hat)/(alpha_bar^2 + beta_bar^2), score = -eps_hat/beta_bar."""
     return -(b * x + a * net(x)) / ((a**2 + b**2) * b)
 
 
-def _score_from_edm(net, x, a, b, opts) -> Tensor:
+def _score_from_edm(net, x, a, b, sigma_data) -> Tensor:
     """EDM preconditioning in x_t: D = c_skip x/alpha_bar + c_out F(c_in x/alpha_bar), score = (alpha_bar D - x)/beta_bar^2.
 
     With sigma = beta_bar/alpha_bar and s_d = sigma_data: c_skip = s_d^2/(sigma^2+s_d^2), c_out = sigma s_d/sqrt(sigma^2+s_d^2),
     c_in = 1/sqrt(sigma^2+s_d^2). Substituting gives score = -x/(beta_bar^2 + alpha_bar^2 s_d^2)
     + alpha_bar s_d F / (beta_bar sqrt(beta_bar^2 + alpha_bar^2 s_d^2)), which never forms 1 - c_skip by cancellation.
     """
-    sd = opts["sigma_data"]
-    r2 = b**2 + (a * sd) ** 2
+    r2 = b**2 + (a * sigma_data) ** 2
     out = net(x / torch.sqrt(r2))
-    return -x / r2 + a * sd * out / (b * torch.sqrt(r2))
+    return -x / r2 + a * sigma_data * out / (b * torch.sqrt(r2))
 
 
 PARAMETERIZATIONS = Registry("parameterization", {
@@ -94,6 +93,109 @@ PARAMETERIZATIONS = Registry("parameterization", {
 })
 
 
+def _coefficients_score(a, b, sigma_data):
+    return a, torch.ones_like(a), b**2 / a
+
+
+def _coefficients_eps(a, b, sigma_data):
+    return a, torch.ones_like(a), -b / a
+
+
+def _coefficients_x0(a, b, sigma_data):
+    return a, torch.zeros_like(a), torch.ones_like(a)
+
+
+def _coefficients_v(a, b, sigma_data):
+    return a, a**2 / (a**2 + b**2), -b / (a**2 + b**2)
+
+
+def _coefficients_edm(a, b, sigma_data):
+    sigma2 = (b / a) ** 2
+    return (1 / torch.sqrt(sigma2 + sigma_data**2), sigma_data**2 / (sigma2 + sigma_data**2),
+            torch.sqrt(sigma2) * sigma_data / torch.sqrt(sigma2 + sigma_data**2))
+
+
+# (c_in, c_skip, c_out) of each parameterisation as functions of alpha_bar, beta_bar and sigma_data: the network
+# sees x_t = alpha_bar x_hat (c_in = alpha_bar) except under edm, and x0_hat = c_skip x_hat + c_out F follows
+# from each definition (eps: x0 = x_hat - sigma eps; v: x0 = (alpha_bar x - beta_bar v)/(alpha_bar^2 + beta_bar^2);
+# score: Tweedie, x0 = (x + beta_bar^2 s)/alpha_bar).
+COEFFICIENTS = {
+    "score": _coefficients_score,
+    "eps": _coefficients_eps,
+    "x0": _coefficients_x0,
+    "v": _coefficients_v,
+    "edm": _coefficients_edm,
+}
+
+# EDM's sigma_data: the standard deviation of images scaled to [-1, 1].
+SIGMA_DATA = 0.5
+
+
+class PrecondCoefficients(NamedTuple):
+    """EDM's D(x_hat; sigma) = c_skip x_hat + c_out F(c_in x_hat; c_noise) at each time, float64 tensors (N,)."""
+
+    c_in: Tensor
+    c_skip: Tensor
+    c_out: Tensor
+    c_noise: Tensor
+
+
+class Precond:
+    """How a network is fed and how its output F becomes a score: EDM's preconditioning (Karras et al. 2022,
+    Table 1), in x_hat = x_t/alpha_bar with noise level sigma = beta_bar/alpha_bar (docs/math.md, Preconditioning).
+
+    D(x_t) = c_skip x_hat + c_out F(c_in x_hat; c_noise) estimates E[x_0 | x_t], and score = (alpha_bar D - x_t)/beta_bar^2.
+    `parameterization` fixes c_in, c_skip and c_out; `noise_input` names c_noise, what the network receives as its
+    noise level (NOISE_INPUTS); `sigma_data` is the data standard deviation of the edm parameterisation, and the
+    one an EDM loss weighting must use. The score is computed by the algebraically equal closed forms above
+    (PARAMETERIZATIONS), which avoid cancellations such as 1 - c_skip near t = 0.
+    """
+
+    def __init__(self, parameterization: str = "eps", noise_input: str = "t", sigma_data: float = SIGMA_DATA):
+        self.parameterization = PARAMETERIZATIONS.canonical(parameterization)
+        self.noise_input = NOISE_INPUTS.canonical(noise_input)
+        if not (isinstance(sigma_data, (int, float)) and not isinstance(sigma_data, bool) and sigma_data > 0):
+            raise UsageError(f"sigma_data must be a positive number (the data standard deviation, {SIGMA_DATA} for "
+                             f"images in [-1, 1]), got {sigma_data!r}")
+        self.sigma_data = float(sigma_data)
+        self._to_score = PARAMETERIZATIONS[self.parameterization]
+        self._noise = NOISE_INPUTS[self.noise_input]
+
+    @classmethod
+    def for_network(cls, network: nn.Module, parameterization: str = "eps",
+                    sigma_data: float = SIGMA_DATA) -> Precond:
+        """The preconditioning of `network`: it is fed the noise input its class declares (its `noise_input`
+        attribute, "t" when it declares none), and EDM's c_noise = log(sigma)/4 under the edm parameterisation."""
+        if PARAMETERIZATIONS.canonical(parameterization) == "edm":
+            noise_input = "edm"
+        else:
+            noise_input = network_attr(network, "noise_input") or "t"
+        if network_attr(network, "scale_by_sigma") and noise_input != "log_sigma":
+            raise UsageError(f"the network divides its output by exp(noise input) (scale_by_sigma), which is sigma "
+                             f"only when it is fed log sigma, but parameterization={parameterization!r} feeds it "
+                             f"{noise_input}; use another parameterisation or a network without scale_by_sigma")
+        return cls(parameterization, noise_input, sigma_data)
+
+    def noise(self, c: Coefficients) -> Tensor:
+        """c_noise, the network's noise input, at the times of `c` (float64, shape (N,))."""
+        return self._noise(c)
+
+    def coefficients(self, sde: SDE, t: Tensor) -> PrecondCoefficients:
+        """c_in, c_skip, c_out and c_noise at float64 times t of shape (N,) under `sde`."""
+        c = Coefficients(sde, t)
+        return PrecondCoefficients(*COEFFICIENTS[self.parameterization](c.alpha_bar, c.beta_bar, self.sigma_data),
+                                   self.noise(c))
+
+    def score(self, network: nn.Module, x: Tensor, c: Coefficients, y: Tensor | None = None) -> Tensor:
+        """The score at x (shape (N, ...)) implied by `network`'s output, for the coefficients c of x's times."""
+        net = functools.partial(network, noise_input=self.noise(c).to(x.dtype), y=y)
+        return self._to_score(net, x, expand_as(c.alpha_bar, x), expand_as(c.beta_bar, x), self.sigma_data)
+
+    def __repr__(self) -> str:
+        return (f"Precond(parameterization={self.parameterization!r}, noise_input={self.noise_input!r}, "
+                f"sigma_data={self.sigma_data!r})")
+
+
 def network_attr(model: nn.Module, name: str):
     """An attribute of the network itself, looking through wrappers (DataParallel/DDP/AveragedModel .module, torch.compile)."""
     while not hasattr(model, name):
@@ -102,13 +204,6 @@ def network_attr(model: nn.Module, name: str):
             return None
         model = inner[0]
     return getattr(model, name)
-
-
-def default_noise_input(model: nn.Module, parameterization: str) -> str:
-    """EDM's c_noise for the EDM parameterisation, log sigma for Fourier-feature networks, t otherwise."""
-    if parameterization == "edm":
-        return "edm"
-    return "log_sigma" if network_attr(model, "embedding") == "fourier" else "t"
 
 
 def as_labels(y, n: int, device) -> Tensor | None:
@@ -124,26 +219,17 @@ def as_labels(y, n: int, device) -> Tensor | None:
 
 
 class ScoreFn:
-    """score_fn(x, t) = grad_x log p_t(x) implied by `model` under `parameterization` (the sde_lib convention).
+    """score_fn(x, t) = grad_x log p_t(x) implied by `model` under the preconditioning `precond` (the sde_lib
+    convention); a parameterisation name stands for Precond.for_network(model, name).
 
     t may be float64 or x's dtype, scalar or shape (N,); coefficients are computed in float64 and cast to x's dtype.
     Classifier-free guidance combines `score` of a class and of the null label: guidance.ClassifierFreeGuidance.
     """
 
-    def __init__(self, model: nn.Module, sde: SDE, parameterization: str = "eps", class_labels=None, *,
-                 noise_input: str | None = None, sigma_data: float = 0.5, scale_by_sigma: bool = False):
-        parameterization = PARAMETERIZATIONS.canonical(parameterization)
-        self.to_score = PARAMETERIZATIONS[parameterization]
-        noise_input = NOISE_INPUTS.canonical(default_noise_input(model, parameterization) if noise_input is None
-                                             else noise_input)
-        self.noise_fn = NOISE_INPUTS[noise_input]
-        if not sigma_data > 0:
-            raise ValueError(f"sigma_data must be positive (the data standard deviation, 0.5 for images in [-1, 1]), "
-                             f"got {sigma_data}")
-        self.model, self.sde, self.parameterization = model, sde, parameterization
+    def __init__(self, model: nn.Module, sde: SDE, precond: Precond | str = "eps", class_labels=None):
+        self.precond = precond if isinstance(precond, Precond) else Precond.for_network(model, precond)
+        self.model, self.sde = model, sde
         self.class_labels = class_labels
-        self.noise_input = noise_input
-        self.opts = {"sigma_data": float(sigma_data), "scale_by_sigma": bool(scale_by_sigma)}
 
     def __call__(self, x: Tensor, t) -> Tensor:
         return self.score(x, t, self.class_labels)
@@ -151,13 +237,9 @@ class ScoreFn:
     def score(self, x: Tensor, t, y=None) -> Tensor:
         """The score at (x, t) for class labels y (an int, a tensor (N,), or None for the unconditional/null label)."""
         c = Coefficients(self.sde, batch_time(t, x))
-        y = as_labels(y, x.shape[0], x.device)
-        net = functools.partial(self.model, noise_input=self.noise_fn(c).to(x.dtype), y=y)
-        return self.to_score(net, x, expand_as(c.alpha_bar, x), expand_as(c.beta_bar, x), self.opts)
+        return self.precond.score(self.model, x, c, as_labels(y, x.shape[0], x.device))
 
 
-def get_score_fn(model: nn.Module, sde: SDE, parameterization: str = "eps", class_labels=None, *,
-                 noise_input: str | None = None, sigma_data: float = 0.5, scale_by_sigma: bool = False) -> ScoreFn:
-    """score_fn(x, t) = grad_x log p_t(x) of a network under a parameterisation (see ScoreFn)."""
-    return ScoreFn(model, sde, parameterization, class_labels, noise_input=noise_input, sigma_data=sigma_data,
-                   scale_by_sigma=scale_by_sigma)
+def get_score_fn(model: nn.Module, sde: SDE, precond: Precond | str = "eps", class_labels=None) -> ScoreFn:
+    """score_fn(x, t) = grad_x log p_t(x) of a network under a preconditioning or parameterisation (see ScoreFn)."""
+    return ScoreFn(model, sde, precond, class_labels)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embeddings import LabelEmbedding, check_no_labels, make_activation, make_embedding
+from .embeddings import EMBEDDINGS, LabelEmbedding, check_no_labels, make_activation, make_embedding
 from .upfirdn import FIRDownConv2d, downsample_fir, setup_kernel, upsample_fir
 
 PROGRESSIVE_INPUTS = ("none", "residual")
@@ -124,6 +124,8 @@ class UNet(nn.Module):
     pyramid: after each downsampling block, pyramid <- FIR stride-2 conv(pyramid) and h <- (pyramid + h)/sqrt 2,
     pyramid <- h), center_input (the network sees 2x - 1, for data in [0, 1]) and scale_by_sigma (the output is
     divided by sigma = exp(noise_input), so the noise input must be log sigma: Fourier embeddings only).
+    `noise_input` says what the network is fed as its noise level: t for sinusoidal embeddings, log sigma for
+    Fourier features (models.Precond reads it).
     """
 
     def __init__(self, in_channels: int = 3, image_size: int = 32, ch: int = 128, ch_mult=(1, 2, 2, 2),
@@ -137,6 +139,7 @@ class UNet(nn.Module):
         _check_config(in_channels, image_size, ch, ch_mult, num_res_blocks, attn_resolutions, dropout)
         _check_ncsnpp_options(embedding, fir, resblock_updown, progressive_input, scale_by_sigma)
         self.in_channels, self.image_size, self.embedding, self.num_classes = in_channels, image_size, embedding, num_classes
+        self.noise_input = EMBEDDINGS[embedding].noise_input
         self.center_input, self.scale_by_sigma, self.skip_rescale = bool(center_input), bool(scale_by_sigma), skip_rescale
         temb_dim, embedding_dim = 4 * ch, embedding_dim or ch
         self.noise_embed = nn.Sequential(make_embedding(embedding, embedding_dim, embedding_scale),

@@ -7,7 +7,7 @@ import torch
 
 from scoresde import models
 from scoresde import sde_lib
-from scoresde.utils import Registry
+from scoresde.utils import Registry, UsageError
 
 OPTIMIZERS = Registry("optimizer", {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW})
 
@@ -35,18 +35,35 @@ def build_sde(config) -> sde_lib.SDE:
     return sde_lib.get_sde(config.sde.name, **_fields_for(sde_lib.SDES[config.sde.name], config.sde))
 
 
+def _network_name(config, shape) -> str:
+    """The name of the network the run builds: an MLP for vector data, else config.model.name."""
+    return "mlp" if len(shape) == 1 else config.model.name
+
+
+def network_embedding(config, shape) -> str | None:
+    """The noise embedding of the run's network: model.embedding_type where it is set, else the model preset's
+    own (ncsnpp: Fourier features; unet, ddpmpp, mlp: sinusoidal); None for a diffusers UNet, which has its own."""
+    name = _network_name(config, shape)
+    if name == "diffusers":
+        return None
+    explicit = config.model.get("embedding_type")
+    return explicit if explicit else inspect.signature(models.MODELS[name]).parameters["embedding"].default
+
+
 def build_model(config, shape, num_classes=None) -> torch.nn.Module:
     """A UNet for images (C, H, W) and an MLP for vector data, configured from config.model.
 
     The network takes class labels only when config.model.conditional is set (and the data have labels).
     model.name="diffusers" is a wrapped diffusers UNet2DModel (models.diffusers; needs the diffusers extra).
+    The embedding is network_embedding's: an unset model.embedding_type keeps the preset's.
     """
     m = config.model
     if m.conditional and not num_classes:
         raise ValueError("model.conditional=True needs a dataset with class labels; this one has none")
     num_classes = num_classes if m.conditional else None
-    common = dict(embedding=m.embedding_type, num_classes=num_classes)
-    if m.embedding_type == "fourier":
+    embedding = network_embedding(config, shape)
+    common = dict(embedding=embedding, num_classes=num_classes)
+    if embedding == "fourier":
         common["embedding_scale"] = m.fourier_scale
     if len(shape) == 1:
         return models.get_model("mlp", dim=shape[0], width=m.mlp_width, depth=m.mlp_depth, **common)
@@ -68,10 +85,24 @@ def build_model(config, shape, num_classes=None) -> torch.nn.Module:
                             **common, **ncsnpp)
 
 
-def build_weighting(config) -> models.Weighting:
-    """The DSM weighting named by config.training.weighting, given the fields of config.training it takes (eps, ...)."""
+def build_precond(config, network: torch.nn.Module) -> models.Precond:
+    """The run's preconditioning: config.model.parameterization and model.sigma_data (EDM's 0.5 in configs that
+    have none), with the noise input `network` (the unwrapped network of build_model) declares."""
+    return models.Precond.for_network(network, config.model.parameterization,
+                                      config.model.get("sigma_data", models.SIGMA_DATA))
+
+
+def build_weighting(config, precond: models.Precond) -> models.Weighting:
+    """The DSM weighting named by config.training.weighting, given the fields of config.training it takes (eps, ...)
+    and the preconditioning's sigma_data (EDM), so that the loss and the network see one data scale."""
+    if "sigma_data" in config.training:
+        raise UsageError("training.sigma_data is not read: the data standard deviation is model.sigma_data, used by "
+                         "both the preconditioning and the EDM weighting; set that instead")
     name = config.training.weighting
-    return models.get_weighting(name, **_fields_for(models.WEIGHTINGS[name], config.training))
+    fields = _fields_for(models.WEIGHTINGS[name], config.training)
+    if "sigma_data" in inspect.signature(models.WEIGHTINGS[name]).parameters:
+        fields["sigma_data"] = precond.sigma_data
+    return models.get_weighting(name, **fields)
 
 
 def build_optimizer(config, params) -> torch.optim.Optimizer:

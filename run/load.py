@@ -15,7 +15,7 @@ from scoresde import sde_lib
 
 from scoresde.run import checkpoint as ckpt
 from scoresde.run import precision
-from scoresde.run.builders import build_model, build_sde, get_device, set_num_threads
+from scoresde.run.builders import build_model, build_precond, build_sde, get_device, set_num_threads
 
 # What a checkpoint's network was trained on and for: inference takes these sections from the checkpoint.
 TRAINED_SECTIONS = ("sde", "model", "data")
@@ -26,7 +26,7 @@ RELOCATABLE = ("data.path", "data.download")
 @dataclass
 class Run:
     """config: the run's config (trained sections from the checkpoint); network: the EMA network (eval mode, no
-    parameter gradients); score_fn(x, t): its score; data: the DataInfo (shape, scalers, test split); step and
+    parameter gradients); score_fn(x, t): its score (through `precond`); data: the DataInfo (shape, scalers, test split); step and
     path: of the checkpoint loaded."""
 
     config: ml_collections.ConfigDict
@@ -37,6 +37,11 @@ class Run:
     step: int
     path: Path
     workdir: Path
+
+    @property
+    def precond(self) -> models.Precond:
+        """The preconditioning of the network (parameterisation, noise input, sigma_data)."""
+        return self.score_fn.precond
 
     @property
     def device(self) -> torch.device:
@@ -60,7 +65,8 @@ def use_trained_sections(config, trained, overridden=()) -> None:
     """Set config's TRAINED_SECTIONS to those of `trained`, the config a checkpoint was trained with.
 
     overridden: the config keys given on the command line ('model.nf', ...). One that contradicts the checkpoint
-    is a ValueError naming both values; other differences (another --config name, say) are logged.
+    is a ValueError naming both values; other differences (another --config name, say) are logged, except where
+    `config` leaves the field None.
     """
     replaced = []
     for section in TRAINED_SECTIONS:
@@ -76,7 +82,8 @@ def use_trained_sections(config, trained, overridden=()) -> None:
                                  "eval and inpainting use the checkpoint's sde, model and data settings)")
             with config.unlocked():
                 config[section][name] = value
-            replaced.append(f"{key}={_plain(value)!r} (not {_plain(current)!r})")
+            if current is not None:     # None leaves the choice to the run (model.embedding_type: its preset's)
+                replaced.append(f"{key}={_plain(value)!r} (not {_plain(current)!r})")
     if replaced:
         logging.warning("using the checkpoint's %s", ", ".join(replaced))
 
@@ -124,5 +131,5 @@ def load_run(workdir, checkpoint=None, device=None, *, config=None, overridden=(
     if autocast:
         network = precision.autocast_network(network, config.precision, device)
     logging.info("loaded the EMA weights of %s (step %d)", path, state["step"])
-    score_fn = models.get_score_fn(network, sde, config.model.parameterization)
+    score_fn = models.get_score_fn(network, sde, build_precond(config, model))
     return Run(config, sde, score_fn, network, info, int(state["step"]), path, workdir)

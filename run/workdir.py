@@ -23,7 +23,6 @@ RESUMABLE_CHANGES = (
     "classifier", "inpainting", "device", "distributed", "compile", "num_threads", "data.path", "data.download",
 )
 
-
 class WorkdirBusyError(RuntimeError):
     """Another process holds the run directory's lock."""
 
@@ -113,15 +112,13 @@ def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
     """(refused, allowed): 'key: old -> new' for every config key that differs between a run's saved config
     and the one it is resumed with; refused are those that would make the checkpoints another experiment.
 
-    A field that the saved config lacks and that has its default value is no change: fields are added with a
-    default that keeps what runs trained before them did."""
+    A field that the saved config lacks has its default value: fields are added with a default that keeps what
+    runs trained before them did."""
     old, new = _flat(saved), _flat(current)
     defaults = _flat(json.loads(get_default_configs().to_json()))
     refused, allowed = [], []
     for key in sorted(set(old) | set(new)):
-        a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
-        if key not in old and key in defaults and b == defaults[key]:
-            continue
+        a, b = old.get(key, defaults.get(key, "<unset>")), new.get(key, "<unset>")
         if a != b:
             (allowed if _resumable(key) else refused).append(f"{key}: {a!r} -> {b!r}")
     return refused, allowed

@@ -14,15 +14,15 @@ from torch import nn
 
 from scoresde import models
 from scoresde.sde_lib import VESDE, CosineVPSDE, GaussianMixture, SubVPSDE, VPSDE
+from scoresde.utils import UsageError
 
 D = 4
 MU = torch.tensor([0.5, -1.0, 0.0, 2.0], dtype=torch.float64)
 S2 = 0.25
 DATA = GaussianMixture([1.0], MU[None], S2)
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE(sigma_max=20.0), "cosine": CosineVPSDE()}
-PARAMS = [("eps", {}), ("x0", {}), ("v", {}), ("score", {}), ("score", {"scale_by_sigma": True}),
-          ("edm", {"sigma_data": 0.7})]
-PARAM_IDS = ["eps", "x0", "v", "score", "score_scaled", "edm"]
+PARAMS = [("eps", {}), ("x0", {}), ("v", {}), ("score", {}), ("edm", {"sigma_data": 0.7})]
+PARAM_IDS = ["eps", "x0", "v", "score", "edm"]
 
 
 
@@ -34,10 +34,10 @@ class OptimalGaussian(nn.Module):
     `shift` is added to the output (a perturbation away from the optimum).
     """
 
-    def __init__(self, sde, parameterization, sigma_data=0.5, scale_by_sigma=False, shift=0.0):
+    def __init__(self, sde, parameterization, sigma_data=0.5, shift=0.0):
         super().__init__()
         self.sde, self.parameterization = sde, parameterization
-        self.sigma_data, self.scale_by_sigma, self.shift = sigma_data, scale_by_sigma, shift
+        self.sigma_data, self.shift = sigma_data, shift
 
     def forward(self, x, noise_input, y=None):
         t = noise_input.double()
@@ -55,7 +55,7 @@ class OptimalGaussian(nn.Module):
         elif self.parameterization == "v":
             out = a * eps - b * x0
         elif self.parameterization == "score":
-            out = b * score if self.scale_by_sigma else score
+            out = score
         else:
             sigma, sd = b / a, self.sigma_data
             c_skip, c_out = sd**2 / (sigma**2 + sd**2), sigma * sd / torch.sqrt(sigma**2 + sd**2)
@@ -64,7 +64,7 @@ class OptimalGaussian(nn.Module):
 
 
 def optimal(sde, parameterization, opts, shift=0.0):
-    return OptimalGaussian(sde, parameterization, opts.get("sigma_data", 0.5), opts.get("scale_by_sigma", False), shift)
+    return OptimalGaussian(sde, parameterization, opts.get("sigma_data", 0.5), shift)
 
 
 def posterior_eps_var(sde, t):
@@ -87,8 +87,8 @@ def loss_samples(sde, n, seed, parameterization="eps", opts=None, shift=0.0, wei
     model = optimal(sde, parameterization, opts, shift)
     if isinstance(weighting, str):
         weighting = models.get_weighting(weighting, eps=eps)
-    return models.dsm_loss(model, sde, x0, parameterization=parameterization, noise_input="t", reduce="none",
-                           weighting=weighting, generator=gen, **opts, **kwargs)
+    return models.dsm_loss(model, sde, x0, precond=models.Precond(parameterization, "t", **opts), reduce="none",
+                           weighting=weighting, generator=gen, **kwargs)
 
 
 def assert_mc_close(samples, expected):
@@ -106,7 +106,7 @@ def test_every_parameterization_of_the_optimal_network_gives_the_exact_score(sde
     x = DATA.sample(64, generator=gen) * 1.5
     t = torch.rand(64, dtype=torch.float64, generator=gen) * sde.T
     t[:4] = torch.tensor([1e-5, 1e-3, 0.5 * sde.T, sde.T])
-    score = models.get_score_fn(optimal(sde, param, opts), sde, param, noise_input="t", **opts)(x, t)
+    score = models.get_score_fn(optimal(sde, param, opts), sde, models.Precond(param, "t", **opts))(x, t)
     exact = DATA.score_fn(sde)(x, t)
     # float64 round-off: the x0 route forms x - alpha_bar x0_hat (size ~|x|, error ~1e-16 |x|) and divides by
     # beta_bar^2, which is 1e-12 for sub-VP at t = 1e-5; the bound below allows 10x that, plus 1e-8 relative.
@@ -133,7 +133,7 @@ def _eps_sensitivity(sde, param, opts):
         t = torch.as_tensor(t, dtype=torch.float64)
         a, b = sde.alpha_bar(t), sde.beta_bar(t)
         return {"eps": torch.ones_like(t), "x0": a / b, "v": a / (a**2 + b**2),
-                "score": torch.ones_like(t) if opts.get("scale_by_sigma") else b,
+                "score": b,
                 "edm": a * sd / torch.sqrt(b**2 + a**2 * sd**2)}[param].numpy()
     return k
 
@@ -241,7 +241,7 @@ def test_bad_loss_arguments_name_the_valid_choices():
     with pytest.raises(ValueError, match="unknown weighting 'nll'; available: eps, likelihood, likelihood_is, edm$"):
         models.dsm_loss(net, VPSDE(), x0, weighting="nll")
     with pytest.raises(ValueError, match="unknown parameterization 'epsilon'; available: score, eps, x0, v, edm$"):
-        models.dsm_loss(net, VPSDE(), x0, parameterization="epsilon")
+        models.dsm_loss(net, VPSDE(), x0, precond="epsilon")
     with pytest.raises(ValueError, match="unknown t_sampling 'sobol'; available: uniform, stratified, antithetic$"):
         models.dsm_loss(net, VPSDE(), x0, t_sampling="sobol")
     with pytest.raises(ValueError, match="unknown reduce 'sum'; available: mean, none$"):
@@ -256,6 +256,10 @@ def test_bad_loss_arguments_name_the_valid_choices():
         models.get_weighting(models.EpsWeighting(), eps=1e-3)
     with pytest.raises(ValueError, match="label_dropout > 0 needs class_labels"):
         models.dsm_loss(net, VPSDE(), x0, label_dropout=0.1)
+    with pytest.raises(UsageError, match="the weighting has sigma_data=0.7 but the preconditioning 0.5"):
+        models.dsm_loss(net, VPSDE(), x0, precond="edm", weighting=models.EDMWeighting(sigma_data=0.7))
+    with pytest.raises(UsageError, match="sigma_data must be a positive number"):
+        models.Precond("edm", sigma_data=0.0)
     assert set(models.WEIGHTINGS) == {"eps", "likelihood", "likelihood_is", "edm"}
     assert set(models.PARAMETERIZATIONS) == {"score", "eps", "x0", "v", "edm"}
 

@@ -171,7 +171,7 @@ def test_score_fn_passes_class_labels_and_the_null_label_to_the_network():
 
     x = torch.randn(5, 2, dtype=torch.float64)
     t = torch.rand(5, dtype=torch.float64)
-    score_fn = models.get_score_fn(ExactConditionalScore(), sde, "score", class_labels=1, noise_input="t")
+    score_fn = models.get_score_fn(ExactConditionalScore(), sde, models.Precond("score", "t"), class_labels=1)
     # float64 evaluations of the same closed forms: only round-off separates them.
     torch.testing.assert_close(score_fn(x, t), parts[1].score(x, sde, t), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(score_fn.score(x, t, torch.tensor([0, 1, 0, 1, 0])),
@@ -220,7 +220,7 @@ def test_score_fn_sees_through_wrappers_to_the_networks_embedding():
     ema.update_parameters(net)
     x, t, sde = torch.randn(4, 2), torch.rand(4), VESDE()
     wrapped = models.get_score_fn(ema, sde, class_labels=1)
-    assert wrapped.noise_input == "log_sigma"          # from the wrapped network's Fourier embedding
+    assert wrapped.precond.noise_input == "log_sigma"  # declared by the wrapped network's Fourier embedding
     torch.testing.assert_close(wrapped(x, t), models.get_score_fn(net, sde, class_labels=1)(x, t))
 
 
@@ -229,7 +229,7 @@ def test_score_fn_errors_list_valid_names():
     with pytest.raises(ValueError, match="unknown parameterization 'noise'; available: score, eps, x0, v, edm$"):
         models.get_score_fn(net, VPSDE(), "noise")
     with pytest.raises(ValueError, match="unknown noise_input 'sigma'; available: t, log_sigma, edm$"):
-        models.get_score_fn(net, VPSDE(), noise_input="sigma")
+        models.Precond(noise_input="sigma")
     with pytest.raises(ValueError, match=r"class_labels must be an int or have shape \(4,\)"):
         models.get_score_fn(models.MLP(2, num_classes=3), VPSDE(), class_labels=torch.zeros(3))(
             torch.zeros(4, 2), torch.ones(4))

@@ -138,7 +138,7 @@ class StudentTrainer(Trainer):
 
     def loss(self, model, x, y, generator=None, reduce="mean") -> Tensor:
         c = self.config
-        student = models.get_score_fn(model, self.sde, c.model.parameterization)
+        student = models.get_score_fn(model, self.sde, self.precond)
         return distillation_loss(student, self.teacher, self.sde, x, self.teacher_times, c.distill.weighting,
                                  generator=generator, reduce=reduce)
 
@@ -165,7 +165,7 @@ def load_teacher(workdir, checkpoint=None, device=None) -> Teacher:
         raise ValueError(f"{run.path} is a class-conditional model; progressive distillation here is for "
                          "unconditional models")
     network = precision.autocast_network(run.network, run.config.precision, run.device)
-    score_fn = models.get_score_fn(network, run.sde, run.config.model.parameterization)
+    score_fn = models.get_score_fn(network, run.sde, run.precond)
     init = {k: v.detach().clone() for k, v in run.network.state_dict().items()}
     return Teacher(score_fn, run.config, init, str(run.path), run.step)
 

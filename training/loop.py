@@ -23,7 +23,8 @@ from scoresde.run import checkpoint as ckpt
 from scoresde.training import distributed
 from scoresde.run import precision
 from scoresde.run import workdir as workdir_lib
-from scoresde.run.builders import build_model, build_optimizer, build_sde, build_weighting, learning_rate, set_num_threads
+from scoresde.run.builders import (build_model, build_optimizer, build_precond, build_sde, build_weighting, learning_rate,
+                                   network_embedding, set_num_threads)
 from scoresde.run.images import save_samples
 from scoresde.run.interrupts import StopRequested
 from scoresde.run.sampling import reference_points, sampler_from_config
@@ -95,15 +96,19 @@ class Trainer:
         seed_everything(config.seed)
         self.data = data_lib.get_dataset(config)
         self.sde = build_sde(config)
+        # The run records the embedding it trains with (an unset one is the model preset's), so that resuming
+        # and loading it do not depend on what a preset is.
+        with config.unlocked():
+            config.model.embedding_type = network_embedding(config, self.data.shape)
         self.model = build_model(config, self.data.shape, self.data.num_classes).to(self.device)
+        self.precond = build_precond(config, self.model)
         set_num_threads(config, self.model, self.device)
         self.ema = models.create_ema(self.model, decay=config.model.ema_rate)
         self.optimizer = build_optimizer(config, self.model.parameters())
         self.step = 0
         # Built and checked now, so that a bad name or setting stops the run before its first step.
-        models.PARAMETERIZATIONS.canonical(config.model.parameterization)
         models.T_SAMPLINGS.canonical(config.training.t_sampling)
-        self.weighting = build_weighting(config)
+        self.weighting = build_weighting(config, self.precond)
         self.sampler = sampler_from_config(config, self.workdir, snapshot=True)
         self.quality = TrainingQuality.from_config(config, self.data)
         self.network = self._training_network()
@@ -186,7 +191,7 @@ class Trainer:
     # --- one step -------------------------------------------------------------------------------
     def loss(self, model, x, y, generator=None, reduce="mean") -> torch.Tensor:
         c = self.config
-        return models.dsm_loss(model, self.sde, x, parameterization=c.model.parameterization, weighting=self.weighting,
+        return models.dsm_loss(model, self.sde, x, precond=self.precond, weighting=self.weighting,
                                t_sampling=c.training.t_sampling, class_labels=y, generator=generator,
                                label_dropout=c.training.p_uncond if y is not None else 0.0, reduce=reduce)
 
@@ -257,7 +262,7 @@ class Trainer:
             return None
         gen = torch.Generator(self.device).manual_seed(c.seed + self.step)
         model = precision.autocast_network(self.ema.module.eval(), c.precision, self.device)
-        score_fn = models.get_score_fn(model, self.sde, c.model.parameterization)
+        score_fn = models.get_score_fn(model, self.sde, self.precond)
         result = self.sampler.sample(self.sde, score_fn, (n, *self.data.shape), generator=gen)
         x = self.data.inverse_scaler(result.x.float()).cpu()
         path = self.workdir / "snapshots" / f"step_{self.step}.png"
@@ -322,7 +327,7 @@ class Trainer:
                             logging.info("step %d: test loss %.5f", self.step, test_loss)
                         self.dist.barrier()
                     if self.quality is not None and self.step % c.training.fid_freq == 0:
-                        scores = self.quality(self.ema.module, self.sde, self.sampler, self.dist)
+                        scores = self.quality(self.ema.module, self.precond, self.sde, self.sampler, self.dist)
                         if scores:
                             metrics.log(self.step, **scores)
                             logging.info("step %d: %s", self.step, ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))

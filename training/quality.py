@@ -52,12 +52,13 @@ class TrainingQuality:
         return quality
 
     @torch.no_grad()
-    def __call__(self, network: torch.nn.Module, sde, sampler: solvers.Sampler, ctx) -> dict | None:
+    def __call__(self, network: torch.nn.Module, precond: models.Precond, sde, sampler: solvers.Sampler,
+                 ctx) -> dict | None:
         """{metric: value} of the network's samples on rank 0 (None on the others, or when a sample is NaN/inf:
         early in training that says nothing about the metric, and the run goes on)."""
         c = self.config
         model = precision.autocast_network(network.eval(), c.precision, ctx.device)
-        score_fn = models.get_score_fn(model, sde, c.model.parameterization)
+        score_fn = models.get_score_fn(model, sde, precond)
         out = draw_samples(sde, score_fn, self.info, sampler, self.num, c.sampling.batch_size, c.seed, ctx,
                            progress=False)
         if out is None:
