@@ -57,8 +57,22 @@ def evaluate_likelihood(run, ctx, *, num_samples: int = 0, batch_size: int | Non
     bound_bits_per_dim), defaults from run.config.eval (divergence, n_probes, method, steps, rtol, atol, accuracy
     (0: steps or rtol/atol as configured), pilot, eps, dequant_repeats as `repeats`; for the bound bound_samples
     as `n_t` and bound_eps as `eps`); rtol or atol in options fix an adaptive solve at those tolerances.
+    A signal (`stop`) ends a single process's evaluation after the batch in hand, and the report says so; when
+    it comes before the first batch there is nothing to report and the result is None.
     """
-    e = run.config.eval
+    evaluate, settings = _likelihood_settings(run.config.eval, bound, options)
+    shard = _test_shard(run, ctx, num_samples)
+    batches = _test_batches(ctx, shard, batch_size or run.config.eval.batch_size, stop)
+    first = next(batches, None)
+    if first is None and not ctx.distributed:       # a single process's batches end early only on a signal
+        return None
+    result, error = _evaluate_shard(run, ctx, evaluate, settings, first, batches)
+    merged = _merge_shards(ctx, result, error)
+    return None if merged is None else _report(merged, settings, None if ctx.distributed else stop.signal)
+
+
+def _likelihood_settings(e, bound: str, options: dict) -> tuple:
+    """(the evaluating function, its settings): run.config.eval's defaults for `bound`, overridden by options."""
     if bound not in ("ode", "elbo"):
         raise ValueError(f"bound must be ode (the probability-flow ODE likelihood) or elbo (the variational bound), "
                          f"got {bound!r}")
@@ -70,35 +84,57 @@ def evaluate_likelihood(run, ctx, *, num_samples: int = 0, batch_size: int | Non
         settings = {"bound": "elbo", "n_t": e.bound_samples, "eps": e.bound_eps, "repeats": e.dequant_repeats}
         evaluate = likelihood.bound_bits_per_dim
     else:
-        fixed = e.method in likelihood.FIXED_METHODS
-        search = e.accuracy > 0 and not (fixed and e.steps > 0)
-        settings = {"divergence": e.divergence, "n_probes": e.n_probes, "method": e.method,
-                    "steps": None if search or not fixed else e.steps,
-                    "rtol": None if search or fixed else e.rtol, "atol": None if search or fixed else e.atol,
-                    "accuracy": e.accuracy if search else None, "pilot": e.pilot, "eps": e.eps,
-                    "repeats": e.dequant_repeats}
-        evaluate = likelihood.evaluate_bits_per_dim
+        settings, evaluate = _ode_settings(e), likelihood.evaluate_bits_per_dim
     settings.update({k: v for k, v in options.items() if v is not None})
+    return evaluate, settings
+
+
+def _ode_settings(e) -> dict:
+    """The ODE likelihood's settings in run.config.eval, with None for those its way of choosing the solve ignores."""
+    fixed = e.method in likelihood.FIXED_METHODS
+    search = e.accuracy > 0 and not (fixed and e.steps > 0)
+    return {"divergence": e.divergence, "n_probes": e.n_probes, "method": e.method,
+            "steps": None if search or not fixed else e.steps,
+            "rtol": None if search or fixed else e.rtol, "atol": None if search or fixed else e.atol,
+            "accuracy": e.accuracy if search else None, "pilot": e.pilot, "eps": e.eps,
+            "repeats": e.dequant_repeats}
+
+
+def _test_shard(run, ctx, num_samples: int) -> torch.utils.data.Subset:
+    """This process's contiguous part of the first num_samples (0 = all) points of the run's test split."""
     test = run.data.test
     if len(test) == 0:
         raise ValueError(f"the run's {run.data.name} test split has no items here: set --config.data.path to the "
                          "folder that holds the dataset")
     count = len(test) if num_samples <= 0 else min(num_samples, len(test))
-    shard = torch.utils.data.Subset(test, ctx.shard(count))
-    loader = torch.utils.data.DataLoader(shard, batch_size=batch_size or e.batch_size)
-    batches = ((x.to(ctx.device), y) for x, y in loader if ctx.distributed or stop.signal is None)
+    return torch.utils.data.Subset(test, ctx.shard(count))
+
+
+def _test_batches(ctx, shard, batch_size: int, stop):
+    """The shard's (x, y) batches on ctx.device; a single process starts no new batch once a signal has come
+    (under torchrun every rank evaluates its whole shard, so that none waits for the others alone)."""
+    loader = torch.utils.data.DataLoader(shard, batch_size=batch_size)
+    return ((x.to(ctx.device), y) for x, y in loader if ctx.distributed or stop.signal is None)
+
+
+def _evaluate_shard(run, ctx, evaluate, settings: dict, first, batches) -> tuple:
+    """(BitsPerDim of the batches `first` and then `batches`, None), or (None, None) for an empty shard; under
+    torchrun (None, the ValueError) when the evaluation failed."""
+    if first is None:
+        return None, None
     generator = torch.Generator(ctx.device).manual_seed(ctx.seed(run.config.seed))
-    error = None
     try:
-        result = None if len(shard) == 0 else evaluate(
-            run.sde, run.score_fn, batches, n_bins=run.data.n_bins, data_range=run.data.data_range,
-            progress=ctx.is_main, generator=generator, **{k: v for k, v in settings.items() if k != "bound"})
+        return evaluate(run.sde, run.score_fn, itertools.chain([first], batches), n_bins=run.data.n_bins,
+                        data_range=run.data.data_range, progress=ctx.is_main, generator=generator,
+                        **{k: v for k, v in settings.items() if k != "bound"}), None
     except ValueError as failure:
-        if stop.signal is not None and not ctx.distributed:   # stopped before a single batch: nothing to report
-            raise KeyboardInterrupt(stop.signal) from None
         if not ctx.distributed:
             raise
-        result, error = None, failure     # travels as a value: a rank that raised alone would leave the others waiting
+        return None, failure    # travels as a value: a rank that raised alone would leave the others waiting
+
+
+def _merge_shards(ctx, result, error):
+    """On rank 0 the BitsPerDim of all shards (raising the first rank's error, if any), None on the others."""
     results = ctx.gather((result, error))
     if not ctx.is_main:
         return None
@@ -106,10 +142,13 @@ def evaluate_likelihood(run, ctx, *, num_samples: int = 0, batch_size: int | Non
     if errors:
         raise errors[0]
     results = [r for r, _ in results]
-    r = results[0] if len(results) == 1 else likelihood.merge_bits_per_dim(results)
+    return results[0] if len(results) == 1 else likelihood.merge_bits_per_dim(results)
+
+
+def _report(r, settings: dict, stopped_by: str | None) -> LikelihoodReport:
+    """The LikelihoodReport of the BitsPerDim r, with the settings under the names the report uses."""
     settings["dequant_repeats"] = settings.pop("repeats")
-    return LikelihoodReport(r.mean, r.stderr, r.count, r.nfe, r.ode_error, r.setting, settings,
-                            None if ctx.distributed else stop.signal)
+    return LikelihoodReport(r.mean, r.stderr, r.count, r.nfe, r.ode_error, r.setting, settings, stopped_by)
 
 
 def calibrate(run, sampler: solvers.Sampler, *, pilot: int, iterations: int, seed: int) -> str:

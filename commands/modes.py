@@ -6,6 +6,7 @@ done by the library calls each mode makes (training.train, load_run, draw_sample
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 
 from absl import flags, logging
@@ -112,6 +113,8 @@ def likelihood(job: Job) -> int:
         print(r.line())      # printed first: the result is never computed and then lost
         name = "likelihood_partial.json" if r.stopped_by else "likelihood.json"
         atomic_write_json(job.workdir / name, r.as_json())
+    elif job.ctx.is_main:       # the signal came before the first batch
+        print(f"stopped by {stop.signal} before the first test batch; nothing written", file=sys.stderr)
     return stop.exit_code
 
 

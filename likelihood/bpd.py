@@ -7,6 +7,7 @@ bits/dim = -log p / (D ln 2) - log2 w: an offset of 7 for 256 bins on [-1, 1] an
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Iterable, NamedTuple
 
@@ -98,6 +99,26 @@ def evaluate_bits_per_dim(sde, score_fn, batches: Iterable, *, n_bins: int | Non
     pilot is 0. The pilot points count as test points, solved with the chosen setting. likelihood_kwargs go to
     log_likelihood (divergence, n_probes, eps, ...).
     """
+    settings = _check_options(n_bins, data_range, repeats, method, steps, rtol, atol, accuracy, pilot)
+    solver = _BatchSolver(sde, score_fn, n_bins, data_range, generator, settings, accuracy, pilot, likelihood_kwargs)
+    total, total_sq, count, nfe, solves = 0.0, 0.0, 0, 0, 0
+    bar = tqdm(batches, desc="bits/dim", disable=not progress)
+    for batch in bar:
+        x = _first(batch)
+        per_sample, batch_nfe = solver.repeated(x, repeats)
+        nfe, solves = nfe + batch_nfe, solves + repeats
+        total += float(per_sample.sum())
+        total_sq += float((per_sample**2).sum())
+        count += x.shape[0]
+        bar.set_postfix(bpd=f"{total / count:.4f}")
+    if count == 0:
+        raise ValueError("no data: batches was empty")
+    mean, stderr = _mean_and_stderr(total, total_sq, count)
+    return BitsPerDim(mean, stderr, count, nfe / solves, solver.ode_error, solver.setting.describe())
+
+
+def _check_options(n_bins, data_range, repeats, method, steps, rtol, atol, accuracy, pilot) -> list[OdeSetting]:
+    """The candidate ODE settings of evaluate_bits_per_dim's options, once the options are checked."""
     if not (isinstance(repeats, int) and repeats >= 1):
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
     if not (isinstance(pilot, int) and pilot >= 0):
@@ -108,49 +129,68 @@ def evaluate_bits_per_dim(sde, score_fn, batches: Iterable, *, n_bins: int | Non
     settings = candidates(method, steps, rtol, atol)
     if len(settings) > 1 and (accuracy is None or pilot == 0):
         raise ValueError("choosing the ODE setting needs accuracy > 0 and pilot > 0; or give steps or rtol/atol")
-    setting, ode_error, pilot_result = settings[0], math.nan, None
-    estimator = DIVERGENCES[likelihood_kwargs.get("divergence", "rademacher")]
-    total, total_sq, count, nfe, solves = 0.0, 0.0, 0, 0, 0
-    bar = tqdm(batches, desc="bits/dim", disable=not progress)
-    for batch in bar:
-        x = _first(batch)
-        per_sample = torch.zeros(x.shape[0], dtype=torch.float64)
+    return settings
+
+
+class _BatchSolver:
+    """Per-point bits/dim of batches through the likelihood ODE, at the setting chosen on the first `pilot` points
+    of the first batch (settings[0] until then, and for good when pilot is 0)."""
+
+    def __init__(self, sde, score_fn, n_bins, data_range, generator, settings: list[OdeSetting],
+                 accuracy: float | None, pilot: int, likelihood_kwargs: dict):
+        self.sde, self.score_fn, self.n_bins, self.data_range = sde, score_fn, n_bins, data_range
+        self.generator, self.settings, self.accuracy, self.pilot = generator, settings, accuracy, pilot
+        self.likelihood_kwargs = likelihood_kwargs
+        self.estimator = DIVERGENCES[likelihood_kwargs.get("divergence", "rademacher")]
+        self.setting, self.ode_error, self.chosen = settings[0], math.nan, pilot == 0
+
+    def repeated(self, x: Tensor, repeats: int) -> tuple[Tensor, int]:
+        """Each point's bits/dim averaged over `repeats` dequantisations, and the NFE summed over their solves."""
+        per_sample, nfe = torch.zeros(x.shape[0], dtype=torch.float64), 0
         for _ in range(repeats):
-            x_cont = x if n_bins is None else dequantize(x, n_bins, data_range, generator=generator)
-            probes = None if estimator.probes is None else estimator.probes(
-                likelihood_kwargs.get("n_probes", 1), x_cont.to(_state_dtype(x_cont, likelihood_kwargs.get("state_dtype"))), generator)
-            bpds, batch_nfe, start = [], 0, 0
-            if pilot_result is None and pilot > 0:
-                start = min(pilot, x.shape[0])
+            bpd, solve_nfe = self.once(x)
+            per_sample += bpd / repeats
+            nfe += solve_nfe
+        return per_sample, nfe
 
-                def solve(s: OdeSetting):
-                    r = log_likelihood(sde, score_fn, x_cont[:start], probes=_rows(probes, 0, start),
-                                       **s.kwargs(), **likelihood_kwargs)
-                    return bits_per_dim(r.logp, x_cont[:start].shape, data_range=data_range,
-                                        n_bins=n_bins).cpu(), r.nfe
+    def once(self, x: Tensor) -> tuple[Tensor, int]:
+        """Each point's bits/dim under one fresh dequantisation (and fresh probes), and the NFE of the batch's
+        solve; the first call chooses the setting on its first `pilot` points, which it solves with that setting."""
+        x_cont = x if self.n_bins is None else dequantize(x, self.n_bins, self.data_range, generator=self.generator)
+        probes = self._probes(x_cont)
+        bpds, nfe, start = [], 0, 0
+        if not self.chosen:
+            start = min(self.pilot, x.shape[0])
+            pilot = choose_setting(functools.partial(self._solve, x_cont[:start], _rows(probes, 0, start)),
+                                   self.settings, self.accuracy)
+            self.setting, self.ode_error, self.chosen = pilot.setting, pilot.ode_error, True
+            bpds.append(pilot.bpd)
+            nfe = pilot.nfe
+        if start < x.shape[0]:
+            bpd, rest_nfe = self._solve(x_cont[start:], _rows(probes, start, x.shape[0]), self.setting)
+            bpds.append(bpd)
+            nfe = max(nfe, rest_nfe)
+        return torch.cat(bpds), nfe
 
-                pilot_result = choose_setting(solve, settings, accuracy)
-                setting, ode_error = pilot_result.setting, pilot_result.ode_error
-                bpds.append(pilot_result.bpd)
-                batch_nfe = pilot_result.nfe
-            if start < x.shape[0]:
-                result = log_likelihood(sde, score_fn, x_cont[start:], probes=_rows(probes, start, x.shape[0]),
-                                        **setting.kwargs(), **likelihood_kwargs)
-                bpds.append(bits_per_dim(result.logp, x_cont[start:].shape, data_range=data_range,
-                                          n_bins=n_bins).cpu())
-                batch_nfe = max(batch_nfe, result.nfe)
-            per_sample += torch.cat(bpds) / repeats
-            nfe += batch_nfe
-            solves += 1
-        total += float(per_sample.sum())
-        total_sq += float((per_sample**2).sum())
-        count += x.shape[0]
-        bar.set_postfix(bpd=f"{total / count:.4f}")
-    if count == 0:
-        raise ValueError("no data: batches was empty")
+    def _probes(self, x_cont: Tensor) -> Tensor | None:
+        """The divergence estimator's probes for the batch x_cont (None for the exact divergence)."""
+        if self.estimator.probes is None:
+            return None
+        kw = self.likelihood_kwargs
+        return self.estimator.probes(kw.get("n_probes", 1), x_cont.to(_state_dtype(x_cont, kw.get("state_dtype"))),
+                                     self.generator)
+
+    def _solve(self, x_cont: Tensor, probes: Tensor | None, setting: OdeSetting) -> tuple[Tensor, int]:
+        """Bits/dim of the points x_cont (on the CPU) at `setting`, and the solve's NFE."""
+        r = log_likelihood(self.sde, self.score_fn, x_cont, probes=probes, **setting.kwargs(), **self.likelihood_kwargs)
+        return bits_per_dim(r.logp, x_cont.shape, data_range=self.data_range, n_bins=self.n_bins).cpu(), r.nfe
+
+
+def _mean_and_stderr(total: float, total_sq: float, count: int) -> tuple[float, float]:
+    """Mean and its standard error from the sums of x and x^2 over count points (stderr nan for one point)."""
     mean = total / count
     var = (total_sq - count * mean**2) / (count - 1) if count > 1 else math.nan
-    return BitsPerDim(mean, math.sqrt(max(var, 0.0) / count), count, nfe / solves, ode_error, setting.describe())
+    return mean, math.sqrt(max(var, 0.0) / count)
 
 
 def _rows(probes: Tensor | None, start: int, stop: int) -> Tensor | None:
@@ -171,9 +211,8 @@ def merge_bits_per_dim(results: list[BitsPerDim | None]) -> BitsPerDim:
     total = sum(r.count * r.mean for r in results)
     total_sq = sum((r.count - 1) * r.count * r.stderr**2 + r.count * r.mean**2 if r.count > 1 else r.mean**2
                    for r in results)
-    mean = total / count
-    var = (total_sq - count * mean**2) / (count - 1) if count > 1 else math.nan
+    mean, stderr = _mean_and_stderr(total, total_sq, count)
     nfe = sum(r.count * r.nfe for r in results) / count
     ode_error = sum(r.count * r.ode_error for r in results) / count
     setting = ", ".join(dict.fromkeys(r.setting for r in results))
-    return BitsPerDim(mean, math.sqrt(max(var, 0.0) / count), count, nfe, ode_error, setting)
+    return BitsPerDim(mean, stderr, count, nfe, ode_error, setting)

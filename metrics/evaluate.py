@@ -67,6 +67,17 @@ def evaluate(samples, dataset: str, image_size: int | None = None, num_channels:
     """
     x = _as_tensor(samples, "samples")
     dataset = dataset.lower()
+    _check_samples(x, image_size, num_channels, is_splits)
+    if dataset == "digits":
+        return _score_digits(x, reference, reference_split, is_splits, seed)
+    if x.ndim == 2:
+        return _score_vectors(x, dataset, reference)
+    return _score_inception(x, dataset, reference, reference_split, cache_dir, inception_weights, device, batch_size,
+                            kid_subsets, kid_subset_size, is_splits, seed)
+
+
+def _check_samples(x: torch.Tensor, image_size: int | None, num_channels: int | None, is_splits: int) -> None:
+    """Refuse samples that are neither images of the given size nor vectors, or too few for the statistics."""
     if x.ndim == 4:
         expected = (num_channels, image_size, image_size)
         for got, want, what in zip(x.shape[1:], expected, ("channels", "height", "width")):
@@ -82,24 +93,35 @@ def evaluate(samples, dataset: str, image_size: int | None = None, num_channels:
         raise ValueError(f"the Inception Score with {is_splits} splits needs at least {is_splits} samples, "
                          f"got {len(x)}")
 
-    if dataset == "digits":
-        if tuple(x.shape[1:]) != (1, 8, 8):
-            raise ValueError(f"digits samples are (N, 1, 8, 8), got shape {tuple(x.shape)}")
-        ref = digits_split(reference_split) if reference is None else _as_tensor(_call(reference), "reference")
-        model = load_classifier()
-        ref_feats, _ = digits_features(ref, model)
-        feats, logits = digits_features(x.clamp(0.0, 1.0), model)
-        is_mean, is_std = inception_score(softmax_probs(logits), is_splits, seed)
-        return EvalResult("digits", len(x), fd_digits=frechet_distance(*feature_statistics(feats),
-                                                                       *feature_statistics(ref_feats)),
-                          is_digits=is_mean, is_digits_std=is_std)
 
-    if x.ndim == 2:
-        if reference is None:
-            raise ValueError(f"vector samples of {dataset!r} are scored against held-out data: pass reference=")
-        ref = _as_tensor(_call(reference), "reference")
-        return EvalResult("vectors", len(x), energy=energy_distance(x, ref), sliced_w2=sliced_wasserstein(x, ref))
+def _score_digits(x: torch.Tensor, reference: Reference | None, reference_split: str, is_splits: int,
+                  seed: int) -> EvalResult:
+    """FD-digits and IS-digits of digits samples (N, 1, 8, 8) in the bundled classifier."""
+    if tuple(x.shape[1:]) != (1, 8, 8):
+        raise ValueError(f"digits samples are (N, 1, 8, 8), got shape {tuple(x.shape)}")
+    ref = digits_split(reference_split) if reference is None else _as_tensor(_call(reference), "reference")
+    model = load_classifier()
+    ref_feats, _ = digits_features(ref, model)
+    feats, logits = digits_features(x.clamp(0.0, 1.0), model)
+    is_mean, is_std = inception_score(softmax_probs(logits), is_splits, seed)
+    return EvalResult("digits", len(x), fd_digits=frechet_distance(*feature_statistics(feats),
+                                                                   *feature_statistics(ref_feats)),
+                      is_digits=is_mean, is_digits_std=is_std)
 
+
+def _score_vectors(x: torch.Tensor, dataset: str, reference: Reference | None) -> EvalResult:
+    """Energy distance and sliced Wasserstein-2 of vector samples (N, D) against held-out `reference` data."""
+    if reference is None:
+        raise ValueError(f"vector samples of {dataset!r} are scored against held-out data: pass reference=")
+    ref = _as_tensor(_call(reference), "reference")
+    return EvalResult("vectors", len(x), energy=energy_distance(x, ref), sliced_w2=sliced_wasserstein(x, ref))
+
+
+def _score_inception(x: torch.Tensor, dataset: str, reference: Reference | None, reference_split: str,
+                     cache_dir: str | Path | None, inception_weights: str | Path | None, device: str | torch.device,
+                     batch_size: int, kid_subsets: int, kid_subset_size: int, is_splits: int, seed: int) -> EvalResult:
+    """FID, KID and IS of images (N, C, H, W) in torch-fidelity's Inception, against the cached or computed
+    reference statistics."""
     model = fidelity.load_inception(inception_weights, device)
     meta = {"dataset": dataset, "split": reference_split, "shape": list(x.shape[1:]),
             "extractor": f"{fidelity.EXTRACTOR}-{fidelity.weights_tag(inception_weights)}"}

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from scoresde import likelihood
 from scoresde import run as runs
+from scoresde.run import interrupts
 from scoresde.commands import sampling
 from scoresde import solvers
 from scoresde import training
@@ -350,6 +352,42 @@ def test_a_signal_keeps_the_batches_already_evaluated(vectors):
     points = sampling.draw_samples(run.sde, run.score_fn, run.data, solvers.sampler("euler", 3), 10, 3, 0,
                                             ctx, stop=SignalAfter(2, "SIGINT"))
     assert points.x.shape == (6, 3) and points.stopped_by == "SIGINT"
+
+
+class SignalledAlready(interrupts.StopRequested):
+    """runs.interrupts.StopRequested that got SIGTERM before the work inside it started."""
+
+    def __enter__(self):
+        super().__enter__()
+        self.signal = "SIGTERM"
+        return self
+
+
+def test_a_signal_before_the_first_batch_writes_nothing_and_exits_with_its_code(vectors, tmp_path, monkeypatch):
+    run = runs.load_run(vectors)
+    ctx = training.distributed.setup(run.config)
+    assert evaluation.evaluate_likelihood(run, ctx, batch_size=4, rtol=1e-3, atol=1e-3, stop=SignalAfter(0)) is None
+    workdir = tmp_path / "run"
+    shutil.copytree(vectors / "checkpoints", workdir / "checkpoints")
+    monkeypatch.setattr(interrupts, "StopRequested", SignalledAlready)
+    result = cli("--mode", "likelihood", "--workdir", workdir, "--rtol=1e-3", "--atol=1e-3", "--device=cpu",
+                 check=False)
+    assert (result.returncode, result.stdout) == (143, "")
+    assert result.stderr == "stopped by SIGTERM before the first test batch; nothing written\n"
+    assert not list(workdir.glob("likelihood*.json"))
+
+
+def test_an_error_after_a_signal_is_raised_as_that_error(vectors, monkeypatch):
+    def fails_after_the_last_batch(sde, score_fn, batches, **kwargs):
+        for _ in batches:       # the signal comes while the first batch is evaluated
+            pass
+        raise ValueError("logp contains NaN or inf")
+
+    run = runs.load_run(vectors)
+    ctx = training.distributed.setup(run.config)
+    monkeypatch.setattr(likelihood, "evaluate_bits_per_dim", fails_after_the_last_batch)
+    with pytest.raises(ValueError, match="logp contains NaN or inf"):
+        evaluation.evaluate_likelihood(run, ctx, batch_size=4, rtol=1e-3, atol=1e-3, stop=SignalAfter(1))
 
 
 def test_a_second_sigint_during_sampling_stops_at_once_with_exit_130(vectors):

@@ -79,6 +79,21 @@ class _StopFlag(StopRequested):
             raise _ForcedStop(self.signal)
 
 
+class _Progress:
+    """What the training loop carries from step to step: the last loss, the newest checkpoint and its step, and
+    the time and step of the last log line."""
+
+    def __init__(self, checkpoint: Path | None, step: int):
+        self.loss, self.checkpoint, self.saved_step = float("nan"), checkpoint, step
+        self.t_log, self.s_log = time.perf_counter(), step
+
+    def steps_per_second(self, step: int) -> float:
+        """Steps per second since the last call (or the start), which it restarts from now and `step`."""
+        rate = (step - self.s_log) / (time.perf_counter() - self.t_log)
+        self.t_log, self.s_log = time.perf_counter(), step
+        return rate
+
+
 class Trainer:
     """Everything a run owns; `state_dict` is exactly what a checkpoint holds.
 
@@ -286,75 +301,121 @@ class Trainer:
 
     def _run(self) -> TrainResult:
         c = self.config
-        main = self.dist.is_main
         self.config_changes = []
         self.resume()
         if self.step >= c.training.n_iters and self.step > 0:
             return TrainResult(self.step, float("nan"), ckpt.latest_checkpoint(self.workdir), False, True)
-        if main and (self.step == 0 or self.config_changes):
-            atomic_write_text(self.workdir / "config.json", c.to_json(indent=2))
-        if main and self.config_changes:
-            with open(self.workdir / "config_changes.jsonl", "a") as f:
-                f.write(json.dumps({"step": self.step, "changes": self.config_changes}) + "\n")
-        metrics = MetricsLogger(self.workdir, resume_step=self.step) if main else None
+        self._record_config()
+        metrics = MetricsLogger(self.workdir, resume_step=self.step) if self.dist.is_main else None
         batches = self._batches()
-        loss, last_ckpt, saved_step, stopped = float("nan"), ckpt.latest_checkpoint(self.workdir), self.step, None
-        bar = tqdm(total=c.training.n_iters, initial=self.step, disable=not (c.training.progress and main),
-                   desc="train", dynamic_ncols=True)
-        t_log, s_log = time.perf_counter(), self.step
+        progress = _Progress(ckpt.latest_checkpoint(self.workdir), self.step)
+        bar = tqdm(total=c.training.n_iters, initial=self.step, desc="train", dynamic_ncols=True,
+                   disable=not (c.training.progress and self.dist.is_main))
         try:
             with _StopFlag() as stop:
-                while self.step < c.training.n_iters:
-                    x, y = next(batches)
-                    loss, grad_norm = self.train_step(x.to(self.device), self._labels(y))
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.4f}")
-                    # Every rank must leave the loop at the same step, whichever of them got the signal.
-                    stop_now = stop.signal is not None
-                    if self.dist.distributed:
-                        stop_now = self.dist.sum([float(stop_now)])[0] > 0
-                    if self.step % c.training.log_freq == 0 and main:
-                        rate = (self.step - s_log) / (time.perf_counter() - t_log)
-                        t_log, s_log = time.perf_counter(), self.step
-                        lr = self.optimizer.param_groups[0]["lr"]
-                        metrics.log(self.step, loss=loss, grad_norm=grad_norm, lr=lr, it_per_s=rate)
-                        logging.info("step %d: loss %.5f, grad norm %.3f, lr %.2e, %.1f it/s",
-                                     self.step, loss, grad_norm, lr, rate)
-                    if self.step % c.training.eval_freq == 0:
-                        if main:
-                            test_loss = self.test_loss()
-                            metrics.log(self.step, test_loss=test_loss)
-                            logging.info("step %d: test loss %.5f", self.step, test_loss)
-                        self.dist.barrier()
-                    if self.quality is not None and self.step % c.training.fid_freq == 0:
-                        scores = self.quality(self.ema.module, self.precond, self.sde, self.sampler, self.dist)
-                        if scores:
-                            metrics.log(self.step, **scores)
-                            logging.info("step %d: %s", self.step, ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
-                    if self.step % c.training.snapshot_freq == 0 or self.step == c.training.n_iters:
-                        last_ckpt, saved_step = self.save(), self.step
-                        if main:
-                            stop.forceable = True
-                            try:
-                                self.snapshot()
-                            except _ForcedStop:
-                                logging.info("second %s: snapshot skipped", stop.signal)
-                                # Under torchrun the other ranks learn of the signal at the next step's sum.
-                                stop_now = stop_now or not self.dist.distributed
-                            finally:
-                                stop.forceable = False
-                        self.dist.barrier()
-                    if stop_now:
-                        stopped = stop.signal or "a signal to another rank"
-                        if saved_step != self.step:
-                            last_ckpt, saved_step = self.save(), self.step
-                        logging.info("%s received: saved %s at step %d, exiting", stopped, last_ckpt, self.step)
-                        break
+                stopped = self._train_steps(batches, progress, bar, metrics, stop)
         finally:
             bar.close()
             if metrics is not None:
                 metrics.close()
-        return TrainResult(self.step, loss, last_ckpt, stopped is not None)
+        return TrainResult(self.step, progress.loss, progress.checkpoint, stopped)
+
+    def _record_config(self) -> None:
+        """Rank 0 writes config.json when the run starts or its config changed, and appends the changes' record."""
+        if not self.dist.is_main:
+            return
+        if self.step == 0 or self.config_changes:
+            atomic_write_text(self.workdir / "config.json", self.config.to_json(indent=2))
+        if self.config_changes:
+            with open(self.workdir / "config_changes.jsonl", "a") as f:
+                f.write(json.dumps({"step": self.step, "changes": self.config_changes}) + "\n")
+
+    def _train_steps(self, batches, progress: _Progress, bar, metrics, stop: _StopFlag) -> bool:
+        """Optimiser steps, each followed by the periodic actions, to training.n_iters or a signal; returns whether
+        a signal stopped it (after saving a checkpoint of the last step)."""
+        while self.step < self.config.training.n_iters:
+            x, y = next(batches)
+            progress.loss, grad_norm = self.train_step(x.to(self.device), self._labels(y))
+            bar.update(1)
+            bar.set_postfix(loss=f"{progress.loss:.4f}")
+            stop_now = self._signalled(stop)
+            stop_now = self._periodic_actions(progress, grad_norm, metrics, stop) or stop_now
+            if stop_now:
+                self._save_and_stop(progress, stop)
+                return True
+        return False
+
+    def _signalled(self, stop: _StopFlag) -> bool:
+        """Whether this rank, or under torchrun any rank, got a signal: every rank must leave the loop at the same
+        step, whichever of them got it."""
+        stop_now = stop.signal is not None
+        if self.dist.distributed:
+            stop_now = self.dist.sum([float(stop_now)])[0] > 0
+        return stop_now
+
+    def _periodic_actions(self, progress: _Progress, grad_norm: float, metrics, stop: _StopFlag) -> bool:
+        """The log line, test loss, sample quality, checkpoint and snapshot due at this step; returns whether a
+        second signal cut the snapshot short, which stops a single process at once."""
+        c = self.config
+        if self.step % c.training.log_freq == 0 and self.dist.is_main:
+            self._log_step(progress, grad_norm, metrics)
+        if self.step % c.training.eval_freq == 0:
+            self._log_test_loss(metrics)
+        if self.quality is not None and self.step % c.training.fid_freq == 0:
+            self._log_quality(metrics)
+        if self.step % c.training.snapshot_freq == 0 or self.step == c.training.n_iters:
+            return self._checkpoint_and_snapshot(progress, stop)
+        return False
+
+    def _log_step(self, progress: _Progress, grad_norm: float, metrics: MetricsLogger) -> None:
+        """Rank 0 logs the step's loss, gradient norm, learning rate and the steps per second since the last log."""
+        rate = progress.steps_per_second(self.step)
+        lr = self.optimizer.param_groups[0]["lr"]
+        metrics.log(self.step, loss=progress.loss, grad_norm=grad_norm, lr=lr, it_per_s=rate)
+        logging.info("step %d: loss %.5f, grad norm %.3f, lr %.2e, %.1f it/s",
+                     self.step, progress.loss, grad_norm, lr, rate)
+
+    def _log_test_loss(self, metrics: MetricsLogger | None) -> None:
+        """Rank 0 logs the EMA network's test loss while the other ranks wait."""
+        if self.dist.is_main:
+            test_loss = self.test_loss()
+            metrics.log(self.step, test_loss=test_loss)
+            logging.info("step %d: test loss %.5f", self.step, test_loss)
+        self.dist.barrier()
+
+    def _log_quality(self, metrics: MetricsLogger | None) -> None:
+        """The sample-quality metric of the EMA network, logged by rank 0 (which alone gets scores)."""
+        scores = self.quality(self.ema.module, self.precond, self.sde, self.sampler, self.dist)
+        if scores:
+            metrics.log(self.step, **scores)
+            logging.info("step %d: %s", self.step, ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+
+    def _checkpoint_and_snapshot(self, progress: _Progress, stop: _StopFlag) -> bool:
+        """Save a checkpoint, then rank 0 draws the snapshot; returns whether a second signal cut the snapshot
+        short in a single process (under torchrun the other ranks learn of the signal at the next step's sum)."""
+        progress.checkpoint, progress.saved_step = self.save(), self.step
+        forced = self.dist.is_main and self._snapshot_unless_forced(stop)
+        self.dist.barrier()
+        return forced and not self.dist.distributed
+
+    def _snapshot_unless_forced(self, stop: _StopFlag) -> bool:
+        """The snapshot, which a second signal may cut short (the checkpoint is saved); returns whether it did."""
+        stop.forceable = True
+        try:
+            self.snapshot()
+        except _ForcedStop:
+            logging.info("second %s: snapshot skipped", stop.signal)
+            return True
+        finally:
+            stop.forceable = False
+        return False
+
+    def _save_and_stop(self, progress: _Progress, stop: _StopFlag) -> None:
+        """Save a checkpoint of this step unless it has one, and say which signal stopped the run."""
+        stopped = stop.signal or "a signal to another rank"
+        if progress.saved_step != self.step:
+            progress.checkpoint, progress.saved_step = self.save(), self.step
+        logging.info("%s received: saved %s at step %d, exiting", stopped, progress.checkpoint, self.step)
 
 
 def train(config: ml_collections.ConfigDict, workdir, ctx: distributed.Context | None = None) -> TrainResult:
