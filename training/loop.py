@@ -204,12 +204,15 @@ class Trainer:
         Under torchrun x, y are this rank's rows of the global batch and the returned loss is the global mean.
         """
         self.model.train()
+        # One process draws from the same per-step streams as torchrun's ranks, so that the same seed trains the
+        # same run with `python main.py` and with `torchrun --nproc_per_node=N`.
+        distributed.seed_rank_step(self.config.seed, self.step, self.dist.rank)
         if self.dist.distributed:
-            distributed.seed_rank_step(self.config.seed, self.step, self.dist.rank)
             loss = self._sharded_loss(x, y)
             value = self.dist.sum([loss.item()])[0] / self.dist.world_size
         else:
-            loss = self.loss(self.network, x, y)
+            gen = distributed.loss_generator(self.config.seed, self.step, self.device)
+            loss = self.loss(self.network, x, y, generator=gen)
             value = loss.item()
         if not math.isfinite(value):
             raise TrainingDivergedError(
