@@ -1,6 +1,7 @@
 """The training loop: denoising score matching with warm-up, clipping, EMA, exact resume and clean preemption."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -215,9 +216,10 @@ class Trainer:
             loss = self.loss(self.network, x, y, generator=gen)
             value = loss.item()
         if not math.isfinite(value):
-            raise TrainingDivergedError(
-                f"loss is {value} at step {self.step + 1}; the last good checkpoint is "
-                f"{ckpt.latest_checkpoint(self.workdir)}. Lower optim.lr, keep optim.grad_clip > 0, or check the data.")
+            last = ckpt.latest_checkpoint(self.workdir)
+            kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved before it"
+            raise TrainingDivergedError(f"loss is {value} at step {self.step + 1}; {kept}. Lower optim.lr, keep "
+                                        "optim.grad_clip > 0, or check the data.")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -276,10 +278,7 @@ class Trainer:
 
     def run(self) -> TrainResult:
         """Train to config.training.n_iters, holding the run directory's lock (one writer per run)."""
-        if not self.dist.is_main:
-            return self._run()
-        workdir_lib.check_directory(self.workdir)
-        with workdir_lib.WorkdirLock(self.workdir, "train"):
+        with _training_lock(self.workdir, self.dist):
             return self._run()
 
     def _run(self) -> TrainResult:
@@ -355,6 +354,17 @@ class Trainer:
         return TrainResult(self.step, loss, last_ckpt, stopped is not None)
 
 
+def _training_lock(workdir, ctx: distributed.Context):
+    """The run directory's training lock, held by the main process (the one that writes the run)."""
+    if not ctx.is_main:
+        return contextlib.nullcontext()
+    workdir_lib.check_directory(workdir)
+    return workdir_lib.WorkdirLock(workdir, "train")
+
+
 def train(config: ml_collections.ConfigDict, workdir, ctx: distributed.Context | None = None) -> TrainResult:
-    """Train (or resume training) the configured model in `workdir`; see Trainer."""
-    return Trainer(config, workdir, ctx).run()
+    """Train (or resume training) the configured model in `workdir`; see Trainer. The lock is taken first, so
+    that a run directory in use is refused before any data are read or a model is built."""
+    ctx = distributed.setup(config) if ctx is None else ctx
+    with _training_lock(workdir, ctx):
+        return Trainer(config, workdir, ctx)._run()
