@@ -8,6 +8,7 @@ from typing import NamedTuple
 import torch
 
 from scoresde import guidance
+from scoresde.data import check_data_space
 from scoresde import likelihood
 from scoresde import solvers
 
@@ -46,6 +47,26 @@ class LikelihoodReport(NamedTuple):
         return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in out.items()}
 
 
+def check_likelihood_options(eval_config, bound: str = "ode", **options) -> None:
+    """A ValueError for an unknown bound or divergence, or for ODE options given with the variational bound:
+    what evaluate_likelihood(run, ctx, bound=bound, **options) would refuse, checked without the run (the
+    eval section is the command line's, never the checkpoint's)."""
+    if bound not in ("ode", "elbo"):
+        raise ValueError(f"bound must be ode (the probability-flow ODE likelihood) or elbo (the variational bound), "
+                         f"got {bound!r}")
+    if bound == "elbo":
+        ode_only = sorted(k for k, v in options.items() if v is not None and k != "repeats")
+        if ode_only:
+            raise ValueError(f"options of the ODE likelihood ({', '.join(ode_only)}) do not apply to the variational "
+                             "bound (--bound elbo)")
+    else:
+        likelihood.DIVERGENCES.canonical(_or(options.get("divergence"), eval_config.divergence))
+
+
+def _or(value, default):
+    return default if value is None else value
+
+
 def evaluate_likelihood(run, ctx, *, num_samples: int = 0, batch_size: int | None = None, bound: str = "ode",
                         stop=NEVER, **options) -> LikelihoodReport | None:
     """Bits/dim of run's test split (num_samples points, 0 = all) through the probability-flow ODE, or (bound
@@ -73,14 +94,8 @@ def evaluate_likelihood(run, ctx, *, num_samples: int = 0, batch_size: int | Non
 
 def _likelihood_settings(e, bound: str, options: dict) -> tuple:
     """(the evaluating function, its settings): run.config.eval's defaults for `bound`, overridden by options."""
-    if bound not in ("ode", "elbo"):
-        raise ValueError(f"bound must be ode (the probability-flow ODE likelihood) or elbo (the variational bound), "
-                         f"got {bound!r}")
+    check_likelihood_options(e, bound, **options)
     if bound == "elbo":
-        ode_only = sorted(k for k, v in options.items() if v is not None and k != "repeats")
-        if ode_only:
-            raise ValueError(f"options of the ODE likelihood ({', '.join(ode_only)}) do not apply to the variational "
-                             "bound (--bound elbo)")
         settings = {"bound": "elbo", "n_t": e.bound_samples, "eps": e.bound_eps, "repeats": e.dequant_repeats}
         evaluate = likelihood.bound_bits_per_dim
     else:
@@ -196,7 +211,9 @@ def inpaint_file(run, score_fn, input_path: str, mask_path: str | None, *, metho
         raise ValueError(f"{input_path} holds no observations")
     stem = fresh_stem(run.workdir / "inpaint" / f"{method}_{steps}_seed{seed}", (".npz", ".png"))
     check_directory(stem.parent)        # before any work: a result is never computed and then lost
-    x, mask = info.scaler(x).to(run.device), torch.broadcast_to(mask.to(run.device), x.shape)
+    mask = torch.broadcast_to(mask, x.shape)
+    check_data_space(x[mask == 1], info.data_space, f"the observed entries of {input_path}")
+    x, mask = info.scaler(x).to(run.device), mask.to(run.device)
     generator = torch.Generator(run.device).manual_seed(seed)
     chunks, nfe = [], 0
     for i in range(0, len(x), batch_size):

@@ -22,7 +22,7 @@ from scoresde.run import quality as scoring
 from scoresde.training import distill as distillation
 
 from . import evaluation, importing, quality, sampling
-from scoresde.utils import atomic_write_json
+from scoresde.utils import UsageError, atomic_write_json
 from scoresde.training import distributed
 
 SOLVER_FLAGS = ("snr", "corrector_steps", "eta", "rtol", "atol")
@@ -32,10 +32,33 @@ def _or(value, default):
     return default if value is None else value
 
 
+# Flags checked before anything is loaded or written: name -> (smallest value, what the value must be).
+FLAG_RANGES = {
+    "seed": (0, "an integer >= 0"), "batch_size": (1, "a positive integer"), "steps": (1, "a positive integer"),
+    "corrector_steps": (0, "an integer >= 0"), "dequant_repeats": (1, "a positive integer"),
+    "resample": (1, "a positive integer"), "rtol": (0, "a positive number"), "atol": (0, "a positive number"),
+    "accuracy": (0, "a positive number"),
+}
+POSITIVE_FLOATS = ("rtol", "atol", "accuracy")
+
+
+def check_flags(fv: flags.FlagValues) -> None:
+    """A UsageError naming the first flag whose value is out of its range (FLAG_RANGES; --num_samples: 0 means
+    the whole test split for likelihood, and is refused elsewhere)."""
+    ranges = dict(FLAG_RANGES, num_samples=(0, "an integer >= 0 (0: the whole test split)")
+                  if fv.mode == "likelihood" else (1, "a positive integer"))
+    for name, (low, rule) in ranges.items():
+        value = getattr(fv, name)
+        if value is not None and not (value > low if name in POSITIVE_FLOATS else value >= low):
+            raise UsageError(f"--{name}={value} must be {rule}; give another value, or leave the flag out for "
+                             "the config's")
+
+
 class Job:
     """One command line: its flags, config (with --seed/--device applied), workdir and distributed context."""
 
     def __init__(self, fv: flags.FlagValues, name: str, config_given: bool = True):
+        check_flags(fv)
         self.a, self.config, self.config_given = fv, fv.config, config_given
         with self.config.unlocked():
             self.config.seed, self.config.device = _or(fv.seed, self.config.seed), _or(fv.device, self.config.device)
@@ -103,12 +126,14 @@ def calibrate(job: Job) -> None:
 
 
 def likelihood(job: Job) -> int:
-    a, run = job.a, job.load()
+    a = job.a
+    options = dict(divergence=a.divergence, repeats=a.dequant_repeats, rtol=a.rtol, atol=a.atol, accuracy=a.accuracy)
+    evaluation.check_likelihood_options(job.config.eval, _or(a.bound, "ode"), **options)
+    run = job.load()
     with interrupts.StopRequested() as stop:
         r = evaluation.evaluate_likelihood(
             run, job.ctx, num_samples=_or(a.num_samples, job.config.eval.num_samples), batch_size=a.batch_size,
-            divergence=a.divergence, repeats=a.dequant_repeats, rtol=a.rtol, atol=a.atol, accuracy=a.accuracy,
-            bound=_or(a.bound, "ode"), stop=stop)
+            bound=_or(a.bound, "ode"), stop=stop, **options)
     if r is not None:
         print(r.line())      # printed first: the result is never computed and then lost
         name = "likelihood_partial.json" if r.stopped_by else "likelihood.json"

@@ -2,6 +2,7 @@
 training data's reference statistics (metrics.evaluate), for --mode fid and for the metric logged in training."""
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -10,9 +11,10 @@ import torch
 
 from scoresde import metrics
 from scoresde import solvers
-from scoresde.utils import atomic_write_json
+from scoresde.utils import UsageError, atomic_write_json
 
-from scoresde.run.quality import score
+from scoresde.data import check_data_space
+from scoresde.run.quality import data_of, score
 from scoresde.run.sampling import draw_samples
 from scoresde.run.workdir import check_directory, fresh_stem
 
@@ -26,19 +28,35 @@ def read_samples(path) -> torch.Tensor:
         raise FileNotFoundError(f"no samples file {path}; write one with --mode sample (an .npz with key "
                                 f"{SAMPLES_KEY!r}, in data space)")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if SAMPLES_KEY not in z:
-                raise ValueError(f"{path} holds {', '.join(z.keys()) or 'no arrays'}, not {SAMPLES_KEY!r} (an .npz as "
-                                 f"--mode sample writes it)")
-            x = z[SAMPLES_KEY]
-    except (OSError, EOFError) as e:
-        raise ValueError(f"cannot read {path} as an .npz ({e})") from None
+        z = np.load(path, allow_pickle=False)
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile):
+        # numpy takes a file that is neither .npy nor .npz for a pickle, which allow_pickle=False refuses.
+        raise ValueError(f"{path} is not an .npz archive; --samples takes an .npz with key {SAMPLES_KEY!r} in data "
+                         "space, as --mode sample writes it") from None
+    with z:
+        if SAMPLES_KEY not in z:
+            raise ValueError(f"{path} holds {', '.join(z.keys()) or 'no arrays'}, not {SAMPLES_KEY!r} (an .npz as "
+                             f"--mode sample writes it)")
+        x = z[SAMPLES_KEY]
     if x.dtype.kind != "f":
         raise ValueError(f"{path}: samples must be floats in data space ([0, 1] for images), got dtype {x.dtype}")
     bad = int((~np.isfinite(x)).sum())
     if bad:
         raise ValueError(f"{path}: the samples contain {bad} NaN or infinite values; draw them again")
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def recorded_data_space(path) -> tuple[float, float] | None:
+    """The data space's (lo, hi) that a samples file written by this framework records, else None.
+
+    Such samples are scored as they are: a barely trained model's samples lie far outside the data and are still
+    its samples, while a file from elsewhere is checked for values in another scale.
+    """
+    z = np.load(path, allow_pickle=False)
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        return None
+    with z:
+        return tuple(float(v) for v in z["data_space"]) if "data_space" in z.files else None
 
 
 class Report(NamedTuple):
@@ -85,6 +103,14 @@ def score_file(path, config, *, cache: str | Path | None, weights: str | Path | 
     """Score the samples of an .npz (read_samples) as samples of config.data; needs no checkpoint. The record is
     from_<file stem>: scoring --mode sample's file never replaces score_run's record of the same samples."""
     x = read_samples(path)
-    result = score(x, config, cache=cache, weights=weights, device=device)
+    info = data_of(config)
+    space = (0.0, 1.0) if info is None else info.data_space
+    recorded = recorded_data_space(path)
+    if recorded is None:
+        check_data_space(x, space, f"the samples in {path}")
+    elif not np.allclose(recorded, space):
+        raise UsageError(f"{path} holds samples of data in {recorded[0]:g}..{recorded[1]:g}, not of this run's "
+                         f"{space[0]:g}..{space[1]:g}; score them with the --workdir of the run that drew them")
+    result = score(x, config, info, cache=cache, weights=weights, device=device)
     record = {"dataset": config.data.dataset, "samples": str(path)}
     return Report(result, f"from {path}", record, f"from_{Path(path).stem}")

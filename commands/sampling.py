@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from scoresde import guidance
@@ -53,7 +54,8 @@ def guidance_tag(class_label: str = "", omega: float = 0.0, gamma: float = 0.0) 
 
 def write_samples(stem: Path, x: torch.Tensor, data, hint: str, title: str | None = None,
                   **arrays) -> list[Path]:
-    """<stem>.npz (x under 'samples', with `arrays`) and <stem>.png where the data have a picture; the files written.
+    """<stem>.npz (x under 'samples', the data space's (lo, hi) under 'data_space', with `arrays`) and <stem>.png
+    where the data have a picture; the files written.
 
     Non-finite samples raise before anything is written: a run never leaves NaN results that look like output.
     """
@@ -61,7 +63,7 @@ def write_samples(stem: Path, x: torch.Tensor, data, hint: str, title: str | Non
         raise ValueError(f"the samples contain NaN/inf (nothing written); {hint}")
     png = save_samples(x, Path(f"{stem}.png"), data.is_image, reference=reference_points(data), title=title)
     npz = Path(f"{stem}.npz")
-    save_npz(npz, samples=x.numpy(), **arrays)
+    save_npz(npz, samples=x.numpy(), data_space=np.asarray(data.data_space), **arrays)
     return [p for p in (png, npz) if p is not None]
 
 

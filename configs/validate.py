@@ -11,8 +11,8 @@ POSITIVE_INTS = (
     "inpainting.steps", "inpainting.resample", "model.nf", "model.num_res_blocks", "model.mlp_width",
     "model.mlp_depth", "data.num_samples", "metrics.num_samples", "metrics.num_samples_training",
 )
-NON_NEGATIVE_INTS = ("training.keep_checkpoints", "training.snapshot_samples", "optim.warmup", "eval.num_samples",
-                     "training.fid_freq", "num_threads")
+NON_NEGATIVE_INTS = ("seed", "training.keep_checkpoints", "training.snapshot_samples", "optim.warmup",
+                     "eval.num_samples", "training.fid_freq", "num_threads")
 POSITIVE_FLOATS = ("optim.lr", "optim.eps", "eval.rtol", "eval.atol", "sampling.eps", "training.eps", "eval.eps",
                    "sde.beta_min", "sde.beta_max", "sde.sigma_min", "sde.sigma_max", "model.fourier_scale",
                    "model.sigma_data")

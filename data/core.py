@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Dataset
 
 from scoresde.sde_lib import GaussianMixture
-from scoresde.utils import derived_seed
+from scoresde.utils import UsageError, derived_seed
 
 NO_LABEL = -1  # y of every item of a dataset without labels (num_classes is None then)
 
@@ -120,6 +120,30 @@ class DataInfo:
     inverse_scaler: AffineMap
     mixture: GaussianMixture | None = None
     classes: list[str] | None = None
+
+    @property
+    def data_space(self) -> tuple[float, float]:
+        """(lo, hi) of the data as samples are written and inputs read: [0, 1] for discrete data (images), the
+        training set's (min, max) for continuous data."""
+        return (0.0, 1.0) if self.n_bins is not None else self.data_range
+
+
+def check_data_space(x: torch.Tensor, bounds: tuple[float, float], what: str) -> None:
+    """A UsageError unless the finite values of x lie within bounds widened by half their width on each side.
+
+    A model's samples overshoot the data a little; data in another scale (8-bit levels for [0, 1], [-1, 1] for
+    [0, 1]) fall far outside, and a model given them would return garbage without a word.
+    """
+    values = x[torch.isfinite(x)]
+    if values.numel() == 0:
+        return
+    lo, hi = bounds
+    margin = (hi - lo) / 2
+    low, high = float(values.min()), float(values.max())
+    if low < lo - margin or high > hi + margin:
+        hint = "divide 8-bit images by 255" if (lo, hi) == (0.0, 1.0) else "rescale them to the training data's range"
+        raise UsageError(f"{what} span {low:.4g}..{high:.4g}, outside this run's data range {lo:g}..{hi:g}; give them "
+                         f"in data space ({hint})")
 
 
 def discrete_info(name: str, train_levels: torch.Tensor, train_labels: torch.Tensor, test_levels: torch.Tensor,

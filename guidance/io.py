@@ -14,9 +14,14 @@ def _load(path: Path, key: str) -> tuple[np.ndarray, dict]:
     """(the array under `key` (or the only one), all arrays) of an .npy/.npz file."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; expected {ACCEPTED}")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY" and magic[:4] != b"PK\x03\x04":
+        # numpy would take it for a pickle and refuse that, in words that invite loading it unsafely.
+        raise ValueError(f"{path} is not an .npy array or .npz archive (no NumPy header); expected {ACCEPTED}")
     try:
         loaded = np.load(path, allow_pickle=False)
-    except Exception as e:  # numpy raises several types for foreign files
+    except Exception as e:  # numpy raises several types for damaged files
         raise ValueError(f"{path} is not readable as .npy/.npz ({type(e).__name__}: {e}); "
                          f"expected {ACCEPTED}") from None
     if isinstance(loaded, np.ndarray):

@@ -79,8 +79,7 @@ def save_checkpoint(workdir, step: int, state: dict, keep: int = 3) -> Path:
 def load_checkpoint(path, map_location="cpu") -> dict:
     """Load a checkpoint file, with a clear error if it is missing or unreadable."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    _check_file(path)
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic != b"PK\x03\x04" and magic[:1] != b"\x80":
@@ -97,14 +96,25 @@ def load_checkpoint(path, map_location="cpu") -> dict:
                               "delete it to fall back to the previous one") from None
 
 
+def _check_file(path: Path, workdir=None) -> None:
+    """A CheckpointError unless `path` is a file, saying what is there instead and which checkpoints there are."""
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file; pass one of its checkpoint_<step>.pt "
+                              "files (--checkpoint=PATH), or a step number")
+    if not path.is_file():
+        steps = [p.stem.split("_")[1] for p in list_checkpoints(workdir)] if workdir is not None else []
+        there = f"steps in {checkpoint_dir(workdir)}: {', '.join(steps)}" if steps else "or a step number"
+        raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a checkpoint_<step>.pt file "
+                              f"({there})")
+
+
 def find_checkpoint(workdir, checkpoint=None) -> Path:
     """The checkpoint to use: `checkpoint` (a path or a step number) if given, else the latest in the workdir."""
     if checkpoint not in (None, ""):
         p = Path(str(checkpoint))
         if str(checkpoint).isdigit():
             p = checkpoint_dir(workdir) / f"checkpoint_{int(checkpoint)}.pt"
-        if not p.is_file():
-            raise CheckpointError(f"checkpoint {p} does not exist")
+        _check_file(p, workdir)
         return p
     latest = latest_checkpoint(workdir)
     if latest is None:
@@ -125,4 +135,9 @@ def load_module_state(module: torch.nn.Module, state_dict: dict, what: str, path
                                                 ("shape differs", shapes)) if keys)
         raise CheckpointError(f"the {what} in {path} does not match the configured network ({details}); "
                               "use the config it was trained with, or another --workdir")
+    # Weights are never legitimately NaN: every result of such a network would be NaN, so refuse it here.
+    bad = [name for name, _ in module.named_parameters() if not torch.isfinite(state_dict[name]).all()]
+    if bad:
+        raise CheckpointError(f"{path} has NaN or infinite weights in its {what} ({len(bad)} tensors, e.g. {bad[0]}); "
+                              "use an earlier checkpoint (--checkpoint=STEP) or train again")
     module.load_state_dict(state_dict, strict=True)

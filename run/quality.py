@@ -50,6 +50,13 @@ def _load_data(config) -> data_lib.DataInfo:
                          f"training data, which could not be read ({e})") from None
 
 
+def data_of(config) -> data_lib.DataInfo | None:
+    """The DataInfo that score() reads for config.data, or None for the datasets it scores without their data
+    (the digits' own classifier, the cached statistics of a NAMED dataset); their samples are images in [0, 1]."""
+    name = str(config.data.dataset).lower()
+    return None if name in NAMED or name == "digits" else _load_data(config)
+
+
 def _train_images(config) -> torch.Tensor:
     info = _load_data(config)
     return data_space(info.train, info.n_bins)

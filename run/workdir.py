@@ -28,14 +28,20 @@ class WorkdirBusyError(RuntimeError):
 
 
 def check_directory(path) -> Path:
-    """`path` as a directory that exists or can be made, and can be written (a clear ValueError otherwise)."""
+    """`path` as a directory that exists or can be made, and can be written (a clear ValueError otherwise).
+
+    Nothing is created: a folder is made by the first file written into it, so that a command that fails
+    later leaves no empty folder behind. A missing folder is checked through its nearest existing parent.
+    """
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{path} is a file, not a directory; move it away or choose another --workdir (nothing was "
-                         "computed)")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{existing} is a file, not a directory; move it away or choose another --workdir (nothing "
+                         "was computed)")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-test-")
         os.close(fd)
         os.remove(probe)
     except OSError as e:
@@ -44,31 +50,56 @@ def check_directory(path) -> Path:
     return path
 
 
+def _missing_folders(path: Path) -> list[Path]:
+    """The folders of `path` (itself included) that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
 class WorkdirLock:
     """An exclusive advisory lock (fcntl.flock) on <directory>/.lock-<name>, released on exit and by the OS when
-    the process dies (kill -9 included), holding the holder's PID for the error a second process gets."""
+    the process dies (kill -9 included), holding the holder's PID for the error a second process gets.
+
+    On exit the lock file is removed, and so are the folders the lock created if they are still empty: a
+    command leaves in the run directory only what it wrote.
+    """
 
     def __init__(self, directory, name: str = "train"):
         self.path = Path(directory) / f".lock-{name}"
         self.name = name
         self._file = None
+        self._made: list[Path] = []
 
     def __enter__(self) -> "WorkdirLock":
         if fcntl is None:
             return self
+        self._made = _missing_folders(self.path.parent)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+        while True:
+            f = open(self.path, "a+")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    f.close()
+                    raise
+                f.seek(0)
+                holder = f.read().strip() or "unknown"
                 f.close()
-                raise
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
+                raise WorkdirBusyError(f"{self.path.parent} is in use by another {self.name} process (PID {holder}); "
+                                       "wait for it to finish, stop it, or use another --workdir") from None
+            # The previous holder removes the file as it lets go: a lock taken on the removed file guards nothing,
+            # so it is taken again on the file now at the path.
+            try:
+                current = os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
             f.close()
-            raise WorkdirBusyError(f"{self.path.parent} is in use by another {self.name} process (PID {holder}); "
-                                   "wait for it to finish, stop it, or use another --workdir") from None
         f.seek(0)
         f.truncate()
         f.write(str(os.getpid()))
@@ -78,10 +109,16 @@ class WorkdirLock:
 
     def __exit__(self, *exc) -> None:
         if self._file is not None:
-            self._file.truncate(0)
+            self.path.unlink(missing_ok=True)       # while still held: a process waiting on it then sees it gone
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
             self._file = None
+        for folder in self._made:
+            try:
+                folder.rmdir()
+            except OSError:     # not empty: the command wrote there
+                break
+        self._made = []
 
 
 def fresh_stem(stem: Path, suffixes: tuple[str, ...]) -> Path:

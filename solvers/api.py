@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from scoresde.sde_lib import SDE
+from scoresde.sde_lib import SDE, VPSDE
 
 from .base import SampleResult, Solver
 from .counting import CountingScore
@@ -41,6 +41,15 @@ def check_steps(solver: str, steps) -> int | None:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got steps={steps!r}")
     return steps
+
+
+def check_option_values(solver: str, options: dict) -> None:
+    """A ValueError if an option of `solver` is out of its range (order in 1..3, eta in [0, 1], snr > 0, ...).
+
+    The ranges are the solver's constructor's own checks: it is built once, on a reference SDE and a score that
+    is never called, so that a bad value stops a command before any model is loaded.
+    """
+    _build(VPSDE(), lambda x, t: x, solver, 1e-3, options)
 
 
 def _build(sde: SDE, score_fn, solver: str, eps: float, options: dict) -> Solver:
@@ -159,6 +168,7 @@ def sampler(solver: str, steps: int | None = None, *, eps: float = 1e-3, grid=No
     if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
         raise ValueError(f"eps must be a positive number, got eps={eps!r}")
     options = check_options(solver, options)
+    check_option_values(solver, options)
     label = ""
     if grid not in (None, ""):
         if "grid" not in solver_options(solver):

@@ -227,6 +227,24 @@ def test_two_ranks_give_the_one_rank_update_and_resume_across_world_sizes(tmp_pa
     assert resumed.step == 8 and math.isfinite(resumed.loss)
 
 
+@pytest.mark.slow
+def test_a_plain_run_trains_as_a_one_rank_torchrun_run(tmp_path, monkeypatch):
+    training.train(tiny_config(), tmp_path / "plain")
+    for name, value in _env(0, 1, _free_port()).items():      # what `torchrun --nproc_per_node=1` sets
+        monkeypatch.setenv(name, value)
+    _jobs(0, [("train", tmp_path / "one", 6)])
+    monkeypatch.undo()
+    plain, one = ([r["loss"] for r in read_metrics(tmp_path / name) if "loss" in r] for name in ("plain", "one"))
+    # The same t and noise for every example of every step: the losses agree to float32 rounding, where another
+    # draw of the noise changes the step-1 loss of this network by several percent.
+    assert len(plain) == len(one) == 6
+    np.testing.assert_allclose(plain, one, rtol=1e-6)
+    for step in (3, 6):
+        a, b = _params(tmp_path / "plain", step)[0], _params(tmp_path / "one", step)[0]
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=f"step {step}: {k}")
+
+
 def _torchrun(*args):
     cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node=2", f"--master_port={_free_port()}",
            "main.py", *args]

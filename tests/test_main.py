@@ -59,10 +59,11 @@ def test_an_override_that_agrees_with_the_checkpoint_is_fine():
 
 
 def data_info(is_image: bool, dim: int = 2):
-    """The parts of a data.DataInfo that write_samples reads: is_image, and test points (in model scale, with the
-    inverse scaler) drawn behind a scatter plot."""
+    """The parts of a data.DataInfo that write_samples reads: is_image, the data space's range, and test points (in
+    model scale, with the inverse scaler) drawn behind a scatter plot."""
     test = [(torch.full((dim,), float(i)), 0) for i in range(3)]
-    return SimpleNamespace(is_image=is_image, test=test, inverse_scaler=lambda x: (x + 1) / 2)
+    return SimpleNamespace(is_image=is_image, test=test, inverse_scaler=lambda x: (x + 1) / 2,
+                           data_space=(0.0, 1.0) if is_image else (-2.0, 3.0))
 
 
 def test_vector_samples_without_a_picture_write_only_the_npz(tmp_path):
@@ -71,6 +72,8 @@ def test_vector_samples_without_a_picture_write_only_the_npz(tmp_path):
     assert written == [tmp_path / "s.npz"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"]
     np.testing.assert_array_equal(np.load(tmp_path / "s.npz")["samples"], x.numpy())
+    # The range the samples are in, so that scoring the file later knows it was drawn in this data space.
+    assert np.load(tmp_path / "s.npz")["data_space"].tolist() == [-2.0, 3.0]
 
 
 def test_points_and_images_also_get_a_png(tmp_path):

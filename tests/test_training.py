@@ -18,6 +18,7 @@ import scoresde.utils
 from scoresde import solvers
 from scoresde import training
 from scoresde.run import checkpoint as ckpt
+from scoresde.training import loop
 from scoresde.run.log import read_metrics
 
 from helpers import ROOT, cli, tiny_config
@@ -241,6 +242,34 @@ def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path, monkeypatch):
         training.train(config, tmp_path)
     assert "checkpoint_10.pt" in str(info.value)
     assert ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path))["step"] == 10
+
+
+def test_a_loss_that_is_nan_before_any_checkpoint_says_so(tmp_path, monkeypatch):
+    real = models.dsm_loss
+    monkeypatch.setattr(models, "dsm_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    with pytest.raises(training.TrainingDivergedError) as info:
+        training.train(tiny_config(), tmp_path)
+    assert str(info.value) == ("loss is nan at step 1; no checkpoint was saved before it. Lower optim.lr, keep "
+                               "optim.grad_clip > 0, or check the data.")
+
+
+def test_a_busy_run_directory_is_refused_before_the_model_is_built(tmp_path, monkeypatch):
+    monkeypatch.setattr(loop, "build_model", lambda *a, **k: pytest.fail("built the model of a busy run"))
+    monkeypatch.setattr(loop.data_lib, "get_dataset", lambda *a, **k: pytest.fail("read the data of a busy run"))
+    with runs.WorkdirLock(tmp_path, "train"):
+        with pytest.raises(runs.WorkdirBusyError, match=f"in use by another train process \\(PID {os.getpid()}\\)"):
+            training.train(tiny_config(), tmp_path)
+    # The lock file goes with its holder; the run directory holds what it held before.
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lock_leaves_only_what_was_written_under_it(tmp_path):
+    with runs.WorkdirLock(tmp_path / "a" / "b", "sample") as lock:
+        assert lock.path.read_text() == str(os.getpid())
+    assert list(tmp_path.iterdir()) == []       # the lock file and both folders it made are gone
+    with runs.WorkdirLock(tmp_path / "a" / "b", "sample"):
+        (tmp_path / "a" / "kept.txt").write_text("x")
+    assert [p.name for p in tmp_path.rglob("*")] == ["a", "kept.txt"]
 
 
 def test_checkpoint_of_another_network_is_refused(tmp_path):

@@ -1,6 +1,7 @@
 """The training loop: denoising score matching with warm-up, clipping, EMA, exact resume and clean preemption."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -224,17 +225,21 @@ class Trainer:
         Under torchrun x, y are this rank's rows of the global batch and the returned loss is the global mean.
         """
         self.model.train()
+        # One process draws from the same per-step streams as torchrun's ranks, so that the same seed trains the
+        # same run with `python main.py` and with `torchrun --nproc_per_node=N`.
+        distributed.seed_rank_step(self.config.seed, self.step, self.dist.rank)
         if self.dist.distributed:
-            distributed.seed_rank_step(self.config.seed, self.step, self.dist.rank)
             loss = self._sharded_loss(x, y)
             value = self.dist.sum([loss.item()])[0] / self.dist.world_size
         else:
-            loss = self.loss(self.network, x, y)
+            gen = distributed.loss_generator(self.config.seed, self.step, self.device)
+            loss = self.loss(self.network, x, y, generator=gen)
             value = loss.item()
         if not math.isfinite(value):
-            raise TrainingDivergedError(
-                f"loss is {value} at step {self.step + 1}; the last good checkpoint is "
-                f"{ckpt.latest_checkpoint(self.workdir)}. Lower optim.lr, keep optim.grad_clip > 0, or check the data.")
+            last = ckpt.latest_checkpoint(self.workdir)
+            kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved before it"
+            raise TrainingDivergedError(f"loss is {value} at step {self.step + 1}; {kept}. Lower optim.lr, keep "
+                                        "optim.grad_clip > 0, or check the data.")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -293,10 +298,7 @@ class Trainer:
 
     def run(self) -> TrainResult:
         """Train to config.training.n_iters, holding the run directory's lock (one writer per run)."""
-        if not self.dist.is_main:
-            return self._run()
-        workdir_lib.check_directory(self.workdir)
-        with workdir_lib.WorkdirLock(self.workdir, "train"):
+        with _training_lock(self.workdir, self.dist):
             return self._run()
 
     def _run(self) -> TrainResult:
@@ -418,6 +420,17 @@ class Trainer:
         logging.info("%s received: saved %s at step %d, exiting", stopped, progress.checkpoint, self.step)
 
 
+def _training_lock(workdir, ctx: distributed.Context):
+    """The run directory's training lock, held by the main process (the one that writes the run)."""
+    if not ctx.is_main:
+        return contextlib.nullcontext()
+    workdir_lib.check_directory(workdir)
+    return workdir_lib.WorkdirLock(workdir, "train")
+
+
 def train(config: ml_collections.ConfigDict, workdir, ctx: distributed.Context | None = None) -> TrainResult:
-    """Train (or resume training) the configured model in `workdir`; see Trainer."""
-    return Trainer(config, workdir, ctx).run()
+    """Train (or resume training) the configured model in `workdir`; see Trainer. The lock is taken first, so
+    that a run directory in use is refused before any data are read or a model is built."""
+    ctx = distributed.setup(config) if ctx is None else ctx
+    with _training_lock(workdir, ctx):
+        return Trainer(config, workdir, ctx)._run()
