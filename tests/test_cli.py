@@ -159,6 +159,18 @@ def test_bad_files_are_one_line_errors(trained, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_file_holding_a_bare_tensor_is_not_a_checkpoint(trained, tmp_path):
+    import torch
+
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    before = sorted(p.relative_to(trained) for p in trained.rglob("*"))
+    one_line_error(cli("--mode", "sample", "--workdir", trained, "--checkpoint", tmp_path / "tensor.pt", *TINY,
+                       check=False),
+                   f"{tmp_path / 'tensor.pt'} holds a Tensor, not a checkpoint (a dict written by training); pass a "
+                   "checkpoint_<step>.pt of a run, or a step number")
+    assert sorted(p.relative_to(trained) for p in trained.rglob("*")) == before
+
+
 def test_help_lists_the_modes():
     result = cli("--help")
     assert result.returncode == 0 and result.stdout.startswith("usage: python main.py --mode MODE")
