@@ -21,8 +21,8 @@ from scoresde.run import quality as scoring
 from scoresde.training import distill as distillation
 
 from . import evaluation, importing, quality, sampling
-from scoresde.utils import atomic_write_json
 from scoresde.training import distributed
+from scoresde.utils import UsageError
 
 SOLVER_FLAGS = ("snr", "corrector_steps", "eta", "rtol", "atol")
 
@@ -76,6 +76,7 @@ def sample(job: Job) -> int:
     sampler, labels, s = job.sampler(), job.guidance(), job.config.sampling
     run = job.load(autocast=True)
     distillation.check_sampler(run.workdir, run.sde, sampler)
+    runs.report_calibrated_grid(sampler, run.workdir, run.step)
     with interrupts.StopRequested() as stop:
         done = sampling.sample_to_files(
             run, sampling.guided_score_fn(run, *labels), sampler, _or(job.a.num_samples, s.num_samples),
@@ -86,15 +87,32 @@ def sample(job: Job) -> int:
     return stop.exit_code
 
 
+def _keep(path: Path, overwrite: bool, what: str) -> None:
+    """Refuse, before any work, to replace the `what` at `path` unless --overwrite: a calibration may have taken
+    minutes and fit better than the one about to replace it."""
+    if path.exists() and not overwrite:
+        fitted = ""
+        if path.suffix == ".json" and what == "grid":
+            record = solvers.grid_record(path)
+            step = record.get("step")
+            fitted = (f" (fitted on checkpoint step {step if step is not None else 'not recorded'}, pilot RMSE "
+                      f"{record.get('error', float('nan')):.3g})")
+        raise UsageError(f"{path} already holds a calibrated {what}{fitted}; pass --overwrite to replace it, or move "
+                         "it away to keep it (nothing was computed)")
+    runs.check_replaceable(path)
+
+
 def calibrate(job: Job) -> None:
     given = {**solvers.parse_options(job.config.sampling.options), **solvers.parse_options(job.a.solver_options)}
     if str(given.get("variance", "")).lower() == "analytic":       # Analytic-DPM's table, not a grid
+        _keep(solvers.analytic_variance_path(job.workdir), job.a.overwrite, "Analytic-DPM table")
         run = job.load()
         if job.ctx.is_main:
             print(evaluation.calibrate_variance(run, seed=job.config.seed))
         return
     sampler, s = job.sampler(), job.config.sampling
     solvers.check_calibratable(sampler.solver)     # before the checkpoint is loaded
+    _keep(solvers.calibrated_grid_path(job.workdir, sampler.solver, sampler.steps), job.a.overwrite, "grid")
     run = job.load(autocast=True)       # in the precision the samples will be drawn in
     if job.ctx.is_main:
         print(evaluation.calibrate(run, sampler, pilot=s.calibration_pilot,
@@ -103,6 +121,7 @@ def calibrate(job: Job) -> None:
 
 def likelihood(job: Job) -> int:
     a, run = job.a, job.load()
+    runs.check_directory(run.workdir)       # before any work: a result is never computed and then lost
     with interrupts.StopRequested() as stop:
         r = evaluation.evaluate_likelihood(
             run, job.ctx, num_samples=_or(a.num_samples, job.config.eval.num_samples), batch_size=a.batch_size,
@@ -110,8 +129,7 @@ def likelihood(job: Job) -> int:
             bound=_or(a.bound, "ode"), stop=stop)
     if r is not None:
         print(r.line())      # printed first: the result is never computed and then lost
-        name = "likelihood_partial.json" if r.stopped_by else "likelihood.json"
-        atomic_write_json(job.workdir / name, r.as_json())
+        logging.info("wrote %s", evaluation.write_likelihood(run, r))
     return stop.exit_code
 
 
@@ -161,6 +179,7 @@ def fid(job: Job) -> None:
         sampler, labels = job.sampler(), job.guidance()
         run = job.load(autocast=True)
         distillation.check_sampler(run.workdir, run.sde, sampler)
+        runs.report_calibrated_grid(sampler, run.workdir, run.step)
         report = quality.score_run(run, sampling.guided_score_fn(run, *labels), sampler,
                                    _or(a.num_samples, c.metrics.num_samples), _or(a.batch_size, c.sampling.batch_size),
                                    c.seed, job.ctx, cache=cache, weights=weights,
@@ -187,7 +206,8 @@ def distill(job: Job) -> None:
 RUNNERS = {"train": train, "sample": sample, "likelihood": likelihood, "eval": evaluate, "calibrate": calibrate,
            "train_classifier": train_classifier, "inpaint": inpaint, "import": import_model, "fid": fid,
            "distill": distill}
-# The lock each mode holds on its run directory while it writes there (one writer per kind of output); training
-# takes its own inside Trainer.run, and eval writes nothing.
-LOCKS = {"sample": "sample", "likelihood": "likelihood", "calibrate": "calibrate", "train_classifier": "classifier",
-         "inpaint": "inpaint", "import": "train", "fid": "fid", "distill": "distill"}
+# The lock each mode that replaces shared files holds on its run directory while it works (one writer per kind of
+# output); training takes its own inside Trainer.run. sample, likelihood, inpaint and fid only add files under
+# fresh names (claimed under run.workdir.claiming_names), so any number of them run side by side; eval writes
+# nothing.
+LOCKS = {"calibrate": "calibrate", "train_classifier": "classifier", "import": "train", "distill": "distill"}

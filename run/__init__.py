@@ -5,12 +5,13 @@ from .checkpoint import CheckpointError, find_checkpoint, latest_checkpoint, loa
 from .interrupts import EXIT_CODES, StopRequested
 from .load import Run, config_of_checkpoint, load_run, use_checkpoint_config, use_trained_sections
 from .log import MetricsLogger
-from .sampling import Samples, draw_samples, reference_points, sampler_from_config
-from .workdir import WorkdirBusyError, WorkdirLock, check_directory
+from .sampling import Samples, draw_samples, reference_points, report_calibrated_grid, sampler_from_config
+from .workdir import WorkdirBusyError, WorkdirLock, check_directory, check_replaceable, claiming_names
 
 __all__ = [
     "Run", "load_run", "config_of_checkpoint", "use_trained_sections", "use_checkpoint_config", "build_model",
     "build_optimizer", "build_sde", "get_device", "CheckpointError", "find_checkpoint", "latest_checkpoint",
     "load_checkpoint", "EXIT_CODES", "StopRequested", "MetricsLogger", "Samples", "draw_samples",
-    "reference_points", "sampler_from_config", "WorkdirBusyError", "WorkdirLock", "check_directory",
+    "reference_points", "report_calibrated_grid", "sampler_from_config", "WorkdirBusyError", "WorkdirLock",
+    "check_directory", "check_replaceable", "claiming_names",
 ]

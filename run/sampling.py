@@ -6,6 +6,7 @@ import time
 from typing import NamedTuple
 
 import torch
+from absl import logging
 from tqdm.auto import tqdm
 
 from scoresde import solvers
@@ -47,6 +48,26 @@ def sampler_from_config(config, workdir=None, *, solver: str | None = None, step
         else:
             merged["eps_moments"] = str(path)
     return solvers.sampler(name, steps, eps=s.eps, grid=grid, workdir=workdir, default_steps=s.steps, **merged)
+
+
+def report_calibrated_grid(sampler: solvers.Sampler, workdir, step: int) -> None:
+    """Log which file a sampler on `--grid calibrated` takes its grid from and the checkpoint step it was fitted
+    on; a warning where that is not `step`, the checkpoint loaded (the grid belongs to the network it was fitted
+    to, so it may no longer be the best one)."""
+    if sampler.grid_label != "calibrated":
+        return
+    path = solvers.calibrated_grid_path(workdir, sampler.solver, sampler.steps)
+    fitted = solvers.grid_record(path).get("step")
+    again = (f"calibrate again for this one (--mode calibrate --workdir {workdir} --solver {sampler.solver} "
+             f"--steps {sampler.steps} --overwrite)")
+    if fitted is None:
+        logging.warning("the calibrated grid %s does not record the checkpoint it was fitted on; this is checkpoint "
+                        "step %d: %s", path, step, again)
+    elif int(fitted) != step:
+        logging.warning("the calibrated grid %s was fitted on checkpoint step %d, not on this one (step %d); %s",
+                        path, int(fitted), step, again)
+    else:
+        logging.info("using the calibrated grid %s, fitted on this checkpoint (step %d)", path, step)
 
 
 class Samples(NamedTuple):
