@@ -40,8 +40,24 @@ class Job:
             self.config.seed, self.config.device = _or(fv.seed, self.config.seed), _or(fv.device, self.config.device)
         configs.check_config(self.config)       # before anything is created on disk
         self.overridden = config_flags.get_override_values(fv["config"])
-        self.workdir = Path(fv.workdir or Path("runs") / name)
+        self.workdir = Path(fv.workdir) if fv.workdir else self._run_of_checkpoint(Path("runs") / name)
         self.ctx = distributed.setup(self.config)
+
+    def _run_of_checkpoint(self, default: Path) -> Path:
+        """Without --workdir, the run directory a --checkpoint path belongs to (<run>/checkpoints/*.pt), so that
+        what is made from it (samples, likelihoods, grids) is filed with its run and not with the default one's."""
+        given = self.a.checkpoint
+        if self.a.mode not in CHECKPOINT_MODES or not given or str(given).isdigit():
+            return default
+        path = Path(given)
+        if not path.is_file() or path.parent.resolve() == runs.checkpoint_dir(default).resolve():
+            return default      # a missing checkpoint is reported where it is looked up
+        if path.parent.name != runs.CHECKPOINT_DIR:
+            raise UsageError(f"checkpoint {path} is not in a run directory (<run>/{runs.CHECKPOINT_DIR}/); pass "
+                             "--workdir DIR for what this command writes")
+        logging.warning("checkpoint %s belongs to the run %s: its outputs go there, not to %s (--workdir chooses)",
+                        path, path.parent.parent, default)
+        return path.parent.parent
 
     def lock(self, mode: str):
         """The run directory's lock for `mode` (LOCKS), on the main process; none where the directory does not
@@ -203,6 +219,8 @@ def distill(job: Job) -> None:
         print(r.line())
 
 
+# The modes whose --checkpoint is a checkpoint of a run (import's is the file or folder to import).
+CHECKPOINT_MODES = ("sample", "likelihood", "eval", "calibrate", "inpaint", "fid", "distill")
 RUNNERS = {"train": train, "sample": sample, "likelihood": likelihood, "eval": evaluate, "calibrate": calibrate,
            "train_classifier": train_classifier, "inpaint": inpaint, "import": import_model, "fid": fid,
            "distill": distill}

@@ -331,6 +331,22 @@ def test_the_same_seed_gives_the_same_samples_for_any_batch_size(vectors, solver
     assert np.abs(other - by3).max() > 1e-2
 
 
+def test_a_checkpoint_of_another_run_files_its_outputs_with_that_run(vectors, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)     # the default workdir, runs/vpsde, is here and has no checkpoints
+    checkpoint = vectors / "checkpoints" / "checkpoint_2.pt"
+    result = cli(*SAMPLE, "--seed=31", "--checkpoint", checkpoint)
+    assert result.written().parent == vectors / "samples" and not (tmp_path / "runs").exists()
+    assert (f"checkpoint {checkpoint} belongs to the run {vectors}: its outputs go there, not to runs/vpsde "
+            "(--workdir chooses)") in result.log
+    shutil.copy(checkpoint, tmp_path / "loose.pt")
+    one_line_error(cli(*SAMPLE, "--checkpoint", tmp_path / "loose.pt", check=False),
+                   f"checkpoint {tmp_path / 'loose.pt'} is not in a run directory (<run>/checkpoints/); pass "
+                   "--workdir DIR for what this command writes")
+    assert not (tmp_path / "runs").exists()
+    chosen = cli(*SAMPLE, "--checkpoint", tmp_path / "loose.pt", "--workdir", tmp_path / "mine").written()
+    assert chosen.parent == tmp_path / "mine" / "samples"
+
+
 def test_solver_options_reach_the_solver(vectors):
     common = ("--solver=unipc", "--steps=4", "--num_samples=6", "--seed=3")
     result = cli("--workdir", vectors, "--mode", "sample", "--device=cpu", *common,
