@@ -17,8 +17,8 @@ if os.path.isfile(os.path.join(_checkout, "setup.cfg")) and os.path.isfile(os.pa
 __version__ = "0.1.0"
 
 SUBPACKAGES = ("sde_lib", "models", "solvers", "likelihood", "metrics", "data", "guidance", "configs", "interop",
-               "training")
-FUNCTIONS = {"load_run": "training", "Run": "training", "train": "training", "get_sde": "sde_lib"}
+               "run", "training", "commands")
+FUNCTIONS = {"load_run": "run", "Run": "run", "train": "training", "get_sde": "sde_lib"}
 
 __all__ = [*SUBPACKAGES, *FUNCTIONS, "__version__"]
 
