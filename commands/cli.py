@@ -61,8 +61,10 @@ FLAG_SPECS = [  # name, type, help; every default is None: the config's value
     ("from", str, "import: score_sde (a checkpoint_*.pth of score_sde_pytorch) | diffusers (a save_pretrained folder)."),
     ("samples", str, "fid: score this .npz (key 'samples', data space, as --mode sample writes) instead of sampling."),
     ("inception_weights", str, "fid: local Inception weights file (default config.metrics.inception_weights)."),
+    ("overwrite", bool, "calibrate: replace an existing calibrated grid or Analytic-DPM table (kept otherwise)."),
 ]
-DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEFINE_float}
+DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+          bool: flags.DEFINE_boolean}
 
 
 def define_flags(fv: flags.FlagValues) -> None:

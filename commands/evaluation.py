@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -15,7 +16,8 @@ from scoresde import solvers
 from scoresde.run.interrupts import NEVER
 from scoresde.run.sampling import analytic_table_path, calibrated_grid_path
 from scoresde.commands.sampling import write_samples
-from scoresde.run.workdir import check_directory, fresh_stem
+from scoresde.run.workdir import check_directory, claiming_names, fresh_stem
+from scoresde.utils import atomic_write_json
 
 
 class LikelihoodReport(NamedTuple):
@@ -166,6 +168,17 @@ def _report(r, settings: dict, stopped_by: str | None) -> LikelihoodReport:
     return LikelihoodReport(r.mean, r.stderr, r.count, r.nfe, r.ode_error, r.setting, settings, stopped_by)
 
 
+def write_likelihood(run, report: LikelihoodReport) -> Path:
+    """Write the report, with the checkpoint it is of, to <workdir>/likelihood.json (the probability-flow ODE's) or
+    likelihood_elbo.json (the variational bound's), "_partial" before ".json" when a signal stopped it early; where
+    that name is taken, likelihood_2.json, likelihood_3.json, ...: no result ever replaces another."""
+    stem = run.workdir / ("likelihood_elbo" if report.settings.get("bound") == "elbo" else "likelihood")
+    with claiming_names(check_directory(run.workdir)):
+        stem = fresh_stem(stem, (".json", "_partial.json"))
+        path = Path(f"{stem}_partial.json" if report.stopped_by else f"{stem}.json")
+        return atomic_write_json(path, {**report.as_json(), "checkpoint": str(run.path), "step": run.step})
+
+
 def calibrate(run, sampler: solvers.Sampler, *, pilot: int, iterations: int, seed: int) -> str:
     """Fit `sampler`'s grid to the run's network on `pilot` prior samples and save it where `--grid calibrated`
     finds it; returns the line that says what was fitted and written."""
@@ -175,7 +188,9 @@ def calibrate(run, sampler: solvers.Sampler, *, pilot: int, iterations: int, see
                                  generator=torch.Generator(run.device).manual_seed(seed), device=run.device,
                                  **options)
     path = calibrated_grid_path(run.workdir, sampler.solver, sampler.steps)
-    solvers.save_grid(path, cal, solver=sampler.solver, sde=run.sde, **options)
+    solvers.save_grid(path, cal, solver=sampler.solver, sde=run.sde, **options,
+                      fitted_on={"checkpoint": str(run.path), "step": run.step, "pilot": pilot,
+                                 "iterations": iterations})
     return (f"{sampler.solver} grid with {sampler.steps} steps fitted on {pilot} pilot paths: pathwise RMSE "
             f"{cal.initial_error:.3g} (uniform log-SNR) -> {cal.error:.3g}, {cal.nfe} NFE; wrote {path}; sample "
             f"with --workdir {run.workdir} --solver {sampler.solver} --steps {sampler.steps} --grid calibrated")
@@ -209,8 +224,7 @@ def inpaint_file(run, score_fn, input_path: str, mask_path: str | None, *, metho
     x, mask = guidance.read_observation(input_path, mask_path, info.shape)
     if len(x) == 0:
         raise ValueError(f"{input_path} holds no observations")
-    stem = fresh_stem(run.workdir / "inpaint" / f"{method}_{steps}_seed{seed}", (".npz", ".png"))
-    check_directory(stem.parent)        # before any work: a result is never computed and then lost
+    directory = check_directory(run.workdir / "inpaint")    # before any work: a result is never computed and then lost
     mask = torch.broadcast_to(mask, x.shape)
     check_data_space(x[mask == 1], info.data_space, f"the observed entries of {input_path}")
     x, mask = info.scaler(x).to(run.device), mask.to(run.device)
@@ -223,6 +237,8 @@ def inpaint_file(run, score_fn, input_path: str, mask_path: str | None, *, metho
         nfe += result.nfe
     out = torch.cat(chunks)
     per_batch = nfe // len(chunks)
-    written = write_samples(stem, out, info, "try more --steps", title=f"{method}, NFE {per_batch}",
-                            mask=mask.cpu().numpy())
+    with claiming_names(directory):
+        stem = fresh_stem(directory / f"{method}_{steps}_seed{seed}", (".npz", ".png"))
+        written = write_samples(stem, out, info, "try more --steps", title=f"{method}, NFE {per_batch}",
+                                mask=mask.cpu().numpy())
     return f"inpainted {len(out)} items with {method}: NFE {per_batch} per batch; wrote {' and '.join(map(str, written))}"

@@ -9,6 +9,7 @@ from scoresde.interop.common import data_shape
 
 from scoresde.run import checkpoint as ckpt
 from scoresde.run.builders import build_model, build_optimizer
+from scoresde.utils import atomic_write_text
 
 SOURCES = ("score_sde", "diffusers")
 
@@ -17,7 +18,8 @@ def import_run(source: str, config, checkpoint, workdir) -> Path:
     """Import `checkpoint` from `source` ("score_sde": a checkpoint_*.pth of score_sde_pytorch; "diffusers": a
     save_pretrained folder) under `config` (a config name, path or ConfigDict; optional for diffusers) and write
     workdir/checkpoints/checkpoint_<step>.pt (atomically) as training would: step, model, ema, a fresh optimizer
-    state, rng and config. Returns its path. A workdir that already holds checkpoints is refused.
+    state, rng and config, with the config also in workdir/config.json as a trained run has it. Returns the
+    checkpoint's path. A workdir that already holds checkpoints is refused.
     """
     if source not in SOURCES:
         raise ValueError(f"unknown import source {source!r}; available: {', '.join(SOURCES)}")
@@ -41,4 +43,6 @@ def import_run(source: str, config, checkpoint, workdir) -> Path:
     state = {"step": imported.step, "model": model.state_dict(), "ema": ema.state_dict(),
              "optimizer": build_optimizer(config, model.parameters()).state_dict(), "rng": ckpt.rng_state(),
              "config": config.to_json()}
-    return ckpt.save_checkpoint(workdir, imported.step, state, keep=0)
+    path = ckpt.save_checkpoint(workdir, imported.step, state, keep=0)
+    atomic_write_text(Path(workdir) / "config.json", config.to_json(indent=2))
+    return path

@@ -22,8 +22,8 @@ from scoresde.run import quality as scoring
 from scoresde.training import distill as distillation
 
 from . import evaluation, importing, quality, sampling
-from scoresde.utils import UsageError, atomic_write_json
 from scoresde.training import distributed
+from scoresde.utils import UsageError
 
 SOLVER_FLAGS = ("snr", "corrector_steps", "eta", "rtol", "atol")
 
@@ -64,8 +64,24 @@ class Job:
             self.config.seed, self.config.device = _or(fv.seed, self.config.seed), _or(fv.device, self.config.device)
         configs.check_config(self.config)       # before anything is created on disk
         self.overridden = config_flags.get_override_values(fv["config"])
-        self.workdir = Path(fv.workdir or Path("runs") / name)
+        self.workdir = Path(fv.workdir) if fv.workdir else self._run_of_checkpoint(Path("runs") / name)
         self.ctx = distributed.setup(self.config)
+
+    def _run_of_checkpoint(self, default: Path) -> Path:
+        """Without --workdir, the run directory a --checkpoint path belongs to (<run>/checkpoints/*.pt), so that
+        what is made from it (samples, likelihoods, grids) is filed with its run and not with the default one's."""
+        given = self.a.checkpoint
+        if self.a.mode not in CHECKPOINT_MODES or not given or str(given).isdigit():
+            return default
+        path = Path(given)
+        if not path.is_file() or path.parent.resolve() == runs.checkpoint_dir(default).resolve():
+            return default      # a missing checkpoint is reported where it is looked up
+        if path.parent.name != runs.CHECKPOINT_DIR:
+            raise UsageError(f"checkpoint {path} is not in a run directory (<run>/{runs.CHECKPOINT_DIR}/); pass "
+                             "--workdir DIR for what this command writes")
+        logging.warning("checkpoint %s belongs to the run %s: its outputs go there, not to %s (--workdir chooses)",
+                        path, path.parent.parent, default)
+        return path.parent.parent
 
     def lock(self, mode: str):
         """The run directory's lock for `mode` (LOCKS), on the main process; none where the directory does not
@@ -100,6 +116,7 @@ def sample(job: Job) -> int:
     sampler, labels, s = job.sampler(), job.guidance(), job.config.sampling
     run = job.load(autocast=True)
     distillation.check_sampler(run.workdir, run.sde, sampler)
+    runs.report_calibrated_grid(sampler, run.workdir, run.step)
     with interrupts.StopRequested() as stop:
         done = sampling.sample_to_files(
             run, sampling.guided_score_fn(run, *labels), sampler, _or(job.a.num_samples, s.num_samples),
@@ -110,15 +127,32 @@ def sample(job: Job) -> int:
     return stop.exit_code
 
 
+def _keep(path: Path, overwrite: bool, what: str) -> None:
+    """Refuse, before any work, to replace the `what` at `path` unless --overwrite: a calibration may have taken
+    minutes and fit better than the one about to replace it."""
+    if path.exists() and not overwrite:
+        fitted = ""
+        if path.suffix == ".json" and what == "grid":
+            record = solvers.grid_record(path)
+            step = record.get("step")
+            fitted = (f" (fitted on checkpoint step {step if step is not None else 'not recorded'}, pilot RMSE "
+                      f"{record.get('error', float('nan')):.3g})")
+        raise UsageError(f"{path} already holds a calibrated {what}{fitted}; pass --overwrite to replace it, or move "
+                         "it away to keep it (nothing was computed)")
+    runs.check_replaceable(path)
+
+
 def calibrate(job: Job) -> None:
     given = {**solvers.parse_options(job.config.sampling.options), **solvers.parse_options(job.a.solver_options)}
     if str(given.get("variance", "")).lower() == "analytic":       # Analytic-DPM's table, not a grid
+        _keep(runs.analytic_table_path(job.workdir), job.a.overwrite, "Analytic-DPM table")
         run = job.load()
         if job.ctx.is_main:
             print(evaluation.calibrate_variance(run, seed=job.config.seed))
         return
     sampler, s = job.sampler(), job.config.sampling
     solvers.check_calibratable(sampler.solver)     # before the checkpoint is loaded
+    _keep(runs.calibrated_grid_path(job.workdir, sampler.solver, sampler.steps), job.a.overwrite, "grid")
     run = job.load(autocast=True)       # in the precision the samples will be drawn in
     if job.ctx.is_main:
         print(evaluation.calibrate(run, sampler, pilot=s.calibration_pilot,
@@ -130,14 +164,14 @@ def likelihood(job: Job) -> int:
     options = dict(divergence=a.divergence, repeats=a.dequant_repeats, rtol=a.rtol, atol=a.atol, accuracy=a.accuracy)
     evaluation.check_likelihood_options(job.config.eval, _or(a.bound, "ode"), **options)
     run = job.load()
+    runs.check_directory(run.workdir)       # before any work: a result is never computed and then lost
     with interrupts.StopRequested() as stop:
         r = evaluation.evaluate_likelihood(
             run, job.ctx, num_samples=_or(a.num_samples, job.config.eval.num_samples), batch_size=a.batch_size,
             bound=_or(a.bound, "ode"), stop=stop, **options)
     if r is not None:
         print(r.line())      # printed first: the result is never computed and then lost
-        name = "likelihood_partial.json" if r.stopped_by else "likelihood.json"
-        atomic_write_json(job.workdir / name, r.as_json())
+        logging.info("wrote %s", evaluation.write_likelihood(run, r))
     elif job.ctx.is_main:       # the signal came before the first batch
         print(f"stopped by {stop.signal} before the first test batch; nothing written", file=sys.stderr)
     return stop.exit_code
@@ -189,6 +223,7 @@ def fid(job: Job) -> None:
         sampler, labels = job.sampler(), job.guidance()
         run = job.load(autocast=True)
         distillation.check_sampler(run.workdir, run.sde, sampler)
+        runs.report_calibrated_grid(sampler, run.workdir, run.step)
         report = quality.score_run(run, sampling.guided_score_fn(run, *labels), sampler,
                                    _or(a.num_samples, c.metrics.num_samples), _or(a.batch_size, c.sampling.batch_size),
                                    c.seed, job.ctx, cache=cache, weights=weights,
@@ -212,10 +247,13 @@ def distill(job: Job) -> None:
         print(r.line())
 
 
+# The modes whose --checkpoint is a checkpoint of a run (import's is the file or folder to import).
+CHECKPOINT_MODES = ("sample", "likelihood", "eval", "calibrate", "inpaint", "fid", "distill")
 RUNNERS = {"train": train, "sample": sample, "likelihood": likelihood, "eval": evaluate, "calibrate": calibrate,
            "train_classifier": train_classifier, "inpaint": inpaint, "import": import_model, "fid": fid,
            "distill": distill}
-# The lock each mode holds on its run directory while it writes there (one writer per kind of output); training
-# takes its own inside Trainer.run, and eval writes nothing.
-LOCKS = {"sample": "sample", "likelihood": "likelihood", "calibrate": "calibrate", "train_classifier": "classifier",
-         "inpaint": "inpaint", "import": "train", "fid": "fid", "distill": "distill"}
+# The lock each mode that replaces shared files holds on its run directory while it works (one writer per kind of
+# output); training takes its own inside Trainer.run. sample, likelihood, inpaint and fid only add files under
+# fresh names (claimed under run.workdir.claiming_names), so any number of them run side by side; eval writes
+# nothing.
+LOCKS = {"calibrate": "calibrate", "train_classifier": "classifier", "import": "train", "distill": "distill"}

@@ -16,7 +16,7 @@ from scoresde.utils import UsageError, atomic_write_json
 from scoresde.data import check_data_space
 from scoresde.run.quality import data_of, score
 from scoresde.run.sampling import draw_samples
-from scoresde.run.workdir import check_directory, fresh_stem
+from scoresde.run.workdir import check_directory, claiming_names, fresh_stem
 
 SAMPLES_KEY = "samples"
 
@@ -72,8 +72,10 @@ class Report(NamedTuple):
         return f"{self.result.format()} ({self.result.num_samples} samples, {self.source})"
 
     def write(self, workdir) -> Path:
-        stem = fresh_stem(Path(workdir) / "metrics" / self.stem, (".json",))     # never replace an earlier record
-        return atomic_write_json(Path(f"{stem}.json"), {**self.record, **self.result.as_dict()})
+        directory = check_directory(Path(workdir) / "metrics")
+        with claiming_names(directory):       # never replace an earlier record, nor one written beside this one
+            stem = fresh_stem(directory / self.stem, (".json",))
+            return atomic_write_json(Path(f"{stem}.json"), {**self.record, **self.result.as_dict()})
 
 
 def score_run(run, score_fn, sampler: solvers.Sampler, num: int, batch_size: int, seed: int, ctx, *,

@@ -14,7 +14,7 @@ from scoresde.training.classifier import load_classifier
 from scoresde.run.sampling import Samples, draw_samples, reference_points
 from scoresde.run.images import save_npz, save_samples
 from scoresde.run.interrupts import NEVER
-from scoresde.run.workdir import check_directory, fresh_stem
+from scoresde.run.workdir import check_directory, claiming_names, fresh_stem
 
 def guided_score_fn(run, class_label: str = "", omega: float = 0.0, gamma: float = 0.0):
     """run.score_fn conditioned on class_label ("3" or "0,1,2", cycled over each batch), with classifier-free
@@ -92,16 +92,18 @@ def sample_stem(run, sampler: solvers.Sampler, num: int, seed: int, tag: str = "
 def sample_to_files(run, score_fn, sampler: solvers.Sampler, num: int, batch_size: int, seed: int, ctx,
                     tag: str = "", stop=NEVER) -> SampleRun | None:
     """draw_samples, then (rank 0) write them to sample_stem(...).{npz,png} (with "_partial" when a signal
-    stopped the run early; the batches finished are kept)."""
-    stem = sample_stem(run, sampler, num, seed, tag)
+    stopped the run early; the batches finished are kept). The name is chosen when the samples are written, under
+    claiming_names: runs with the same settings side by side get _2, _3, ... instead of one replacing another."""
     # Before any work, and on every rank: a rank that stopped here alone would leave the others in the gather.
-    check_directory(stem.parent)
+    directory = check_directory(run.workdir / "samples")
     out = draw_samples(run.sde, score_fn, run.data, sampler, num, batch_size, seed, ctx, stop=stop)
     if out is None:
         return None
     written = []
     if len(out.x):
-        stem = Path(f"{stem}_partial") if out.stopped_by else stem
-        written = write_samples(stem, out.x, run.data, "try more --steps or another --solver",
-                                title=f"{sampler.solver}, NFE {out.nfe:.0f}")
+        with claiming_names(directory):
+            stem = sample_stem(run, sampler, num, seed, tag)
+            stem = Path(f"{stem}_partial") if out.stopped_by else stem
+            written = write_samples(stem, out.x, run.data, "try more --steps or another --solver",
+                                    title=f"{sampler.solver}, NFE {out.nfe:.0f}")
     return SampleRun(out, written, sampler.describe())

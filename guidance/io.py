@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from scoresde.utils import UsageError
+
 ACCEPTED = ("an .npy array, or an .npz with the observations under 'x' (and optionally the mask under 'mask'); "
             "the mask (1 = observed, 0 = to sample) comes from --mask, the 'mask' key, or the NaN entries of x")
 
@@ -55,6 +57,14 @@ def read_observation(input_path, mask_path=None, shape=None) -> tuple[torch.Tens
         if tuple(x.shape[1:]) != shape:
             raise ValueError(f"the observations in {input_path} have shape {tuple(x.shape)}; this model's data are "
                              f"(N, {', '.join(map(str, shape))})")
+    try:
+        fits = torch.broadcast_shapes(mask.shape, x.shape) == x.shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise UsageError(f"the mask in {mask_path or input_path} has shape {tuple(mask.shape)}, which does not fit the "
+                         f"observations' {tuple(x.shape)}; give one mask per observation, or one of shape "
+                         f"{tuple(x.shape[1:])} for all")
     if bool((mask == 1).all()):
         raise ValueError("every entry is observed (the mask is all ones): nothing to inpaint; "
                          "mark missing entries with 0 in the mask or NaN in x")

@@ -86,7 +86,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise CheckpointError(f"{path} is not a checkpoint (not a file written by torch.save); pass a "
                               "checkpoint_<step>.pt of a run, or a step number")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         raise CheckpointError(f"{path} holds Python objects other than tensors, numbers and dicts, so it was not "
                               "written by this framework and is not loaded (loading it would run its code)") from None
@@ -94,6 +94,10 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         message = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(f"checkpoint {path} is not readable ({type(e).__name__}: {message}); "
                               "delete it to fall back to the previous one") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a checkpoint (a dict written by "
+                              "training); pass a checkpoint_<step>.pt of a run, or a step number")
+    return state
 
 
 def _check_file(path: Path, workdir=None) -> None:

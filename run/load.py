@@ -72,7 +72,12 @@ def use_trained_sections(config, trained, overridden=()) -> None:
     for section in TRAINED_SECTIONS:
         for name, value in trained.get(section, {}).items():
             key, current = f"{section}.{name}", config[section].get(name)
-            if name not in config[section] or _plain(current) == _plain(value):
+            if name not in config[section]:
+                # A field only some models have (an imported network's architecture, say): the checkpoint's.
+                with config.unlocked():
+                    config[section][name] = value
+                continue
+            if _plain(current) == _plain(value):
                 continue
             if key in overridden:
                 if key in RELOCATABLE:

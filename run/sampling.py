@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from absl import logging
 from tqdm.auto import tqdm
 
 from scoresde import solvers
@@ -94,6 +95,26 @@ def _calibrated_grid(solver: str, steps: int | None, default_steps: int, workdir
         raise UsageError(f"the calibrated {solver} grid with {steps} steps was fitted with options "
                          f"{fitted or 'none'}, not {wanted or 'none'}; sample with those, or calibrate again with these")
     return str(path)
+
+
+def report_calibrated_grid(sampler: solvers.Sampler, workdir, step: int) -> None:
+    """Log which file a sampler on `--grid calibrated` takes its grid from and the checkpoint step it was fitted
+    on; a warning where that is not `step`, the checkpoint loaded (the grid belongs to the network it was fitted
+    to, so it may no longer be the best one)."""
+    if sampler.grid_label != "calibrated":
+        return
+    path = calibrated_grid_path(workdir, sampler.solver, sampler.steps)
+    fitted = solvers.grid_record(path).get("step")
+    again = (f"calibrate again for this one (--mode calibrate --workdir {workdir} --solver {sampler.solver} "
+             f"--steps {sampler.steps} --overwrite)")
+    if fitted is None:
+        logging.warning("the calibrated grid %s does not record the checkpoint it was fitted on; this is checkpoint "
+                        "step %d: %s", path, step, again)
+    elif int(fitted) != step:
+        logging.warning("the calibrated grid %s was fitted on checkpoint step %d, not on this one (step %d); %s",
+                        path, int(fitted), step, again)
+    else:
+        logging.info("using the calibrated grid %s, fitted on this checkpoint (step %d)", path, step)
 
 
 class Samples(NamedTuple):

@@ -2,13 +2,16 @@
 instead of overwrites, and a run that stays one experiment when it is resumed."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 from scoresde.configs.default import get_default_configs
+from scoresde.utils import UsageError
 
 try:
     import fcntl
@@ -57,6 +60,41 @@ def _missing_folders(path: Path) -> list[Path]:
         missing.append(path)
         path = path.parent
     return missing
+
+
+def check_replaceable(path) -> Path:
+    """`path`, which a mode will replace, as a file it may replace: absent, or a writable file (a UsageError
+    otherwise, before any work). A read-only file is taken as one its owner wants kept."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory, where a file is to be written; move it away (nothing was computed)")
+    if path.exists() and (not os.access(path, os.W_OK) or not path.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP
+                                                                                      | stat.S_IWOTH)):
+        raise UsageError(f"{path} is read-only, so it is not replaced; make it writable (chmod u+w) or move it "
+                         "away (nothing was computed)")
+    return path
+
+
+@contextlib.contextmanager
+def claiming_names(directory):
+    """Hold an exclusive lock on `directory` itself while a fresh name is chosen there (fresh_stem) and its files
+    written: processes that only add uniquely named files (sampling, scores, likelihoods) run side by side and
+    never pick the same name. A waiting process blocks for the length of a write; no lock file is left behind, and
+    a directory made here is removed again if nothing was written into it."""
+    directory = Path(directory)
+    missing = _missing_folders(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory, os.O_RDONLY) if fcntl is not None else None
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield directory
+    finally:
+        if fd is not None:
+            os.close(fd)        # closing the descriptor releases the lock
+        for folder in missing:
+            with contextlib.suppress(OSError):      # not empty: something was written, or another process did
+                folder.rmdir()
 
 
 class WorkdirLock:

@@ -4,13 +4,13 @@ from .api import Sampler, calibratable, check_calibratable, check_steps, encode,
 from .base import SampleResult, Solver
 from .calibrate import Calibration, calibrate_grid
 from .counting import CountingScore
-from .grids import GRIDS, grid_options, load_grid, resolve_grid, save_grid, time_grid
+from .grids import GRIDS, grid_options, grid_record, load_grid, resolve_grid, save_grid, time_grid
 from .options import check_options, parse_options, solver_options
 from .random import SampleGenerators
 from .registry import SOLVERS, available, deterministic, get_solver
 
 __all__ = ["sample", "encode", "sampler", "Sampler", "available", "get_solver", "solver_options", "check_options",
            "parse_options", "check_steps", "SampleResult", "Solver", "CountingScore", "SOLVERS", "GRIDS",
-           "time_grid", "resolve_grid", "grid_options", "calibrate_grid", "Calibration", "save_grid",
+           "time_grid", "resolve_grid", "grid_options", "grid_record", "calibrate_grid", "Calibration", "save_grid",
            "load_grid", "calibratable", "check_calibratable", "deterministic", "SampleGenerators",
            "EpsMoments", "estimate_eps_moments", "save_eps_moments", "load_eps_moments"]

@@ -89,11 +89,13 @@ def time_grid(sde: SDE, steps: int, eps: float, grid: str = "uniform", rho: floa
     return t
 
 
-def save_grid(path, calibration, *, solver: str, sde: SDE, **solver_options) -> None:
-    """Write a fitted grid (a solvers.Calibration) and what it was fitted for as JSON, atomically."""
+def save_grid(path, calibration, *, solver: str, sde: SDE, fitted_on: dict | None = None, **solver_options) -> None:
+    """Write a fitted grid (a solvers.Calibration) and what it was fitted for as JSON, atomically. fitted_on: what
+    the fit was made on, kept in the record (the CLI gives the checkpoint's path and step, the pilot size and the
+    iterations)."""
     record = {"times": calibration.times.tolist(), "solver": solver, "solver_options": solver_options,
               "sde": repr(sde), "error": calibration.error, "initial_error": calibration.initial_error,
-              "nfe": calibration.nfe}
+              "nfe": calibration.nfe, **(fitted_on or {})}
     atomic_write_text(path, json.dumps(record, indent=1))
 
 
@@ -110,10 +112,15 @@ def load_grid(path) -> Tensor:
         raise ValueError(f"{str(path)!r} is not a grid file written by save_grid ({e})") from None
 
 
+def grid_record(path) -> dict:
+    """Everything a grid file written by save_grid records (times, solver, options, errors, what it was fitted on)."""
+    with open(path) as f:
+        return dict(json.load(f))
+
+
 def grid_options(path) -> dict:
     """The solver options a grid file written by save_grid was fitted with ({} if it does not say)."""
-    with open(path) as f:
-        return dict(json.load(f).get("solver_options") or {})
+    return dict(grid_record(path).get("solver_options") or {})
 
 
 class ResolvedGrid(NamedTuple):

@@ -92,6 +92,26 @@ def test_likelihood_prints_finite_bits_per_dim(trained):
     assert report["num_samples"] == 3 and report["bits_per_dim"] == pytest.approx(float(m.group(1)), abs=1e-4)
 
 
+def test_every_likelihood_result_is_kept(trained, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(trained / "checkpoints", workdir / "checkpoints")
+    common = ["--mode", "likelihood", "--workdir", workdir, "--num_samples=2", *TINY]
+    ode = cli(*common, "--config.eval.steps=12", "--config.eval.accuracy=0")
+    bound = cli(*common, "--bound=elbo", "--config.eval.bound_samples=4")
+    (workdir / "likelihood.json").chmod(0o444)       # a result its owner protects is not replaced either
+    again = cli(*common, "--config.eval.steps=24", "--config.eval.accuracy=0")
+    written = {name: json.loads((workdir / name).read_text())
+               for name in ("likelihood.json", "likelihood_elbo.json", "likelihood_2.json")}
+    assert sorted(p.name for p in workdir.glob("likelihood*")) == sorted(written)
+    for result, name in ((ode, "likelihood.json"), (bound, "likelihood_elbo.json"), (again, "likelihood_2.json")):
+        printed = float(re.search(r"bits/dim(?: \(variational bound\))?: (\d+\.\d{4})", result.stdout).group(1))
+        # The file holds the value printed (to its 4 printed decimals) and the checkpoint it is of.
+        assert written[name]["bits_per_dim"] == pytest.approx(printed, abs=5e-5)
+        assert written[name]["step"] == 4 and written[name]["checkpoint"].endswith("checkpoint_4.pt")
+        assert f"wrote {workdir / name}" in result.log
+    assert written["likelihood_elbo.json"]["bound"] == "elbo" and written["likelihood_2.json"]["steps"] == 24
+
+
 def test_eval_prints_the_test_loss_of_the_checkpoint(trained):
     result = cli("--mode", "eval", "--workdir", trained, *TINY)
     m = re.fullmatch(r"test loss \(EMA, step 4\): (\d+\.\d{5})\n", result.stdout)
@@ -161,6 +181,18 @@ def test_bad_files_are_one_line_errors(trained, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_file_holding_a_bare_tensor_is_not_a_checkpoint(trained, tmp_path):
+    import torch
+
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    before = sorted(p.relative_to(trained) for p in trained.rglob("*"))
+    one_line_error(cli("--mode", "sample", "--workdir", trained, "--checkpoint", tmp_path / "tensor.pt", *TINY,
+                       check=False),
+                   f"{tmp_path / 'tensor.pt'} holds a Tensor, not a checkpoint (a dict written by training); pass a "
+                   "checkpoint_<step>.pt of a run, or a step number")
+    assert sorted(p.relative_to(trained) for p in trained.rglob("*")) == before
+
+
 def test_help_lists_the_modes():
     result = cli("--help")
     assert result.returncode == 0 and result.stdout.startswith("usage: python main.py --mode MODE")
@@ -188,6 +220,35 @@ def test_calibrate_then_sample_on_the_calibrated_grid(trained):
     assert "NFE 3 per batch" in result.stdout
     assert result.written() == trained / "samples" / "unipc_3_calibrated_n4_step4_seed42.npz"
     assert np.isfinite(np.load(result.written())["samples"]).all()
+    assert f"using the calibrated grid {path}, fitted on this checkpoint (step 4)" in result.log
+
+
+def test_a_calibration_is_kept_unless_overwrite_is_given(trained, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(trained / "checkpoints", workdir / "checkpoints")
+    calibrate = ["--mode", "calibrate", "--workdir", workdir, "--solver=unipc", "--steps=3",
+                 "--config.sampling.calibration_pilot=4", *TINY]
+    cli(*calibrate, "--config.sampling.calibration_iterations=3")
+    path = runs.calibrated_grid_path(workdir, "unipc", 3)
+    first = path.read_text()
+    record = json.loads(first)
+    assert (record["step"], record["pilot"], record["iterations"]) == (4, 4, 3)
+    assert record["checkpoint"] == str(workdir / "checkpoints" / "checkpoint_4.pt")
+    one_line_error(cli(*calibrate, "--config.sampling.calibration_iterations=1", check=False),
+                   f"{path} already holds a calibrated grid (fitted on checkpoint step 4, pilot RMSE "
+                   f"{record['error']:.3g}); pass --overwrite to replace it, or move it away to keep it")
+    assert path.read_text() == first
+    path.chmod(0o444)
+    one_line_error(cli(*calibrate, "--overwrite", check=False), f"{path} is read-only, so it is not replaced")
+    path.chmod(0o644)
+    cli(*calibrate, "--config.sampling.calibration_iterations=1", "--overwrite")
+    assert json.loads(path.read_text())["iterations"] == 1
+    # A grid fitted on another checkpoint of the run still samples, with a warning that says so.
+    path.write_text(json.dumps({**json.loads(path.read_text()), "step": 2}))
+    result = cli("--mode", "sample", "--workdir", workdir, "--solver=unipc", "--steps=3", "--grid=calibrated",
+                 "--num_samples=2", *TINY)
+    assert (f"the calibrated grid {path} was fitted on checkpoint step 2, not on this one (step 4); calibrate again "
+            f"for this one (--mode calibrate --workdir {workdir} --solver unipc --steps 3 --overwrite)") in result.log
 
 
 # A run on 3-D vectors: an MLP that trains in a blink, and data with no picture of their samples.
@@ -271,6 +332,22 @@ def test_the_same_seed_gives_the_same_samples_for_any_batch_size(vectors, solver
     assert np.abs(other - by3).max() > 1e-2
 
 
+def test_a_checkpoint_of_another_run_files_its_outputs_with_that_run(vectors, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)     # the default workdir, runs/vpsde, is here and has no checkpoints
+    checkpoint = vectors / "checkpoints" / "checkpoint_2.pt"
+    result = cli(*SAMPLE, "--seed=31", "--checkpoint", checkpoint)
+    assert result.written().parent == vectors / "samples" and not (tmp_path / "runs").exists()
+    assert (f"checkpoint {checkpoint} belongs to the run {vectors}: its outputs go there, not to runs/vpsde "
+            "(--workdir chooses)") in result.log
+    shutil.copy(checkpoint, tmp_path / "loose.pt")
+    one_line_error(cli(*SAMPLE, "--checkpoint", tmp_path / "loose.pt", check=False),
+                   f"checkpoint {tmp_path / 'loose.pt'} is not in a run directory (<run>/checkpoints/); pass "
+                   "--workdir DIR for what this command writes")
+    assert not (tmp_path / "runs").exists()
+    chosen = cli(*SAMPLE, "--checkpoint", tmp_path / "loose.pt", "--workdir", tmp_path / "mine").written()
+    assert chosen.parent == tmp_path / "mine" / "samples"
+
+
 def test_solver_options_reach_the_solver(vectors):
     common = ("--solver=unipc", "--steps=4", "--num_samples=6", "--seed=3")
     result = cli("--workdir", vectors, "--mode", "sample", "--device=cpu", *common,
@@ -303,11 +380,33 @@ def test_the_console_entry_point(vectors):
     assert "loaded the EMA weights of" in proc.stderr
 
 
-def test_a_second_writer_is_refused_naming_the_holder(vectors):
-    with runs.WorkdirLock(vectors, "sample"):
-        one_line_error(cli("--workdir", vectors, *SAMPLE, check=False),
-                       f"{vectors} is in use by another sample process (PID {os.getpid()})")
-    assert cli("--workdir", vectors, *SAMPLE).returncode == 0      # released on exit
+def test_a_second_writer_of_shared_files_is_refused_naming_the_holder(vectors):
+    calibrate = ["--mode", "calibrate", "--solver=unipc", "--steps=3", "--config.sampling.calibration_pilot=4",
+                 "--config.sampling.calibration_iterations=2", "--device=cpu", "--overwrite"]
+    with runs.WorkdirLock(vectors, "calibrate"):
+        one_line_error(cli("--workdir", vectors, *calibrate, check=False),
+                       f"{vectors} is in use by another calibrate process (PID {os.getpid()})")
+    assert cli("--workdir", vectors, *calibrate).returncode == 0      # released on exit
+
+
+def test_sampling_runs_beside_another_sampling_in_the_same_workdir(vectors, monkeypatch):
+    # The second run starts and finishes while the first is drawing its samples, as in a sweep of parallel jobs
+    # with the same settings: neither is refused, and each keeps its own files.
+    real, inner = sampling.draw_samples, {}
+
+    def draw_while_another_run_samples(*args, **kwargs):
+        if "started" not in inner:      # the outer run; the inner one draws without starting a third
+            inner["started"] = True
+            inner["result"] = cli("--workdir", vectors, *SAMPLE, "--seed=21", check=False)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(sampling, "draw_samples", draw_while_another_run_samples)
+    outer = cli("--workdir", vectors, *SAMPLE, "--seed=21")
+    assert inner["result"].returncode == 0, inner["result"].stderr
+    first, second = inner["result"].written(), outer.written()
+    assert first.name == "euler_maruyama_3_n5_step2_seed21.npz"
+    assert second == first.with_name("euler_maruyama_3_n5_step2_seed21_2.npz")
+    # Sample i depends only on (seed, i): both runs drew the same samples, and both files hold them.
+    np.testing.assert_array_equal(np.load(first)["samples"], np.load(second)["samples"])
 
 
 def test_the_training_lock_is_released_when_its_holder_is_killed(tmp_path):

@@ -287,7 +287,7 @@ def test_torchrun_two_ranks_train_sample_and_likelihood_end_to_end(tmp_path):
     _torchrun(*lik)
     two = json.loads((tmp_path / "likelihood.json").read_text())
     helpers.cli(*lik)
-    one = json.loads((tmp_path / "likelihood.json").read_text())
+    one = json.loads((tmp_path / "likelihood_2.json").read_text())     # a second result never replaces the first
     assert two["num_samples"] == one["num_samples"] == 25
     # Continuous 2-D data and the exact divergence: no randomness, so the 13 + 12 shards give the single-process
     # value up to the adaptive ODE's error (rtol = atol = 1e-5 on log p), whose steps depend on the batch.

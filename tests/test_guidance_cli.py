@@ -59,6 +59,19 @@ def test_inpainting_keeps_the_observed_pixels(trained, tmp_path):
     assert np.isfinite(out).all() and not np.allclose(out[~observed], x[~observed], atol=1e-3)
 
 
+def test_a_mask_of_another_shape_than_the_input_is_one_line(trained, tmp_path):
+    np.save(tmp_path / "obs.npy", np.zeros((3, 1, 8, 8), np.float32))
+    np.save(tmp_path / "mask.npy", np.zeros((2, 1, 8, 8), np.float32))
+    before = sorted(trained.rglob("*"))
+    result = cli("--mode", "inpaint", "--workdir", str(trained), f"--input={tmp_path / 'obs.npy'}",
+                 f"--mask={tmp_path / 'mask.npy'}", "--steps=3", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result
+    assert result.stderr == (f"error: the mask in {tmp_path / 'mask.npy'} has shape (2, 1, 8, 8), which does not fit "
+                             "the observations' (3, 1, 8, 8); give one mask per observation, or one of shape "
+                             "(1, 8, 8) for all\n")
+    assert sorted(trained.rglob("*")) == before
+
+
 @pytest.mark.parametrize("args, message", [
     (["--mode", "sample", "--guidance=1"], "need --class_label"),
     (["--mode", "sample", "--class_label=12"], "class label(s) [12] out of range; this model has classes 0..9"),

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 
+import numpy as np
 import pytest
 import torch
+from helpers import cli
 
 from scoresde import run as runs
 from scoresde import interop
@@ -123,3 +126,42 @@ def test_refusals(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "diffusers", None)
     with pytest.raises(ImportError, match=r'pip install -e "\.\[diffusers\]"'):
         interop.from_diffusers(tmp_path, "vpsde")
+
+
+def fake_cifar10(root, per_batch=2):
+    """torchvision's cifar-10-batches-py layout with `per_batch` random images in each pickle."""
+    import pickle
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8), "labels": [0] * per_batch}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    return root
+
+
+def test_the_readme_commands_import_sample_and_evaluate_a_diffusers_pipeline(tmp_path, monkeypatch):
+    # The README's commands, with the downloaded google/ddpm-cifar10-32 replaced by a tiny pipeline of the same
+    # kind (32x32 RGB, so that the import needs no --config) and /datasets by two-image CIFAR-10 pickles.
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(8, 16),
+                                 layers_per_block=1, norm_num_groups=8,
+                                 down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"))
+    unet.save_pretrained(tmp_path / "ddpm-cifar10-32" / "unet")
+    diffusers.DDPMScheduler(num_train_timesteps=N).save_pretrained(tmp_path / "ddpm-cifar10-32" / "scheduler")
+    datasets = fake_cifar10(tmp_path / "datasets")
+    monkeypatch.chdir(tmp_path)
+    cli("--mode", "import", "--from", "diffusers", "--checkpoint", "ddpm-cifar10-32/", "--workdir", "runs/ddpm")
+    saved = json.loads((tmp_path / "runs/ddpm/config.json").read_text())
+    assert saved["model"]["name"] == "diffusers" and saved["sde"]["name"] == "discrete_vp"
+    assert json.loads(saved["model"]["diffusers_unet"])["block_out_channels"] == [8, 16]
+    sampled = cli("--mode", "sample", "--workdir", "runs/ddpm", "--solver", "ddim", "--steps", "4",
+                  "--num_samples", "2")
+    x = np.load(sampled.written())["samples"]
+    assert x.shape == (2, 3, 32, 32) and np.isfinite(x).all()
+    lik = cli("--mode", "likelihood", "--workdir", "runs/ddpm", f"--config.data.path={datasets}",
+              "--config.eval.steps=12", "--config.eval.accuracy=0")
+    assert re.search(r"^bits/dim: \d+\.\d{4} ± \d\.\d{4} \(Hutchinson\) ± \d\.\d{4} \(ODE\) \(2 samples, mean NFE 12,",
+                     lik.stdout, re.M), lik.stdout
