@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from oracles import moments
 
 from scoresde import likelihood
 from scoresde.sde_lib import GaussianMixture, SubVPSDE, VESDE, VPSDE
@@ -73,9 +74,8 @@ def test_latents_follow_p_T_and_decode_inverts_encode(sde):
     score_fn = mix.score_fn(sde)
     z = likelihood.log_likelihood(sde, score_fn, x, generator=torch.Generator().manual_seed(5)).z
     a, b = float(sde.alpha_bar(torch.tensor(sde.T))), float(sde.beta_bar(torch.tensor(sde.T)))
-    data_mean = (mix.weights[:, None] * mix.means).sum(0)
-    data_second = (mix.weights[:, None, None] * (mix.covs + mix.means[:, :, None] * mix.means[:, None, :])).sum(0)
-    cov_t = a**2 * (data_second - torch.outer(data_mean, data_mean)) + b**2 * torch.eye(2, dtype=torch.float64)
+    data_mean, data_cov = moments(mix)
+    cov_t = a**2 * data_cov + b**2 * torch.eye(2, dtype=torch.float64)
     # z ~ p_T = N(a mean, a^2 Cov + b^2 I) up to the flow's exactness. Standard errors: mean sqrt(var/n),
     # covariance entries ~ var sqrt(2/n); tolerances are 4.5 of them.
     scale = float(cov_t.diagonal().max())

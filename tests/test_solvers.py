@@ -2,11 +2,10 @@ import math
 
 import pytest
 import torch
+from oracles import MIX
 
 from scoresde import solvers
-from scoresde.sde_lib import GaussianMixture, SubVPSDE, VESDE, VPSDE
-
-MIX = GaussianMixture(weights=[0.3, 0.7], means=[[-1.0, 0.5], [1.5, -0.5]], covs=[0.1, 0.2])
+from scoresde.sde_lib import SubVPSDE, VESDE, VPSDE
 
 
 def prior(sde, n=200, seed=0):

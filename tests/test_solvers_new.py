@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from oracles import MIX
 
 from scoresde import solvers
 from scoresde.sde_lib import GaussianMixture, SubVPSDE, VESDE, VPSDE
@@ -11,8 +12,9 @@ from scoresde.solvers.analytic import EpsMoments, estimate_eps_moments, load_eps
 from scoresde.solvers.calibrate import _times_of
 from scoresde.solvers.counting import CountingScore
 
-MIX = GaussianMixture(weights=[0.3, 0.7], means=[[-1.0, 0.5], [1.5, -0.5]], covs=[0.1, 0.2])
 F64 = torch.float64
+# One Gaussian, N(mu, 0.05 I): the E||eps_hat||^2 tests need its closed form b^2 / (a^2 0.05 + b^2).
+GAUSS = GaussianMixture(weights=[1.0], means=[[0.5, -0.3]], covs=[0.05])
 
 
 def prior(sde, n=200, seed=0):
@@ -121,11 +123,10 @@ def test_eps_moments_match_the_gaussian_closed_form():
     # For x_0 ~ N(mu, s^2 I) the exact eps_hat = beta_bar (x_t - alpha_bar mu)/V, V = alpha_bar^2 s^2 + beta_bar^2,
     # so E||eps_hat||^2/D = beta_bar^2/V, and each draw's ||eps_hat||^2/D is (beta_bar^2/V) chi^2_D/D: relative
     # standard error sqrt(2/(D N)) = 0.71% at D = 2, N = 20000; 4 of them.
-    gauss = GaussianMixture(weights=[1.0], means=[[0.5, -0.3]], covs=[0.05])
     for sde in (VPSDE(), SubVPSDE(), VESDE()):
         gen = torch.Generator().manual_seed(0)
         times = solvers.time_grid(sde, 9, 1e-3, "logsnr")
-        table = estimate_eps_moments(sde, gauss.score_fn(sde), [(gauss.sample(10_000, gen), None) for _ in range(2)],
+        table = estimate_eps_moments(sde, GAUSS.score_fn(sde), [(GAUSS.sample(10_000, gen), None) for _ in range(2)],
                                      times, gen)
         a, b = sde.alpha_bar(table.times), sde.beta_bar(table.times)
         exact = b**2 / (a**2 * 0.05 + b**2)
@@ -175,7 +176,6 @@ def test_analytic_variance_gives_gaussian_data_their_variance_in_few_steps():
     # 10 steps). Exact law at eps: N(alpha_bar mu, (alpha_bar^2 0.05 + beta_bar^2) I). Per-coordinate variance
     # ratio, measured: analytic 0.99, DDPM (eta = 1) 0.25, DDPM's 'large' 2.79; the standard error of a variance
     # ratio from 2 x 4000 draws is sqrt(2/8000) = 1.6%, 4 of them.
-    gauss = GaussianMixture(weights=[1.0], means=[[0.5, -0.3]], covs=[0.05])
     sde, n = VPSDE(), 4000
     times = solvers.time_grid(sde, 99, 1e-3, "logsnr")
     a, b = sde.alpha_bar(times), sde.beta_bar(times)
@@ -184,7 +184,7 @@ def test_analytic_variance_gives_gaussian_data_their_variance_in_few_steps():
     exact_var = float(sde.alpha_bar(t) ** 2 * 0.05 + sde.beta_bar(t) ** 2)
     ratio = {}
     for variance in ("analytic", "ddpm", "large"):
-        out = solvers.sample(sde, gauss.score_fn(sde), (n, 2), "ancestral", steps=10, dtype=F64, denoise=False,
+        out = solvers.sample(sde, GAUSS.score_fn(sde), (n, 2), "ancestral", steps=10, dtype=F64, denoise=False,
                              variance=variance, eps_moments=table, generator=torch.Generator().manual_seed(1)).x
         ratio[variance] = float(out.var(0).mean()) / exact_var
     assert ratio["analytic"] == pytest.approx(1.0, abs=4 * (2 / (2 * n)) ** 0.5), ratio

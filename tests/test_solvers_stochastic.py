@@ -3,12 +3,12 @@ import math
 
 import pytest
 import torch
+from oracles import MIX
 
 from scoresde import solvers
 from scoresde.sde_lib import VESDE, VPSDE, GaussianMixture
 from scoresde.solvers.steps import langevin_step
 
-MIX = GaussianMixture(weights=[0.3, 0.7], means=[[-1.0, 0.5], [1.5, -0.5]], covs=[0.1, 0.2])
 F64 = torch.float64
 
 
