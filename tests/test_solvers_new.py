@@ -49,18 +49,6 @@ def test_deterministic_limits_converge_at_their_order(name, options, steps, orde
     assert observed_order(VPSDE(), name, steps, **options) == pytest.approx(order, abs=margin)
 
 
-def test_dpm_solver_sde_at_eta_0_is_dpm_solver():
-    # nu = eta^2 = 0 makes every coefficient the ODE's exactly (e^0 = 1, 1 + nu = 1): the same floats.
-    sde = VPSDE()
-    x_T = prior(sde, 50)
-    for order in (2, 3):
-        a = solvers.sample(sde, MIX.score_fn(sde), None, "dpm_solver", x_T=x_T, steps=12, order=order)
-        b = solvers.sample(sde, MIX.score_fn(sde), None, "dpm_solver_sde", x_T=x_T, steps=12, order=order, eta=0.0,
-                           generator=torch.Generator().manual_seed(0))
-        assert a.nfe == b.nfe == 12
-        torch.testing.assert_close(a.x, b.x, rtol=0, atol=0)
-
-
 @pytest.mark.parametrize("nu", [0.25, 1.0])
 def test_dpm_solver_sde_mean_integrates_the_quadratic_exactly(nu):
     # The SDE step's mean is (beta_bar_s/beta_bar_t) e^(-nu h) x + alpha_bar_s int_0^h (1 + nu) e^((1 + nu)(u - h))
