@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -119,7 +118,8 @@ def test_two_dimensional_data_uses_the_mlp_and_a_scatter_plot(tmp_path):
     (["--mode", "sample", "--workdir", "/nonexistent/run"], "no checkpoint in /nonexistent/run/checkpoints"),
     (["--config.data.dataset=array", "--config.data.path=/nonexistent.npy"], "/nonexistent.npy"),
     (["--config.data.dataset=imagenet"], "unknown dataset 'imagenet'"),
-    (["--mode", "sample", "--solver=heun", "--snr=0.1"], "unknown option 'snr' for solver 'heun'; its options: grid, rho"),
+    (["--mode", "sample", "--solver=heun", "--snr=0.1"],
+     "unknown option 'snr' for solver 'heun'; its options: grid, rho"),
     (["--mode", "sample", "--solver=rk45", "--steps=3"], "rk45 is adaptive and takes no `steps`"),
     (["--mode", "sample", "--solver=rk45", "--grid=logsnr"], "solver 'rk45' takes no grid"),
     (["--mode", "sample", "--solver=pc", "--grid=calibrated"], "calibrated grids are fitted for the deterministic"),

@@ -269,7 +269,8 @@ def test_estimated_ode_error_bounds_the_true_error_on_a_network():
         p.requires_grad_(False)
 
     def score_fn(x, t):
-        return -(x + 0.5 * net(torch.cat([x, t[:, None].to(x.dtype)], 1))) / sde.beta_bar(t.double()).to(x.dtype)[:, None]
+        eps_hat = x + 0.5 * net(torch.cat([x, t[:, None].to(x.dtype)], 1))
+        return -eps_hat / sde.beta_bar(t.double()).to(x.dtype)[:, None]
 
     x = torch.rand(16, dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2 - 1
     probes = likelihood.DIVERGENCES["rademacher"].probes(1, x, torch.Generator().manual_seed(2))

@@ -140,7 +140,8 @@ def test_schedule_sde_reproduces_vp():
 def test_schedule_in_a_few_lines_from_seed():
     # alpha_bar(s) = exp(-5 s^2) is VP with beta(s) = 20 s: f = d log alpha_bar/ds = -10 s and g^2 = -2 f
     # (docs/math.md, section Drift and diffusion from the marginals).
-    user = ScheduleSDE(alpha_bar=lambda t: torch.exp(-5 * t**2), beta_bar=lambda t: torch.sqrt(-torch.expm1(-10 * t**2)))
+    user = ScheduleSDE(alpha_bar=lambda t: torch.exp(-5 * t**2),
+                       beta_bar=lambda t: torch.sqrt(-torch.expm1(-10 * t**2)))
     t = grid(user)[1:]
     torch.testing.assert_close(user.g2(t), 20 * t, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(user.f(t), -10 * t, rtol=1e-9, atol=1e-9)

@@ -59,7 +59,7 @@ def test_dpm_solver_sde_mean_integrates_the_quadratic_exactly(nu):
     ts = torch.tensor([0.9, 0.7, 0.55, 0.4], dtype=F64)
     lam = sde.log_snr(ts)
     coefs = torch.tensor([[0.3, -1.2], [0.8, 0.5], [-0.2, 0.1]], dtype=F64)
-    d_of = lambda l: sum(c * l**k for k, c in enumerate(coefs))  # noqa: E731
+    d_of = lambda u: sum(c * u**k for k, c in enumerate(coefs))  # noqa: E731
     x = torch.tensor([[0.4, -0.7]], dtype=F64)
     b_ratio = sde.beta_bar(ts[3]) / sde.beta_bar(ts[2])
     out = solver.step(x, [(lam[j], d_of(lam[j])[None]) for j in range(3)], lam[3], sde.alpha_bar(ts[3]), b_ratio, nu)
