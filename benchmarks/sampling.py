@@ -26,7 +26,8 @@ RUNS = [("euler", {"grid": "uniform"}, (20, 80)), ("heun", {"grid": "uniform"}, 
         ("unipc", {"order": 3, "corrector": False}, (10, 20)),
         ("euler_maruyama", {}, (100, 500)), ("ancestral", {}, (100,)), ("pc", {}, (100,)),
         ("sde_euler", {}, (100,)), ("sde_srk", {}, (20,)),
-        ("edm", {}, (10, 18)), ("edm", {"s_churn": 10.0}, (18, 40)), ("dpm_solver_sde", {"eta": 0.0, "order": 3}, (10, 20)),
+        ("edm", {}, (10, 18)), ("edm", {"s_churn": 10.0}, (18, 40)),
+        ("dpm_solver_sde", {"eta": 0.0, "order": 3}, (10, 20)),
         ("dpm_solver_sde", {"order": 2}, (50,)), ("dpm_solver_sde", {"order": 3}, (50,))]
 # Distribution table: (label, solver, options, steps for a budget of NFE score evaluations).
 STOCHASTIC = [("euler_maruyama", "euler_maruyama", {}, lambda nfe: nfe),
@@ -106,9 +107,11 @@ def main():
             label = (", ".join(f"{k}={v}" for k, v in options.items())
                      + f", grid=calibrated ({cal.nfe} NFE, {time.perf_counter() - start:.0f} s once)")
             row(name, dict(options, grid=cal.times), steps, label)
-    truth_eps = (sde.alpha_bar(torch.tensor(1e-3, dtype=torch.float64)) * truth + sde.beta_bar(torch.tensor(
-        1e-3, dtype=torch.float64)) * torch.randn(truth.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3)))
-    moments = solvers.estimate_eps_moments(sde, MIX.score_fn(sde), [MIX.sample(10_000, torch.Generator().manual_seed(4))],
+    eps = torch.tensor(1e-3, dtype=torch.float64)
+    noise = torch.randn(truth.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    truth_eps = sde.alpha_bar(eps) * truth + sde.beta_bar(eps) * noise
+    moments = solvers.estimate_eps_moments(sde, MIX.score_fn(sde),
+                                           [MIX.sample(10_000, torch.Generator().manual_seed(4))],
                                            solvers.time_grid(sde, 99, 1e-3, "logsnr"), torch.Generator().manual_seed(4))
     budgets = (10, 20, 50, 100)
     print("\nEnergy distance to exact samples of p_eps (the last step adds no noise; ancestral analytic: with noise,"

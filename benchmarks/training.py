@@ -78,7 +78,8 @@ def _worker(rank, world_size, port, args, out_path):
         if ctx.is_main:
             assert sum(len(p) for p in parts) == args.samples
             result = {"world_size": world_size, "steps_per_s": args.steps / train_s,
-                      "examples_per_s": args.steps * args.batch_size / train_s, "samples_per_s": args.samples / sample_s}
+                      "examples_per_s": args.steps * args.batch_size / train_s,
+                      "samples_per_s": args.samples / sample_s}
             with open(out_path, "w") as f:
                 json.dump(result, f)
     finally:

@@ -1,6 +1,7 @@
 """Ctrl-C and SIGTERM in long evaluations: finish the batch in hand, keep what was computed, exit 130 / 143."""
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -25,6 +26,9 @@ class StopRequested:
         if self.signal is not None:
             raise KeyboardInterrupt(signal.Signals(signum).name)
         self.signal = signal.Signals(signum).name
+        # Straight to file descriptor 2: the handler may run inside a write to sys.stderr (a progress bar's), which
+        # must not be re-entered.
+        os.write(2, f"{self.signal} received; a second one stops at once, losing the batches in progress\n".encode())
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():

@@ -43,8 +43,9 @@ def modules(arch) -> list[tuple[str, list[tuple[str, tuple]]]]:
 
     def res(cin, cout=None, updown=False):
         cout = cout or cin
-        p = (_named("GroupNorm_0", _gn(cin)) + _named("Conv_0", _conv(cin, cout)) + _named("Dense_0", _dense(4 * nf, cout))
-             + _named("GroupNorm_1", _gn(cout)) + _named("Conv_1", _conv(cout, cout)))
+        p = (_named("GroupNorm_0", _gn(cin)) + _named("Conv_0", _conv(cin, cout))
+             + _named("Dense_0", _dense(4 * nf, cout)) + _named("GroupNorm_1", _gn(cout))
+             + _named("Conv_1", _conv(cout, cout)))
         if cin != cout or updown:
             p += _named("Conv_2", _conv(cin, cout, 1))
         out.append(("res_up" if updown == "up" else "res_down" if updown == "down" else "res", p))
@@ -92,7 +93,8 @@ def modules(arch) -> list[tuple[str, list[tuple[str, tuple]]]]:
 
 
 def table(arch, num_scales: int = 1000) -> list[tuple[str, tuple]]:
-    """Their state dict's (key, shape) in order, without DataParallel's 'module.': the buffer first, then all_modules."""
+    """Their state dict's (key, shape) in order, without DataParallel's 'module.': the buffer first, then
+    all_modules."""
     rows = [("sigmas", (num_scales,))]
     for i, (_, params) in enumerate(modules(arch)):
         rows += [(f"all_modules.{i}.{name}", shape) for name, shape in params]

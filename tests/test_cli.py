@@ -8,7 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+import threading
 
 import numpy as np
 import pytest
@@ -143,7 +143,8 @@ def test_two_dimensional_data_uses_the_mlp_and_a_scatter_plot(tmp_path):
     (["--mode", "sample", "--workdir", "/nonexistent/run"], "no checkpoint in /nonexistent/run/checkpoints"),
     (["--config.data.dataset=array", "--config.data.path=/nonexistent.npy"], "/nonexistent.npy"),
     (["--config.data.dataset=imagenet"], "unknown dataset 'imagenet'"),
-    (["--mode", "sample", "--solver=heun", "--snr=0.1"], "unknown option 'snr' for solver 'heun'; its options: grid, rho"),
+    (["--mode", "sample", "--solver=heun", "--snr=0.1"],
+     "unknown option 'snr' for solver 'heun'; its options: grid, rho"),
     (["--mode", "sample", "--solver=rk45", "--steps=3"], "rk45 is adaptive and takes no `steps`"),
     (["--mode", "sample", "--solver=rk45", "--grid=logsnr"], "solver 'rk45' takes no grid"),
     (["--mode", "sample", "--solver=pc", "--grid=calibrated"], "calibrated grids are fitted for the deterministic"),
@@ -488,18 +489,75 @@ def test_an_error_after_a_signal_is_raised_as_that_error(vectors, monkeypatch):
         evaluation.evaluate_likelihood(run, ctx, batch_size=4, rtol=1e-3, atol=1e-3, stop=SignalAfter(1))
 
 
+def test_the_interrupt_handler_asks_once_then_stops_at_once(capfd):
+    # In this process, where raise_signal runs the handler before it returns: the first SIGINT or SIGTERM only sets
+    # the flag (the batch in hand finishes) and says so on stderr, the second raises KeyboardInterrupt naming the
+    # signal, and leaving the context restores the previous handlers.
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        with interrupts.StopRequested() as stop:
+            try:
+                signal.raise_signal(sig)
+            except KeyboardInterrupt:       # as a failure: pytest would take it for Ctrl-C and end the session
+                pytest.fail(f"the first {sig.name} stopped at once")
+            assert (stop.signal, stop.exit_code) == (sig.name, code)
+            assert capfd.readouterr().err.startswith(f"{sig.name} received; a second one stops at once")
+            with pytest.raises(KeyboardInterrupt, match=sig.name):
+                signal.raise_signal(sig)
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+class Watch:
+    """What a child process writes to a pipe, read as it arrives: a progress bar ends its updates with no newline."""
+
+    def __init__(self, pipe):
+        self.text, self.closed, self._changed, self._pipe = "", False, threading.Condition(), pipe
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self):
+        for chunk in iter(lambda: os.read(self._pipe.fileno(), 4096), b""):
+            with self._changed:
+                self.text += chunk.decode(errors="replace")
+                self._changed.notify_all()
+        with self._changed:
+            self.closed = True
+            self._changed.notify_all()
+
+    def wait_for(self, needle: str, timeout: float) -> bool:
+        """True once needle has been written; False if the pipe closed or the timeout passed first."""
+        with self._changed:
+            self._changed.wait_for(lambda: needle in self.text or self.closed, timeout)
+            return needle in self.text
+
+    def finish(self) -> str:
+        """Everything written, once the writer has exited."""
+        self._thread.join()
+        self._pipe.close()
+        return self.text
+
+
 def test_a_second_sigint_during_sampling_stops_at_once_with_exit_130(vectors):
     proc = subprocess.Popen([sys.executable, "main.py", "--workdir", str(vectors), "--mode", "sample",
                              "--solver=euler_maruyama", "--steps=200000", "--num_samples=4", "--batch_size=2",
-                             "--device=cpu"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             "--device=cpu"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
-    time.sleep(8)       # imports and checkpoint loading take ~5 s; then the first batch's 200,000 steps
-    proc.send_signal(signal.SIGINT)
-    time.sleep(1)
-    proc.send_signal(signal.SIGINT)     # a second one stops at once
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err[-2000:]
-    assert err.strip().splitlines()[-1] == "error: stopped by SIGINT; results of the batches in progress are lost"
+    err = Watch(proc.stderr)
+    try:
+        # The progress bar starts inside the interrupt handler's context, before the first batch of 200,000 steps.
+        assert err.wait_for("sampling (euler_maruyama)", timeout=120), err.text[-2000:]
+        proc.send_signal(signal.SIGINT)
+        # Two signals that arrive before the handler runs count as one: the second goes once the first is answered.
+        assert err.wait_for("SIGINT received; a second one stops at once", timeout=60), err.text[-2000:]
+        proc.send_signal(signal.SIGINT)
+        # At once, not after the batch in hand (about a minute of steps), which would end with a partial result's line.
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    text = err.finish()
+    assert proc.returncode == 130, text[-2000:]
+    assert text.strip().splitlines()[-1] == "error: stopped by SIGINT; results of the batches in progress are lost"
 
 
 def test_an_output_that_cannot_be_written_stops_before_any_sampling(vectors, tmp_path, monkeypatch):

@@ -80,7 +80,8 @@ def test_a_4_step_student_follows_the_exact_teachers_paths(tmp_path):
     result = distill.distill(config, tmp_path, teacher=exact)
     assert [n for n, _ in result.rounds] == [8, 4] and not result.interrupted
     run = runs.load_run(distill.student_dir(tmp_path, 4), device="cpu")
-    assert (run.config.sampling.solver, run.config.sampling.steps, run.config.model.parameterization) == ("ddim", 4, "v")
+    sampling = run.config.sampling
+    assert (sampling.solver, sampling.steps, run.config.model.parameterization) == ("ddim", 4, "v")
     assert len([r for r in read_metrics(run.workdir) if "loss" in r]) == 5
 
     z = torch.randn(2000, 2, generator=torch.Generator().manual_seed(1))
@@ -99,7 +100,8 @@ def test_a_4_step_student_follows_the_exact_teachers_paths(tmp_path):
 
     # The student refuses any grid but its own, on the command line too.
     distill.check_sampler(run.workdir, sde, solvers.sampler("ddim", 4))
-    for other in (solvers.sampler("ddim", 8), solvers.sampler("dpm_solver", 4), solvers.sampler("ddim", 4, grid="logsnr")):
+    for other in (solvers.sampler("ddim", 8), solvers.sampler("dpm_solver", 4),
+                  solvers.sampler("ddim", 4, grid="logsnr")):
         with pytest.raises(ValueError, match="valid only with the ddim steps it was distilled for"):
             distill.check_sampler(run.workdir, sde, other)
     ok = cli("--mode", "sample", "--workdir", run.workdir, "--solver", "ddim", "--steps", 4, "--num_samples", 8)
@@ -163,8 +165,8 @@ def test_bad_input_is_one_clear_line(tmp_path, start, target, message):
 
 def test_main_py_distills_a_trained_run_into_students_that_sample(tmp_path):
     training.train(tiny_config(), tmp_path)      # a 20-step gmm8 teacher with an eps-prediction MLP
-    r = cli("--mode", "distill", "--workdir", tmp_path, "--device=cpu", "--config.distill.start_steps=8", "--config.distill.target_steps=2",
-            "--config.distill.iterations=5", "--config.training.progress=False")
+    r = cli("--mode", "distill", "--workdir", tmp_path, "--device=cpu", "--config.distill.start_steps=8",
+            "--config.distill.target_steps=2", "--config.distill.iterations=5", "--config.training.progress=False")
     student = distill.student_dir(tmp_path, 2)
     assert r.stdout.strip().endswith(f"sample it with python main.py --mode sample --workdir {student} --solver ddim "
                                      "--steps 2")

@@ -17,7 +17,6 @@ from scoresde import run as runs
 from scoresde import data as data_lib
 from scoresde import models
 from scoresde import training
-from scoresde.likelihood.bpd import BitsPerDim, merge_bits_per_dim
 from scoresde.run import checkpoint as ckpt
 from scoresde.training import distributed
 from scoresde.run import precision
@@ -86,20 +85,6 @@ def test_rank_losses_average_to_the_global_batch_loss_and_gradient():
     assert total == pytest.approx(full.item(), rel=1e-5)
     for g, e in zip(grads, expected):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6 * e.abs().max().item())
-
-
-def test_merge_bits_per_dim_equals_the_pooled_statistics():
-    values = torch.randn(23, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) + 3.0
-    pieces = [values[:10], values[10:11], values[11:]]  # a shard of one point has stderr nan
-    parts = [BitsPerDim(float(p.mean()), float(p.std() / math.sqrt(len(p))) if len(p) > 1 else math.nan, len(p), 10.0)
-             for p in pieces]
-    merged = merge_bits_per_dim(parts + [None])
-    # float64 sums of 23 numbers: agreement to ~1e-15 relative; 1e-12 leaves room.
-    assert merged.mean == pytest.approx(float(values.mean()), rel=1e-12)
-    assert merged.stderr == pytest.approx(float(values.std() / math.sqrt(23)), rel=1e-12)
-    assert merged.count == 23 and merged.nfe == 10.0
-    with pytest.raises(ValueError, match="every shard was empty"):
-        merge_bits_per_dim([None])
 
 
 def _randomise(net):

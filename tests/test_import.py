@@ -107,7 +107,8 @@ def test_attention_is_their_nin_einsum():
     kinds = [kind for kind, _ in ref.modules(arch)]
     assert kinds[:6] == ["dense", "dense", "conv", "res", "res_down", "res"] and kinds[6] == "attn"
     ema = dict(zip([k for k in state["model"] if k != "module.sigmas"], state["ema"]["shadow_params"]))
-    params = {k.removeprefix("module.all_modules.6."): v for k, v in ema.items() if k.startswith("module.all_modules.6.")}
+    prefix = "module.all_modules.6."
+    params = {k.removeprefix(prefix): v for k, v in ema.items() if k.startswith(prefix)}
     x = torch.randn(2, 32, 4, 4, generator=torch.Generator().manual_seed(2))
     assert rel_err(net.down[3](x), ref.attention(params, x)) < 1e-6
     # Without the transpose every tensor would still load; the output is far off.

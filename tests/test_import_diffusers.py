@@ -59,7 +59,8 @@ def test_score_at_the_knots_is_the_network_output(tmp_path, prediction_type):
         score = imported.score_fn(x, (n + 1).double() / N).double()
         out = unet(x, n).sample.double()
     a, b = ACP[n].sqrt()[:, None, None, None], (1 - ACP[n]).sqrt()[:, None, None, None]
-    eps = {"epsilon": out, "v_prediction": a * out + b * x.double(), "sample": (x.double() - a * out) / b}[prediction_type]
+    eps = {"epsilon": out, "v_prediction": a * out + b * x.double(),
+           "sample": (x.double() - a * out) / b}[prediction_type]
     want = -eps / b
     # The same float32 network call at the exact integer timestep; coefficients in float64 on both sides.
     assert float((score - want).abs().max() / want.abs().max()) < 1e-6

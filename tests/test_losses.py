@@ -157,7 +157,7 @@ def test_importance_sampled_likelihood_loss_has_the_same_expectation_with_less_v
     sde, eps, n = SDES["vp"], 1e-3, 200000
     plain = loss_samples(sde, n, 4, weighting="likelihood", eps=eps)
     importance = loss_samples(sde, n, 5, weighting="likelihood_is", eps=eps)
-    g2_over_b2 = lambda t: (sde.g2(torch.as_tensor(t)) / sde.beta_bar(torch.as_tensor(t)) ** 2).numpy()
+    g2_over_b2 = lambda t: (sde.g2(torch.as_tensor(t)) / sde.beta_bar(torch.as_tensor(t)) ** 2).numpy()  # noqa: E731
     expected = D * uniform_average(lambda t: g2_over_b2(t) * posterior_eps_var(sde, t), eps, sde.T)
     assert_mc_close(plain, expected)
     assert_mc_close(importance, expected)
@@ -270,7 +270,7 @@ def test_importance_density_is_normalised_and_gives_the_likelihood_weight(name):
     weighting = models.ImportanceLikelihoodWeighting(eps=eps)
     # p(t) = (g^2/beta_bar^2) / (2 (lambda(eps) - lambda(T))) integrates to 1 on [eps, T] because
     # g^2/beta_bar^2 = -2 d lambda/dt; quadrature to 1e-9 relative.
-    density = lambda t: weighting.density(sde, torch.as_tensor(t, dtype=torch.float64)).numpy()
+    density = lambda t: weighting.density(sde, torch.as_tensor(t, dtype=torch.float64)).numpy()  # noqa: E731
     assert uniform_average(density, eps, sde.T) * (sde.T - eps) == pytest.approx(1.0, rel=1e-8)
     # w = (g^2/beta_bar^2) p_uniform / p: the same lambda = g^2 relative to uniform t as LikelihoodWeighting.
     t = torch.linspace(eps, sde.T, 50, dtype=torch.float64)

@@ -110,7 +110,8 @@ def test_registry_and_unet_errors_say_what_works():
 
 
 class GaussianEps(nn.Module):
-    """The optimal eps-predictor for x_0 ~ N(0, s2 I) under `sde`, fed noise_input = t: beta_bar x / (alpha_bar^2 s2 + beta_bar^2)."""
+    """The optimal eps-predictor for x_0 ~ N(0, s2 I) under `sde`, fed noise_input = t:
+    beta_bar x / (alpha_bar^2 s2 + beta_bar^2)."""
 
     def __init__(self, sde, s2):
         super().__init__()

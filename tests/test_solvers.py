@@ -2,11 +2,10 @@ import math
 
 import pytest
 import torch
+from oracles import MIX
 
 from scoresde import solvers
-from scoresde.sde_lib import GaussianMixture, SubVPSDE, VESDE, VPSDE
-
-MIX = GaussianMixture(weights=[0.3, 0.7], means=[[-1.0, 0.5], [1.5, -0.5]], covs=[0.1, 0.2])
+from scoresde.sde_lib import SubVPSDE, VESDE, VPSDE
 
 
 def prior(sde, n=200, seed=0):
@@ -95,7 +94,7 @@ def test_dpm_solver_step_integrates_the_interpolating_polynomial_exactly(order):
     ts = torch.tensor([0.9, 0.7, 0.55, 0.4], dtype=torch.float64)
     lam = sde.log_snr(ts)
     coefs = torch.tensor([[0.3, -1.2], [0.8, 0.5], [-0.2, 0.1]], dtype=torch.float64)[:order]
-    d_of = lambda l: sum(c * l**k for k, c in enumerate(coefs))  # noqa: E731
+    d_of = lambda u: sum(c * u**k for k, c in enumerate(coefs))  # noqa: E731
     x = torch.tensor([[0.4, -0.7]], dtype=torch.float64)
     history = [(lam[j], d_of(lam[j])[None]) for j in range(3 - order, 3)]
     out = solver.step(x, history, lam[3], sde.alpha_bar(ts[3]), sde.beta_bar(ts[3]) / sde.beta_bar(ts[2]))

@@ -3,11 +3,11 @@ import json
 
 import pytest
 import torch
+from oracles import MIX
 
 from scoresde import sde_lib
 from scoresde import solvers
 
-MIX = sde_lib.GaussianMixture(weights=[0.3, 0.7], means=[[-1.0, 0.5], [1.5, -0.5]], covs=[0.1, 0.2])
 VP = sde_lib.VPSDE()
 
 

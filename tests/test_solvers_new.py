@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from oracles import MIX
 
 from scoresde import solvers
 from scoresde.sde_lib import GaussianMixture, SubVPSDE, VESDE, VPSDE
@@ -11,8 +12,9 @@ from scoresde.solvers.analytic import EpsMoments, estimate_eps_moments, load_eps
 from scoresde.solvers.calibrate import _times_of
 from scoresde.solvers.counting import CountingScore
 
-MIX = GaussianMixture(weights=[0.3, 0.7], means=[[-1.0, 0.5], [1.5, -0.5]], covs=[0.1, 0.2])
 F64 = torch.float64
+# One Gaussian, N(mu, 0.05 I): the E||eps_hat||^2 tests need its closed form b^2 / (a^2 0.05 + b^2).
+GAUSS = GaussianMixture(weights=[1.0], means=[[0.5, -0.3]], covs=[0.05])
 
 
 def prior(sde, n=200, seed=0):
@@ -47,18 +49,6 @@ def test_deterministic_limits_converge_at_their_order(name, options, steps, orde
     assert observed_order(VPSDE(), name, steps, **options) == pytest.approx(order, abs=margin)
 
 
-def test_dpm_solver_sde_at_eta_0_is_dpm_solver():
-    # nu = eta^2 = 0 makes every coefficient the ODE's exactly (e^0 = 1, 1 + nu = 1): the same floats.
-    sde = VPSDE()
-    x_T = prior(sde, 50)
-    for order in (2, 3):
-        a = solvers.sample(sde, MIX.score_fn(sde), None, "dpm_solver", x_T=x_T, steps=12, order=order)
-        b = solvers.sample(sde, MIX.score_fn(sde), None, "dpm_solver_sde", x_T=x_T, steps=12, order=order, eta=0.0,
-                           generator=torch.Generator().manual_seed(0))
-        assert a.nfe == b.nfe == 12
-        torch.testing.assert_close(a.x, b.x, rtol=0, atol=0)
-
-
 @pytest.mark.parametrize("nu", [0.25, 1.0])
 def test_dpm_solver_sde_mean_integrates_the_quadratic_exactly(nu):
     # The SDE step's mean is (beta_bar_s/beta_bar_t) e^(-nu h) x + alpha_bar_s int_0^h (1 + nu) e^((1 + nu)(u - h))
@@ -69,7 +59,7 @@ def test_dpm_solver_sde_mean_integrates_the_quadratic_exactly(nu):
     ts = torch.tensor([0.9, 0.7, 0.55, 0.4], dtype=F64)
     lam = sde.log_snr(ts)
     coefs = torch.tensor([[0.3, -1.2], [0.8, 0.5], [-0.2, 0.1]], dtype=F64)
-    d_of = lambda l: sum(c * l**k for k, c in enumerate(coefs))  # noqa: E731
+    d_of = lambda u: sum(c * u**k for k, c in enumerate(coefs))  # noqa: E731
     x = torch.tensor([[0.4, -0.7]], dtype=F64)
     b_ratio = sde.beta_bar(ts[3]) / sde.beta_bar(ts[2])
     out = solver.step(x, [(lam[j], d_of(lam[j])[None]) for j in range(3)], lam[3], sde.alpha_bar(ts[3]), b_ratio, nu)
@@ -121,11 +111,10 @@ def test_eps_moments_match_the_gaussian_closed_form():
     # For x_0 ~ N(mu, s^2 I) the exact eps_hat = beta_bar (x_t - alpha_bar mu)/V, V = alpha_bar^2 s^2 + beta_bar^2,
     # so E||eps_hat||^2/D = beta_bar^2/V, and each draw's ||eps_hat||^2/D is (beta_bar^2/V) chi^2_D/D: relative
     # standard error sqrt(2/(D N)) = 0.71% at D = 2, N = 20000; 4 of them.
-    gauss = GaussianMixture(weights=[1.0], means=[[0.5, -0.3]], covs=[0.05])
     for sde in (VPSDE(), SubVPSDE(), VESDE()):
         gen = torch.Generator().manual_seed(0)
         times = solvers.time_grid(sde, 9, 1e-3, "logsnr")
-        table = estimate_eps_moments(sde, gauss.score_fn(sde), [(gauss.sample(10_000, gen), None) for _ in range(2)],
+        table = estimate_eps_moments(sde, GAUSS.score_fn(sde), [(GAUSS.sample(10_000, gen), None) for _ in range(2)],
                                      times, gen)
         a, b = sde.alpha_bar(table.times), sde.beta_bar(table.times)
         exact = b**2 / (a**2 * 0.05 + b**2)
@@ -175,7 +164,6 @@ def test_analytic_variance_gives_gaussian_data_their_variance_in_few_steps():
     # 10 steps). Exact law at eps: N(alpha_bar mu, (alpha_bar^2 0.05 + beta_bar^2) I). Per-coordinate variance
     # ratio, measured: analytic 0.99, DDPM (eta = 1) 0.25, DDPM's 'large' 2.79; the standard error of a variance
     # ratio from 2 x 4000 draws is sqrt(2/8000) = 1.6%, 4 of them.
-    gauss = GaussianMixture(weights=[1.0], means=[[0.5, -0.3]], covs=[0.05])
     sde, n = VPSDE(), 4000
     times = solvers.time_grid(sde, 99, 1e-3, "logsnr")
     a, b = sde.alpha_bar(times), sde.beta_bar(times)
@@ -184,7 +172,7 @@ def test_analytic_variance_gives_gaussian_data_their_variance_in_few_steps():
     exact_var = float(sde.alpha_bar(t) ** 2 * 0.05 + sde.beta_bar(t) ** 2)
     ratio = {}
     for variance in ("analytic", "ddpm", "large"):
-        out = solvers.sample(sde, gauss.score_fn(sde), (n, 2), "ancestral", steps=10, dtype=F64, denoise=False,
+        out = solvers.sample(sde, GAUSS.score_fn(sde), (n, 2), "ancestral", steps=10, dtype=F64, denoise=False,
                              variance=variance, eps_moments=table, generator=torch.Generator().manual_seed(1)).x
         ratio[variance] = float(out.var(0).mean()) / exact_var
     assert ratio["analytic"] == pytest.approx(1.0, abs=4 * (2 / (2 * n)) ** 0.5), ratio

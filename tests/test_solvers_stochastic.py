@@ -3,12 +3,12 @@ import math
 
 import pytest
 import torch
+from oracles import MIX, moments
 
 from scoresde import solvers
 from scoresde.sde_lib import VESDE, VPSDE, GaussianMixture
 from scoresde.solvers.steps import langevin_step
 
-MIX = GaussianMixture(weights=[0.3, 0.7], means=[[-1.0, 0.5], [1.5, -0.5]], covs=[0.1, 0.2])
 F64 = torch.float64
 
 
@@ -20,38 +20,72 @@ def time(t):
     return torch.tensor(t, dtype=F64)
 
 
-def test_langevin_step_is_the_snr_rule():
-    # delta = 2 (snr ||z|| / ||score||)^2 with batch-mean norms and the same z as the update: then the drift and the
-    # noise of the step have mean norms in the ratio snr, which is what the signal-to-noise rule means.
+def split(step, score, z):
+    """(c1, c2, residual) of the least-squares fit step = c1 score + c2 z, one pair per row of the (N, D) inputs."""
+    basis = torch.stack([score, z], -1)
+    coef = torch.linalg.lstsq(basis, step[..., None]).solution
+    return coef[:, 0, 0], coef[:, 1, 0], (basis @ coef)[..., 0] - step
+
+
+def test_langevin_step_is_a_langevin_step_with_drift_and_noise_in_the_ratio_snr():
+    # Langevin dynamics dx = score dt + sqrt(2) dw, one Euler step of size delta: x + delta score + sqrt(2 delta) z,
+    # and Song et al.'s rule (2021, Alg. 5) picks delta so that the drift and the noise have batch-mean norms in the
+    # ratio snr. Fitted to the step as one (c1, c2) for the whole batch: the fit is exact (residual at round-off),
+    # c2^2 = 2 c1, and c1 mean||score|| / (c2 mean||z||) = snr, all to float64 round-off (1e-10 relative).
     sde, t, snr = VPSDE(), time(0.5), 0.16
     x = 2.0 * torch.randn(64, 2, dtype=F64, generator=torch.Generator().manual_seed(3))
     z = torch.randn(x.shape, dtype=F64, generator=torch.Generator().manual_seed(7))
     score = MIX.score(x, sde, t)
-    out = langevin_step(sde, x, score, z, t, snr)
-    delta = 2 * (snr * z.norm(dim=1).mean() / score.norm(dim=1).mean()) ** 2
-    torch.testing.assert_close(out, x + delta * score + (2 * delta).sqrt() * z, rtol=0, atol=1e-12)
-    ratio = (delta * score).norm(dim=1).mean() / ((2 * delta).sqrt() * z).norm(dim=1).mean()
-    assert float(ratio) == pytest.approx(snr, rel=1e-12)
+    step = langevin_step(sde, x, score, z, t, snr) - x
+    c1, c2, residual = split(step.flatten()[None], score.flatten()[None], z.flatten()[None])
+    assert float(residual.abs().max()) <= 1e-12 * float(c2.abs()) and float(c1) > 0
+    assert float(c2**2) == pytest.approx(2 * float(c1), rel=1e-10)
+    ratio = c1 * score.norm(dim=1).mean() / (c2 * z.norm(dim=1).mean())
+    assert float(ratio) == pytest.approx(snr, rel=1e-10)
 
 
-def test_langevin_step_survives_a_zero_score():
-    # A zero score (an untrained network) would give an infinite step; the floor, a thousandth of the kernel's score
-    # norm sqrt(D) / beta_bar, caps delta at 2 (snr ||z|| beta_bar / (1e-3 sqrt(D)))^2.
+def test_langevin_chain_keeps_a_gaussian_p_t_up_to_the_discretisation():
+    # For p_t = N(m, v I) the step is linear: x' - m = (1 - delta/v)(x - m) + sqrt(2 delta) z. At stationarity
+    # (variance w) the rule's batch means give delta = 2 snr^2 v^2 / w, and w = (1 - delta/v)^2 w + 2 delta solves
+    # to w = v (1 + snr^2): 1.25 v at snr = 0.5, where a delta off by 2x either way would give 1.5 v or 1.125 v.
+    # Started from p_t itself (VP at t = 0.5, data N(mu, 0.3 I)), 40 corrector steps contract the start by
+    # (1 - 0.4)^40 < 1e-8. Tolerances: 4 standard errors over N = 20000 chains, sqrt(w / N) for each coordinate's
+    # mean and w sqrt(2 / N) for its variance (4 x 1%).
+    sde, t, snr, n = VPSDE(), time(0.5), 0.5, 20_000
+    mu, lam = torch.tensor([0.7, -0.4], dtype=F64), 0.3
+    a, b = sde.alpha_bar(t), sde.beta_bar(t)
+    v = a**2 * lam + b**2
+    gen = torch.Generator().manual_seed(0)
+    x = a * mu + v.sqrt() * torch.randn(n, 2, dtype=F64, generator=gen)
+    for _ in range(40):
+        x = langevin_step(sde, x, -(x - a * mu) / v, torch.randn(x.shape, dtype=F64, generator=gen), t, snr)
+    w = v * (1 + snr**2)
+    torch.testing.assert_close(x.mean(0), a * mu, rtol=0, atol=4 * float(w / n) ** 0.5)
+    torch.testing.assert_close(x.var(0), w.expand(2), rtol=4 * (2 / n) ** 0.5, atol=0)
+
+
+def test_langevin_step_with_a_zero_score_is_noise_at_the_floor():
+    # A zero score (an untrained network) would make delta infinite. Below a floor of a thousandth of the noise
+    # kernel's score norm sqrt(D) / beta_bar the rule takes the floor as the score's norm: the step is pure noise
+    # c z (one c for the batch), with delta = c^2 / 2 putting a score of the floor's norm and the noise in the ratio
+    # snr. To round-off (1e-12 relative).
     sde, t, snr = VPSDE(), time(0.5), 0.16
-    x = torch.zeros(16, 2, dtype=F64)
+    x = torch.randn(16, 2, dtype=F64, generator=torch.Generator().manual_seed(5))
     z = torch.randn(x.shape, dtype=F64, generator=torch.Generator().manual_seed(7))
-    out = langevin_step(sde, x, torch.zeros_like(x), z, t, snr)
-    delta = 2 * (snr * z.norm(dim=1).mean() * sde.beta_bar(t) / (1e-3 * math.sqrt(2))) ** 2
-    torch.testing.assert_close(out, (2 * delta).sqrt() * z, rtol=1e-12, atol=0)
+    step = langevin_step(sde, x, torch.zeros_like(x), z, t, snr) - x
+    c = (step * z).sum() / z.square().sum()
+    torch.testing.assert_close(step, c * z, rtol=0, atol=1e-12 * float(c))
+    floor = 1e-3 * math.sqrt(2) / sde.beta_bar(t)
+    assert float(c**2 / 2 * floor / (c * z.norm(dim=1).mean())) == pytest.approx(snr, rel=1e-12)
 
 
 def test_langevin_corrector_alone_converges_to_p_t():
     # Corrector only, at VP t = 0.9 where p_t is N(m, S) up to O(alpha_bar^2) = 3e-4, from the wrong N(3, 0.25 I).
-    # With delta = 2 snr^2 sigma^2 (batch means of ||z|| and ||score|| at stationarity) the chain's exact stationary
-    # law on N(m, sigma^2) is N(m, sigma^2 / (1 - snr^2)): the discretisation bias, 2.6% at snr 0.16. The approach
-    # to the target takes ~175 steps (the step is small while the score is large), then errors contract by
-    # 1 - 2 snr^2 = 0.95 per step, so after 300 the start is forgotten to 1e-4. Tolerances: 4 standard errors over
-    # N independent chains, sqrt(var / N) = 0.010 for the mean and var sqrt(2 / N) = 0.015 for the variance.
+    # On N(m, sigma^2) the chain's stationary law is N(m, sigma^2 (1 + snr^2)) (derived in the test above): the
+    # discretisation bias, 2.6% at snr 0.16. The approach to the target takes ~175 steps (the step is small while
+    # the score is large), then errors contract by 1 - 2 snr^2 = 0.95 per step, so after 300 the start is forgotten
+    # to 1e-4. Tolerances: 4 standard errors over N independent chains, sqrt(var / N) = 0.010 for the mean and
+    # var sqrt(2 / N) = 0.015 for the variance.
     # The old step (times alpha_bar^2 = 3e-4) leaves the samples at 3; per-sample norms give a variance of 1.5
     # (with the old floor ||score||^2 >= D / beta_bar^2) to 30 (without it).
     sde, t, snr, n = VPSDE(), time(0.9), 0.16, 10_000
@@ -60,10 +94,8 @@ def test_langevin_corrector_alone_converges_to_p_t():
     for _ in range(300):
         x = langevin_step(sde, x, MIX.score(x, sde, t), torch.randn(x.shape, dtype=F64, generator=gen), t, snr)
     a, b = sde.alpha_bar(t), sde.beta_bar(t)
-    mean0 = (MIX.weights[:, None] * MIX.means).sum(0)
-    second0 = (MIX.weights[:, None, None] * (MIX.covs + MIX.means[:, :, None] * MIX.means[:, None, :])).sum(0)
-    var_t = a**2 * (second0 - torch.outer(mean0, mean0)).diagonal() + b**2
-    target = var_t / (1 - snr**2)
+    mean0, cov0 = moments(MIX)
+    target = (a**2 * cov0.diagonal() + b**2) * (1 + snr**2)
     torch.testing.assert_close(x.mean(0), a * mean0, rtol=0, atol=4 * float(target.max() / n) ** 0.5)
     torch.testing.assert_close(x.var(0), target, rtol=0, atol=4 * float(target.max()) * (2 / (n - 1)) ** 0.5)
 
@@ -162,16 +194,28 @@ def test_per_sample_generators_make_samples_independent_of_the_batch(solver):
     assert (other - whole).abs().mean() > 0.1
 
 
-def test_per_sample_langevin_step_uses_each_samples_score_norm():
-    # step_size="per_sample": delta_i = 2 (snr sqrt(D) / ||score_i||)^2, the sample's own score norm and the noise's
-    # typical norm sqrt(D), so a sample's step does not depend on the rest of the batch.
+def test_per_sample_langevin_step_is_each_samples_own():
+    # step_size="per_sample": each sample takes its own Langevin step x_i + delta_i score_i + sqrt(2 delta_i) z_i, its
+    # drift in the ratio snr to the noise's typical norm sqrt(D) (not to its own ||z_i||, which would couple the step
+    # to the noise it scales), so a sample's step does not depend on the rest of the batch. Fitted per sample in 3-D
+    # (an overdetermined fit, so the residual tests the form): exact, c2^2 = 2 c1 and c1 ||score_i|| / (c2 sqrt(3))
+    # = snr, to round-off (1e-9 relative for these 3x2 fits); the first 5 rows alone step exactly as in the batch.
     sde, t, snr = VPSDE(), time(0.5), 0.16
-    x = 2.0 * torch.randn(64, 2, dtype=F64, generator=torch.Generator().manual_seed(3))
-    z = torch.randn(x.shape, dtype=F64, generator=torch.Generator().manual_seed(7))
-    score = MIX.score(x, sde, t)
-    out = langevin_step(sde, x, score, z, t, snr, "per_sample")
-    delta = (2 * (snr * math.sqrt(2) / score.norm(dim=1)) ** 2)[:, None]
-    torch.testing.assert_close(out, x + delta * score + (2 * delta).sqrt() * z, rtol=0, atol=1e-12)
+    gen = torch.Generator().manual_seed(3)
+    x = 2.0 * torch.randn(64, 3, dtype=F64, generator=gen)
+    z = torch.randn(x.shape, dtype=F64, generator=gen)
+    score = -x / float(sde.alpha_bar(t) ** 2 + sde.beta_bar(t) ** 2)     # data N(0, I)
+    step = langevin_step(sde, x, score, z, t, snr, "per_sample") - x
+    c1, c2, residual = split(step, score, z)
+    assert float(residual.abs().max()) <= 1e-12 * float(c2.abs().max()) and (c1 > 0).all()
+    torch.testing.assert_close(c2**2, 2 * c1, rtol=1e-9, atol=0)
+    torch.testing.assert_close(c1 * score.norm(dim=1) / (c2 * math.sqrt(3)), torch.full_like(c1, snr), rtol=1e-9,
+                               atol=0)
+    alone = langevin_step(sde, x[:5], score[:5], z[:5], t, snr, "per_sample") - x[:5]
+    torch.testing.assert_close(alone, step[:5], rtol=1e-15, atol=0)
+    # The batch rule, by contrast, takes its step from batch means.
+    batch = langevin_step(sde, x[:5], score[:5], z[:5], t, snr) - langevin_step(sde, x, score, z, t, snr)[:5]
+    assert float(batch.abs().max()) > 1e-3
     with pytest.raises(ValueError, match="unknown Langevin step_size 'each'; available: batch, per_sample"):
         solvers.sample(sde, MIX.score_fn(sde), (4, 2), "pc", steps=2, step_size="each")
 
