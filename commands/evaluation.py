@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from absl import logging
 
 from scoresde import guidance
 from scoresde.data import check_data_space
@@ -85,6 +86,7 @@ def evaluate_likelihood(run, ctx, *, num_samples: int = 0, batch_size: int | Non
     """
     evaluate, settings = _likelihood_settings(run.config.eval, bound, options)
     shard = _test_shard(run, ctx, num_samples)
+    settings = size_pilot(settings, len(shard))
     batches = _test_batches(ctx, shard, batch_size or run.config.eval.batch_size, stop)
     first = next(batches, None)
     if first is None and not ctx.distributed:       # a single process's batches end early only on a signal
@@ -132,6 +134,18 @@ def _test_batches(ctx, shard, batch_size: int, stop):
     (under torchrun every rank evaluates its whole shard, so that none waits for the others alone)."""
     loader = torch.utils.data.DataLoader(shard, batch_size=batch_size)
     return ((x.to(ctx.device), y) for x, y in loader if ctx.distributed or stop.signal is None)
+
+
+def size_pilot(settings: dict, points: int) -> dict:
+    """The settings with the accuracy search's pilot cut to a quarter of the points evaluated (at least 1): each
+    candidate setting solves the pilot three times over, so a pilot as large as the test set costs several times
+    the evaluation it serves."""
+    pilot = settings.get("pilot")
+    if not settings.get("accuracy") or not pilot or pilot <= max(1, points // 4):
+        return settings
+    logging.info("pilot cut from %d to %d points: a quarter of the %d test points evaluated", pilot,
+                 max(1, points // 4), points)
+    return {**settings, "pilot": max(1, points // 4)}
 
 
 def _evaluate_shard(run, ctx, evaluate, settings: dict, first, batches) -> tuple:

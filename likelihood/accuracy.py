@@ -107,7 +107,11 @@ def choose_setting(solve: Callable[[OdeSetting], tuple[Tensor, int]], settings: 
 
     def error(s):
         b0, b1, b2 = (get(s.refined(level))[0] for level in range(3))
-        return float((b0 - b1).abs().mean() + (b1 - b2).abs().mean())
+        err = float((b0 - b1).abs().mean() + (b1 - b2).abs().mean())
+        spent = sum(n for _, n in solved.values())
+        logging.info("pilot on %d points: %s has an estimated error of %.2g bits/dim (%d network calls per point "
+                     "so far)", len(b0), s.describe(), err, spent)
+        return err
 
     chosen, err = settings[-1], None
     for s in settings:

@@ -124,3 +124,14 @@ def test_merged_ode_error_is_the_count_weighted_mean_and_the_report_line_shows_b
                              {"bound": "elbo"})
     assert bound.line() == "bits/dim (variational bound): 4.1724 ± 0.0707 (48 samples, 64 t samples each)"
     assert bound.as_json()["ode_error"] is None   # JSON has no NaN
+
+
+def test_the_pilot_is_cut_to_a_quarter_of_the_points_evaluated():
+    from scoresde.commands.evaluation import size_pilot
+    settings = {"accuracy": 1e-3, "pilot": 16, "steps": None}
+    # 16 test points: each candidate solves its pilot three times, so a 16-point pilot would cost more than the
+    # evaluation; a quarter of them, 4, is used.
+    assert size_pilot(settings, 16)["pilot"] == 4
+    assert size_pilot(settings, 297) is settings              # the Quickstart's 297 points keep their 16
+    assert size_pilot(settings, 2)["pilot"] == 1
+    assert size_pilot({"accuracy": None, "pilot": 16}, 16)["pilot"] == 16     # no search, no pilot to size
