@@ -148,7 +148,7 @@ def test_bad_files_are_one_line_errors(trained, tmp_path):
         (["--config", tmp_path / "noget.py"], f"config file {tmp_path / 'noget.py'} does not define get_config()"),
         (["--config", tmp_path / "broken.py"], f"config file {tmp_path / 'broken.py'}:1: invalid syntax"),
         (["--config.data.dataset=array", f"--config.data.path={tmp_path / 'fake.npy'}"],
-         f"array: {tmp_path / 'fake.npy'} is not a NumPy file (no .npy header, not an .npz archive)"),
+         f"{tmp_path / 'fake.npy'} is not a NumPy file (no .npy header, not an .npz archive)"),
         (["--config.data.dataset=array", f"--config.data.path={tmp_path / 'oblong.npy'}"],
          "array: the images are 8x6, not square; set --config.data.image_size=N"),
         (["--workdir", tmp_path / "afile"], f"{tmp_path / 'afile'} is a file, not a directory"),

@@ -75,17 +75,23 @@ def test_fid_mode_line_json_and_the_same_samples_from_a_file(run_dir):
     assert json.loads((run_dir / "metrics" / f"{npz.stem}.json").read_text())["nfe"] == 3
 
 
-def test_samples_in_an_empty_workdir(tmp_path):
-    # The 297 test digits as "samples": their FD-digits against the training digits is the floor, 0.160.
+@pytest.mark.parametrize("suffix", [".npz", ".npy"])
+def test_samples_in_an_empty_workdir(tmp_path, suffix):
+    # The 297 test digits as "samples": their FD-digits against the training digits is the floor, 0.160. A plain
+    # .npy array is read as the samples just as the 'samples' array of an .npz.
     test = digits_split("test")
-    npz = _write(tmp_path / "test_digits.npz", samples=test.numpy())
+    path = tmp_path / f"test_digits{suffix}"
+    if suffix == ".npz":
+        _write(path, samples=test.numpy())
+    else:
+        np.save(path, test.numpy())
     empty = tmp_path / "empty"
-    out = cli("--mode", "fid", "--config", "vpsde", "--samples", npz, "--workdir", empty)
+    out = cli("--mode", "fid", "--config", "vpsde", "--samples", path, "--workdir", empty)
     expected = metrics.evaluate(test, "digits", 8, 1)
     assert out.stdout.startswith(f"FD-digits {expected.fd_digits:.3f} | ")
     record = json.loads((empty / "metrics" / "from_test_digits.json").read_text())
-    assert record["fd_digits"] == pytest.approx(expected.fd_digits, rel=1e-12)
-    assert record["kind"] == "digits" and record["samples"] == str(npz)
+    assert record["fd_digits"] == pytest.approx(expected.fd_digits, rel=1e-12)    # the same numbers, same code
+    assert record["kind"] == "digits" and record["samples"] == str(path)
 
 
 @pytest.mark.parametrize("make, extra, match", [
@@ -93,8 +99,8 @@ def test_samples_in_an_empty_workdir(tmp_path):
     (lambda p: _write(p, samples=np.full((20, 1, 8, 8), np.nan, np.float32)), (), "1280 NaN or infinite"),
     (lambda p: _write(p, samples=np.random.rand(20, 1, 8, 8).astype(np.float32)),
      ("--config.data.dataset=array",), "no reference statistics for dataset 'array'.*config.data.path"),
-    (lambda p: _write(p, x=np.random.rand(20, 1, 8, 8).astype(np.float32)), (), "holds x, not 'samples'"),
-    (lambda p: p, (), "no samples file"),
+    (lambda p: _write(p, x=np.random.rand(20, 1, 8, 8).astype(np.float32)), (), "holds x; name the array 'samples'"),
+    (lambda p: p, (), "no file .*s.npz; expected samples in data space"),
 ])
 def test_bad_samples_give_one_clear_line(tmp_path, make, extra, match):
     npz = make(tmp_path / "s.npz")
