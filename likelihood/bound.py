@@ -76,7 +76,7 @@ def variational_bound(sde: SDE, score_fn, x: Tensor, *, n_t: int = 64, eps: floa
             t, w = weighting.sample(sde, u)
             a, b = sde.alpha_bar(t), sde.beta_bar(t)
             noise = torch.randn(x.shape, dtype=torch.float64, generator=generator, device=x.device)
-            x_t = a.reshape(shape) * x64 + b.reshape(shape) * noise
+            x_t = sde.perturb(x64, noise, t)
             s = score_fn(x_t.to(x.dtype), t.to(x.dtype)).to(torch.float64)
             residual = (b.reshape(shape) * s + noise).reshape(n, -1).pow(2).sum(1)
             # Control variate ||noise||^2 - D (mean zero): at high SNR the residual is almost all noise the model

@@ -221,8 +221,7 @@ def dsm_loss(model: nn.Module, sde: SDE, x0: Tensor, *, parameterization: str = 
     u = draw_u(n, generator, x0.device)
     t, w = weighting.sample(sde, u)
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    a, b = expand_as(sde.alpha_bar(t), x0), expand_as(sde.beta_bar(t), x0)
-    xt = a * x0 + b * noise
-    residual = b * score_fn.score(xt, t, labels) + noise
+    xt = sde.perturb(x0, noise, t)
+    residual = expand_as(sde.beta_bar(t), x0) * score_fn.score(xt, t, labels) + noise
     losses = w.to(x0.dtype) * residual.reshape(n, -1).square().sum(1)
     return reduction(losses)

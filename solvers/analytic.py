@@ -59,7 +59,7 @@ def estimate_eps_moments(sde: SDE, score_fn, data_batches, times, generator: tor
             dim = x0[0].numel()
             for k, t in enumerate(times):
                 z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-                x_t = sde.alpha_bar(t) * x0 + sde.beta_bar(t) * z
+                x_t = sde.perturb(x0, z, t)
                 eps_hat = -sde.beta_bar(t) * score_fn(x_t, t.expand(len(x0)).to(x0))
                 sums[k] += eps_hat.double().flatten(1).square().sum().cpu() / dim
             count += len(x0)
