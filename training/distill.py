@@ -213,7 +213,6 @@ def student_config(config: ml_collections.ConfigDict, teacher: Teacher, steps: i
         c.optim.lr, c.optim.warmup = d.lr, d.warmup
         c.sampling.solver, c.sampling.steps, c.sampling.grid, c.sampling.options = "ddim", steps, d.grid, ""
         c.distill.target_steps = steps
-        c.distill.teacher_step = teacher.step
     return c
 
 
