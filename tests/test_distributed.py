@@ -21,7 +21,6 @@ from scoresde.likelihood.bpd import BitsPerDim, merge_bits_per_dim
 from scoresde.run import checkpoint as ckpt
 from scoresde.training import distributed
 from scoresde.run import precision
-from scoresde.run.log import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -216,8 +215,8 @@ def test_two_ranks_give_the_one_rank_update_and_resume_across_world_sizes(tmp_pa
             # 6 Adam steps of lr <= 1e-3: a gradient difference of ~1e-7 relative moves a weight by ~1e-10 per
             # step, while any different random number or batch moves it by ~lr; 1e-6 separates the two.
             torch.testing.assert_close(other[k], one[k], rtol=0, atol=1e-6, msg=f"{name}: {k}")
-    la = [r["loss"] for r in read_metrics(tmp_path / "one") if "loss" in r]
-    lb = [r["loss"] for r in read_metrics(tmp_path / "two") if "loss" in r]
+    la = [r["loss"] for r in helpers.metrics_rows(tmp_path / "one") if "loss" in r]
+    lb = [r["loss"] for r in helpers.metrics_rows(tmp_path / "two") if "loss" in r]
     assert len(la) == len(lb) == 6
     # Global-batch means of the same per-example losses: equal to float32 rounding.
     np.testing.assert_allclose(lb, la, rtol=1e-5)
@@ -248,7 +247,7 @@ def test_torchrun_two_ranks_train_sample_and_likelihood_end_to_end(tmp_path):
                     "--config.training.log_freq=2").stdout
     assert out.count("finished at step 4") == 1  # printed once, by rank 0
     assert (tmp_path / "checkpoints" / "checkpoint_4.pt").is_file()
-    rows = [r for r in read_metrics(tmp_path) if "loss" in r]
+    rows = [r for r in helpers.metrics_rows(tmp_path) if "loss" in r]
     assert [r["step"] for r in rows] == [2, 4] and all(math.isfinite(r["loss"]) for r in rows)
 
     samples = tmp_path / "samples" / "euler_maruyama_3_n9_step4_seed5.npz"

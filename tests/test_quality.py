@@ -14,9 +14,8 @@ from scoresde import training
 from scoresde.metrics.digits import digits_split
 from scoresde.run import quality as scoring
 from scoresde.training.quality import TrainingQuality
-from scoresde.run.log import read_metrics
 
-from helpers import cli
+from helpers import cli, metrics_rows
 
 LINE = re.compile(r"^FD-digits (\d+\.\d{3}) \| IS-digits (\d+\.\d{2}) ± (\d+\.\d{2}) \((\d+) samples, (.*)\)$")
 STEPS, FID_FREQ, TRAINING_SAMPLES = 4, 2, 20
@@ -115,7 +114,7 @@ def test_fid_mode_without_checkpoint_or_samples(tmp_path):
 
 
 def test_fid_freq_logs_fd_digits_of_the_ema_samples(run_dir):
-    rows = [r for r in read_metrics(run_dir) if "fd_digits" in r]
+    rows = [r for r in metrics_rows(run_dir) if "fd_digits" in r]
     assert [r["step"] for r in rows] == list(range(FID_FREQ, STEPS + 1, FID_FREQ))
     assert all(math.isfinite(r["fd_digits"]) and math.isfinite(r["is_digits"]) for r in rows)
     # The last row scores the EMA network of the final checkpoint with the snapshot sampler on seeds 0..19 of
