@@ -125,6 +125,11 @@ def read_array(path, key: str | None = None, *, expected: str,
     raise UsageError(f"{path} holds {', '.join(arrays) or 'no arrays'}; name the array {key!r}. Expected {expected}")
 
 
+def batch_data(batch):
+    """The data of a batch given as x or as (x, y)."""
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 
 from scoresde.sde_lib import SDE
-from scoresde.utils import atomic_write_text
+from scoresde.utils import atomic_write_text, batch_data
 
 Tensor = torch.Tensor
 
@@ -55,7 +55,7 @@ def estimate_eps_moments(sde: SDE, score_fn, data_batches, times, generator: tor
     sums, count = torch.zeros(len(times), dtype=torch.float64), 0
     with torch.no_grad():
         for batch in data_batches:
-            x0 = batch[0] if isinstance(batch, (tuple, list)) else batch
+            x0 = batch_data(batch)
             dim = x0[0].numel()
             for k, t in enumerate(times):
                 z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)

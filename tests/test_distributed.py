@@ -170,8 +170,8 @@ def _jobs(rank, jobs):
             if kind == "train":
                 trainer.run()
             else:  # "grad": rank 0 saves the all-reduced gradient of the first step
-                x, y = next(trainer._batches())
-                trainer._sharded_loss(x, trainer._labels(y)).backward()
+                x, y = next(trainer.batches())
+                trainer.sharded_loss(x, trainer.labels(y)).backward()
                 if rank == 0:
                     torch.save([p.grad for p in trainer.model.parameters()], Path(workdir) / "grads.pt")
     finally:

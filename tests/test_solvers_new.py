@@ -8,7 +8,7 @@ import torch
 from scoresde import solvers
 from scoresde.sde_lib import GaussianMixture, SubVPSDE, VESDE, VPSDE
 from scoresde.solvers.analytic import EpsMoments, estimate_eps_moments, load_eps_moments, save_eps_moments
-from scoresde.solvers.calibrate import _times_of
+from scoresde.solvers.calibrate import times_of
 from scoresde.solvers.counting import CountingScore
 
 MIX = GaussianMixture(weights=[0.3, 0.7], means=[[-1.0, 0.5], [1.5, -0.5]], covs=[0.1, 0.2])
@@ -211,7 +211,7 @@ def test_fitted_grid_keeps_its_minimum_spacing():
     # widths = min_width + softmax(p) (span - n min_width): every width is at least min_width whatever p is, and
     # the fitted grid inherits it (min_spacing 0.2 of the mean step is 0.2 (1 - 1e-3)/5 here).
     p = torch.tensor([30.0, -30.0, 0.0, -50.0, 10.0], dtype=F64)
-    times = _times_of(p, 1.0, 1e-3, 0.04)
+    times = times_of(p, 1.0, 1e-3, 0.04)
     assert times[0] == 1.0 and times[-1] == 1e-3 and float((times[:-1] - times[1:]).min()) >= 0.04 - 1e-15
     sde = VPSDE()
     cal = solvers.calibrate_grid(sde, MIX.score_fn(sde), (32, 2), "dpm_solver", steps=5, iterations=15,

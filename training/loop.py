@@ -190,7 +190,7 @@ class Trainer:
                                t_sampling=c.training.t_sampling, class_labels=y, generator=generator,
                                label_dropout=c.training.p_uncond if y is not None else 0.0, reduce=reduce)
 
-    def _sharded_loss(self, x, y) -> torch.Tensor:
+    def sharded_loss(self, x, y) -> torch.Tensor:
         """This rank's mean loss over its rows of the global batch, with the global batch's random numbers."""
         net, n = self.network, self.config.training.batch_size
         gen = distributed.loss_generator(self.config.seed, self.step, self.device)
@@ -206,7 +206,7 @@ class Trainer:
         self.model.train()
         if self.dist.distributed:
             distributed.seed_rank_step(self.config.seed, self.step, self.dist.rank)
-            loss = self._sharded_loss(x, y)
+            loss = self.sharded_loss(x, y)
             value = self.dist.sum([loss.item()])[0] / self.dist.world_size
         else:
             loss = self.loss(self.network, x, y)
@@ -240,12 +240,13 @@ class Trainer:
         for i, (x, y) in enumerate(loader):
             if i == max_batches:
                 break
-            x, y = x.to(self.device), self._labels(y)
+            x, y = x.to(self.device), self.labels(y)
             total += self.loss(self.ema.module, x, y, generator=gen).item() * len(x)
             count += len(x)
         return total / max(count, 1)
 
-    def _labels(self, y):
+    def labels(self, y):
+        """The class labels the model takes: y on the device for a conditional model, else None."""
         return y.to(self.device) if self.config.model.conditional else None
 
     @torch.no_grad()
@@ -265,7 +266,8 @@ class Trainer:
         return path
 
     # --- the loop -------------------------------------------------------------------------------
-    def _batches(self):
+    def batches(self):
+        """The training batches from the current step on (this rank's rows of each under torchrun)."""
         c, start = self.config, self.step
         if self.dist.distributed:
             return distributed.ShardedLoader(self.data.train, c.training.batch_size, c.seed, self.dist, start)
@@ -292,7 +294,7 @@ class Trainer:
             with open(self.workdir / "config_changes.jsonl", "a") as f:
                 f.write(json.dumps({"step": self.step, "changes": self.config_changes}) + "\n")
         metrics = MetricsLogger(self.workdir, resume_step=self.step) if main else None
-        batches = self._batches()
+        batches = self.batches()
         loss, last_ckpt, saved_step, stopped = float("nan"), ckpt.latest_checkpoint(self.workdir), self.step, None
         bar = tqdm(total=c.training.n_iters, initial=self.step, disable=not (c.training.progress and main),
                    desc="train", dynamic_ncols=True)
@@ -301,7 +303,7 @@ class Trainer:
             with _StopFlag() as stop:
                 while self.step < c.training.n_iters:
                     x, y = next(batches)
-                    loss, grad_norm = self.train_step(x.to(self.device), self._labels(y))
+                    loss, grad_norm = self.train_step(x.to(self.device), self.labels(y))
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4f}")
                     # Every rank must leave the loop at the same step, whichever of them got the signal.
