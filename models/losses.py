@@ -85,8 +85,9 @@ class Weighting:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
 
-class EpsWeighting(Weighting):
-    """lambda = beta_bar^2 (w = 1): the plain eps-MSE ||eps_hat - eps||^2 with t ~ U(eps, T)."""
+class NoiseMSEWeighting(Weighting):
+    """Weighting "eps": lambda = beta_bar^2 (w = 1), the plain MSE of the predicted noise ||eps_hat - eps||^2 with
+    t ~ U(eps, T)."""
 
     def weight(self, sde: SDE, t: Tensor) -> Tensor:
         return torch.ones_like(t)
@@ -157,7 +158,7 @@ class EDMWeighting(Weighting):
 
 
 WEIGHTINGS: Registry[type[Weighting]] = Registry("weighting", {
-    "eps": EpsWeighting,
+    "eps": NoiseMSEWeighting,
     "likelihood": LikelihoodWeighting,
     "likelihood_is": ImportanceLikelihoodWeighting,
     "edm": EDMWeighting,
