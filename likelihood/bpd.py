@@ -13,9 +13,9 @@ from typing import Iterable, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from .accuracy import OdeSetting, candidates, choose_setting
 from scoresde.utils import batch_data
 
+from .accuracy import OdeSetting, candidates, choose_setting
 from .core import log_likelihood, state_dtype_for
 from .divergence import DIVERGENCES
 
