@@ -52,12 +52,12 @@ def _worker(rank, world_size, port, args, out_path):
         with tempfile.TemporaryDirectory() as workdir:
             trainer = training.Trainer(config, workdir)
             ctx = trainer.dist
-            batches = trainer._batches()
+            batches = trainer.batches()
 
             def steps(n):
                 for _ in range(n):
                     x, y = next(batches)
-                    trainer.train_step(x.to(trainer.device), trainer._labels(y))
+                    trainer.train_step(x.to(trainer.device), trainer.labels(y))
 
             steps(args.warmup)
             ctx.barrier()

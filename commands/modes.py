@@ -62,7 +62,8 @@ class Job:
         self.a, self.config, self.config_given = fv, fv.config, config_given
         with self.config.unlocked():
             self.config.seed, self.config.device = _or(fv.seed, self.config.seed), _or(fv.device, self.config.device)
-        configs.check_config(self.config)       # before anything is created on disk
+        if fv.mode != "train":      # a training run's Trainer checks its config, for library callers too
+            configs.check_config(self.config)       # before anything is created on disk
         self.overridden = config_flags.get_override_values(fv["config"])
         self.workdir = Path(fv.workdir) if fv.workdir else self._run_of_checkpoint(Path("runs") / name)
         self.ctx = distributed.setup(self.config)

@@ -2,7 +2,6 @@
 training data's reference statistics (metrics.evaluate), for --mode fid and for the metric logged in training."""
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -11,38 +10,27 @@ import torch
 
 from scoresde import metrics
 from scoresde import solvers
-from scoresde.utils import UsageError, atomic_write_json
+from scoresde.utils import UsageError, atomic_write_json, read_array
 
 from scoresde.data import check_data_space
 from scoresde.run.quality import data_of, score
 from scoresde.run.sampling import draw_samples
 from scoresde.run.workdir import check_directory, claiming_names, fresh_stem
 
+from .sampling import samples_name
+
 SAMPLES_KEY = "samples"
 
 
 def read_samples(path) -> torch.Tensor:
-    """The 'samples' array of an .npz as --mode sample writes it (data space), as a float tensor."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no samples file {path}; write one with --mode sample (an .npz with key "
-                                f"{SAMPLES_KEY!r}, in data space)")
-    try:
-        z = np.load(path, allow_pickle=False)
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile):
-        # numpy takes a file that is neither .npy nor .npz for a pickle, which allow_pickle=False refuses.
-        raise ValueError(f"{path} is not an .npz archive; --samples takes an .npz with key {SAMPLES_KEY!r} in data "
-                         "space, as --mode sample writes it") from None
-    with z:
-        if SAMPLES_KEY not in z:
-            raise ValueError(f"{path} holds {', '.join(z.keys()) or 'no arrays'}, not {SAMPLES_KEY!r} (an .npz as "
-                             f"--mode sample writes it)")
-        x = z[SAMPLES_KEY]
+    """The samples of an .npz as --mode sample writes it (under 'samples'), or of an .npy, as a float tensor."""
+    x, _ = read_array(path, SAMPLES_KEY, expected=f"samples in data space: an .npz as --mode sample writes it "
+                                                   f"(key {SAMPLES_KEY!r}) or an .npy array", only_array=False)
     if x.dtype.kind != "f":
-        raise ValueError(f"{path}: samples must be floats in data space ([0, 1] for images), got dtype {x.dtype}")
+        raise UsageError(f"{path}: samples must be floats in data space ([0, 1] for images), got dtype {x.dtype}")
     bad = int((~np.isfinite(x)).sum())
     if bad:
-        raise ValueError(f"{path}: the samples contain {bad} NaN or infinite values; draw them again")
+        raise UsageError(f"{path}: the samples contain {bad} NaN or infinite values; draw them again")
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
 
@@ -82,7 +70,7 @@ def score_run(run, score_fn, sampler: solvers.Sampler, num: int, batch_size: int
               cache: str | Path | None, weights: str | Path | None = None, tag: str = "") -> Report | None:
     """Draw `num` samples of the run with `sampler` (training.draw_samples: sharded over ranks, seeded per sample)
     and score them; the Report on rank 0, None on the others. Its stem names the samples as --mode sample names
-    its files (label, count, checkpoint step, seed), so a later checkpoint's record never replaces this one's."""
+    its files (samples_name), so a later checkpoint's record never replaces this one's."""
     # Before any work, and on every rank: a rank that stopped here alone would leave the others in the gather.
     check_directory(run.workdir / "metrics")
     out = draw_samples(run.sde, score_fn, run.data, sampler, num, batch_size, seed, ctx)
@@ -97,12 +85,12 @@ def score_run(run, score_fn, sampler: solvers.Sampler, num: int, batch_size: int
               "options": {k: v for k, v in sampler.options.items() if k != "grid"}, "sampler": sampler.describe(),
               "nfe": out.nfe, "sampling_seconds": out.seconds}
     return Report(result, f"{sampler.describe()}, NFE {out.nfe:.0f}", record,
-                  f"{sampler.label}_n{num}_step{run.step}_seed{seed}{tag}")
+                  samples_name(sampler, num, run.step, seed, tag))
 
 
 def score_file(path, config, *, cache: str | Path | None, weights: str | Path | None = None,
                device="cpu") -> Report:
-    """Score the samples of an .npz (read_samples) as samples of config.data; needs no checkpoint. The record is
+    """Score the samples of an .npz or .npy (read_samples) as samples of config.data; needs no checkpoint. The record is
     from_<file stem>: scoring --mode sample's file never replaces score_run's record of the same samples."""
     x = read_samples(path)
     info = data_of(config)

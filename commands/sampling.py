@@ -82,10 +82,16 @@ class SampleRun(NamedTuple):
                 f"({1000 * seconds / max(n, 1):.2f} ms/sample); wrote {files}")
 
 
+def samples_name(sampler: solvers.Sampler, num: int, step: int, seed: int, tag: str = "") -> str:
+    """<label>_n<num>_step<checkpoint step>_seed<seed><tag>: the name of a run's samples, of their files and of
+    their score's record."""
+    return f"{sampler.label}_n{num}_step{step}_seed{seed}{tag}"
+
+
 def sample_stem(run, sampler: solvers.Sampler, num: int, seed: int, tag: str = "") -> Path:
-    """<workdir>/samples/<label>_n<num>_step<checkpoint step>_seed<seed><tag>, or a fresh variant (_2, ...)
-    where those files exist: a new sampling run never overwrites an earlier one."""
-    stem = run.workdir / "samples" / f"{sampler.label}_n{num}_step{run.step}_seed{seed}{tag}"
+    """<workdir>/samples/<samples_name>, or a fresh variant (_2, ...) where those files exist: a new sampling run
+    never overwrites an earlier one."""
+    stem = run.workdir / "samples" / samples_name(sampler, num, run.step, seed, tag)
     return fresh_stem(stem, (".npz", ".png", "_partial.npz", "_partial.png"))
 
 

@@ -149,7 +149,6 @@ def get_default_configs() -> ml_collections.ConfigDict:
     #                                     student takes every other time of its teacher's grid
     distill.parameterization = "v"      # student output: v | x0 (eps-prediction is ill-conditioned at few steps)
     distill.weighting = "truncated_snr"  # truncated_snr: max(SNR, 1) |x - x_hat|^2 | snr_plus_one: (SNR + 1) |...|^2
-    distill.teacher_step = -1           # set by --mode distill in a student's config: its teacher's checkpoint step
 
     config.metrics = quality = ml_collections.ConfigDict()
     quality.num_samples = 50000         # samples --mode fid scores (50k as in the papers)

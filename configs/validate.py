@@ -9,8 +9,10 @@ POSITIVE_INTS = (
     "sampling.calibration_iterations", "eval.batch_size", "eval.n_probes", "eval.dequant_repeats",
     "classifier.batch_size", "classifier.n_iters", "classifier.log_freq", "classifier.snapshot_freq",
     "inpainting.steps", "inpainting.resample", "model.nf", "model.num_res_blocks", "model.mlp_width",
-    "model.mlp_depth", "data.num_samples", "metrics.num_samples", "metrics.num_samples_training",
+    "model.mlp_depth", "data.num_samples", "metrics.num_samples",
 )
+# key: (smallest value, why)
+MINIMUM_INTS = {"metrics.num_samples_training": (10, "the statistics need a few samples")}
 NON_NEGATIVE_INTS = ("seed", "training.keep_checkpoints", "training.snapshot_samples", "optim.warmup",
                      "eval.num_samples", "training.fid_freq", "num_threads")
 POSITIVE_FLOATS = ("optim.lr", "optim.eps", "eval.rtol", "eval.atol", "sampling.eps", "training.eps", "eval.eps",
@@ -44,6 +46,10 @@ def problems(config) -> list[str]:
         v = _get(config, key)
         if v is not None and not (_is_int(v) and v >= 1):
             found.append(f"{key}={v!r}: must be a positive integer")
+    for key, (low, why) in MINIMUM_INTS.items():
+        v = _get(config, key)
+        if v is not None and not (_is_int(v) and v >= low):
+            found.append(f"{key}={v!r}: must be an integer >= {low} ({why})")
     for key in NON_NEGATIVE_INTS:
         v = _get(config, key)
         if v is not None and not (_is_int(v) and v >= 0):

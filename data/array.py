@@ -1,10 +1,10 @@
 """A user's .npy / .npz array of shape (N, ...): float arrays are continuous data, uint8 arrays 8-bit images."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
+
+from scoresde.utils import read_array
 
 from .core import DataInfo, continuous_info, discrete_info, holdout_split, labels_or_none
 from .images import fit_images
@@ -12,32 +12,6 @@ from .images import fit_images
 ACCEPTED = ("a .npy array, or a .npz with key 'x' (or a single array) and optional 'y' labels (N,); "
             "float (N, ...) = continuous data used as they are, uint8 (N, H, W), (N, H, W, C) or (N, C, H, W) "
             "with C in {1, 3} = 8-bit images")
-
-
-def read_array(path: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """(x, y or None) from a .npy or .npz file (see ACCEPTED)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"array: no file {path!r}; config.data.path must name {ACCEPTED}")
-    with open(path, "rb") as f:
-        magic = f.read(6)
-    if magic != b"\x93NUMPY" and magic[:4] != b"PK\x03\x04":
-        raise ValueError(f"array: {path} is not a NumPy file (no .npy header, not an .npz archive); expected "
-                         f"{ACCEPTED}, written with np.save / np.savez")
-    try:
-        # allow_pickle=False: an object array in a data file would run arbitrary code on load.
-        loaded = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise ValueError(f"array: cannot read {path} ({e}); expected {ACCEPTED}") from e
-    if isinstance(loaded, np.ndarray):
-        return loaded, None
-    with loaded:
-        keys = list(loaded.keys())
-        if "x" in keys:
-            return loaded["x"], loaded["y"] if "y" in keys else None
-        if len(keys) == 1:
-            return loaded[keys[0]], None
-        raise ValueError(f"array: {path} holds {', '.join(keys)}; name the data 'x' (and labels 'y'). "
-                         f"Expected {ACCEPTED}")
 
 
 def as_nchw(x: np.ndarray) -> np.ndarray:
@@ -56,7 +30,8 @@ def load_array(options) -> DataInfo:
     """DataInfo for config.data.path; a fixed permutation holds out test_fraction of the items (see holdout_split)."""
     if options.path is None:
         raise ValueError(f"array needs config.data.path: {ACCEPTED}")
-    x, y = read_array(options.path)
+    x, arrays = read_array(options.path, "x", expected=ACCEPTED)
+    y = arrays.get("y") if "x" in arrays else None
     if x.ndim < 2 or len(x) < 2:
         raise ValueError(f"array: need shape (N, ...) with N >= 2 items, got {x.shape}")
     labels, num_classes = labels_or_none(y, len(x))

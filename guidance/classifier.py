@@ -6,7 +6,7 @@ from torch import nn
 
 from scoresde.models import MLP
 from scoresde.models.embeddings import make_embedding
-from scoresde.sde_lib import SDE, expand_as
+from scoresde.sde_lib import SDE
 
 Tensor = torch.Tensor
 
@@ -84,7 +84,7 @@ def classifier_loss(classifier: nn.Module, sde: SDE, x0: Tensor, y: Tensor, *, e
         raise ValueError("classifier training needs a class label in 0..K-1 for every item (y of shape (N,))")
     t = eps + torch.rand(x0.shape[0], dtype=torch.float64, generator=generator, device=x0.device) * (sde.T - eps)
     z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    xt = expand_as(sde.alpha_bar(t), x0) * x0 + expand_as(sde.beta_bar(t), x0) * z
+    xt = sde.perturb(x0, z, t)
     return nn.functional.cross_entropy(classifier(xt, t.to(x0.dtype)), y)
 
 

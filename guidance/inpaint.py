@@ -97,8 +97,7 @@ class _Inpainter:
         if last:
             known = self.x_obs
         else:
-            a, b = self.sde.alpha_bar(s).to(x.dtype), self.sde.beta_bar(s).to(x.dtype)
-            known = a * self.x_obs + b * _noise(x, self.generator)
+            known = self.sde.perturb(self.x_obs, _noise(x, self.generator), s)
         return self.mask * known + (1.0 - self.mask) * x
 
     def renoise(self, x: Tensor, s: Tensor, t: Tensor) -> Tensor:

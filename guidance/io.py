@@ -1,39 +1,13 @@
 """Reading what --mode inpaint completes: observations x and a 0/1 mask from .npy/.npz files."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from scoresde.utils import UsageError
+from scoresde.utils import UsageError, read_array
 
 ACCEPTED = ("an .npy array, or an .npz with the observations under 'x' (and optionally the mask under 'mask'); "
             "the mask (1 = observed, 0 = to sample) comes from --mask, the 'mask' key, or the NaN entries of x")
-
-
-def _load(path: Path, key: str) -> tuple[np.ndarray, dict]:
-    """(the array under `key` (or the only one), all arrays) of an .npy/.npz file."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; expected {ACCEPTED}")
-    with open(path, "rb") as f:
-        magic = f.read(6)
-    if magic != b"\x93NUMPY" and magic[:4] != b"PK\x03\x04":
-        # numpy would take it for a pickle and refuse that, in words that invite loading it unsafely.
-        raise ValueError(f"{path} is not an .npy array or .npz archive (no NumPy header); expected {ACCEPTED}")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except Exception as e:  # numpy raises several types for damaged files
-        raise ValueError(f"{path} is not readable as .npy/.npz ({type(e).__name__}: {e}); "
-                         f"expected {ACCEPTED}") from None
-    if isinstance(loaded, np.ndarray):
-        return loaded, {}
-    arrays = {k: loaded[k] for k in loaded.files}
-    if key in arrays:
-        return arrays[key], arrays
-    if len(arrays) == 1:
-        return next(iter(arrays.values())), arrays
-    raise ValueError(f"{path} holds {', '.join(arrays) or 'nothing'}; name the array {key!r}. Expected {ACCEPTED}")
 
 
 def read_observation(input_path, mask_path=None, shape=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,9 +15,9 @@ def read_observation(input_path, mask_path=None, shape=None) -> tuple[torch.Tens
 
     A single item of the data shape is accepted as a batch of one.
     """
-    x, arrays = _load(Path(input_path), "x")
+    x, arrays = read_array(input_path, "x", expected=ACCEPTED)
     if mask_path:
-        mask, _ = _load(Path(mask_path), "mask")
+        mask, _ = read_array(mask_path, "mask", expected=ACCEPTED)
     elif "mask" in arrays:
         mask = arrays["mask"]
     else:

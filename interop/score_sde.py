@@ -70,7 +70,7 @@ class _Layout:
         self._copy(self._next(), "noise_embed.3")
         self._copy(self._next(), "conv_in")
         pyramid = iter(range(len(net.pyramid or ())))
-        for i, (block, downsamples) in enumerate(zip(net.down, net._downsamples)):
+        for i, (block, downsamples) in enumerate(zip(net.down, net.downsamples)):
             self._block(f"down.{i}", block)
             if downsamples and net.pyramid is not None:
                 self._copy(self._next() + ".Conv2d_0", f"pyramid.{next(pyramid)}")

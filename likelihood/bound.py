@@ -22,8 +22,9 @@ from tqdm.auto import tqdm
 
 from scoresde.models.losses import get_weighting
 from scoresde.sde_lib import SDE, as_time
+from scoresde.utils import batch_data
 
-from .bpd import BitsPerDim, _check_bins, _first, bits_per_dim, dequantize
+from .bpd import BitsPerDim, bits_per_dim, check_bins, dequantize
 
 Tensor = torch.Tensor
 
@@ -76,7 +77,7 @@ def variational_bound(sde: SDE, score_fn, x: Tensor, *, n_t: int = 64, eps: floa
             t, w = weighting.sample(sde, u)
             a, b = sde.alpha_bar(t), sde.beta_bar(t)
             noise = torch.randn(x.shape, dtype=torch.float64, generator=generator, device=x.device)
-            x_t = a.reshape(shape) * x64 + b.reshape(shape) * noise
+            x_t = sde.perturb(x64, noise, t)
             s = score_fn(x_t.to(x.dtype), t.to(x.dtype)).to(torch.float64)
             residual = (b.reshape(shape) * s + noise).reshape(n, -1).pow(2).sum(1)
             # Control variate ||noise||^2 - D (mean zero): at high SNR the residual is almost all noise the model
@@ -101,10 +102,10 @@ def bound_bits_per_dim(sde: SDE, score_fn, batches: Iterable, *, n_bins: int | N
     """
     if not (isinstance(repeats, int) and repeats >= 1):
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
-    _check_bins(n_bins, data_range)
+    check_bins(n_bins, data_range)
     values = []
     for batch in tqdm(batches, desc="bound bits/dim", disable=not progress):
-        x = _first(batch)
+        x = batch_data(batch)
         per_sample = torch.zeros(x.shape[0], dtype=torch.float64)
         for _ in range(repeats):
             x_cont = x if n_bins is None else dequantize(x, n_bins, data_range, generator=generator)

@@ -14,14 +14,17 @@ from typing import Iterable, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
+from scoresde.utils import batch_data
+
 from .accuracy import OdeSetting, candidates, choose_setting
-from .core import _state_dtype, log_likelihood
+from .core import log_likelihood, state_dtype_for
 from .divergence import DIVERGENCES
 
 Tensor = torch.Tensor
 
 
-def _check_bins(n_bins, data_range) -> tuple[float, float]:
+def check_bins(n_bins, data_range) -> tuple[float, float]:
+    """(lo, hi) of data_range; a ValueError unless n_bins is an integer >= 2 or None and lo < hi."""
     if n_bins is not None and not (isinstance(n_bins, int) and n_bins >= 2):
         raise ValueError(f"n_bins must be an integer >= 2 (256 for 8-bit data) or None for continuous data, "
                          f"got {n_bins!r}")
@@ -33,7 +36,7 @@ def _check_bins(n_bins, data_range) -> tuple[float, float]:
 
 def bin_offset(n_bins: int | None, data_range=(-1.0, 1.0)) -> float:
     """-log2 of the bin width (hi - lo) / n_bins in model space (0 for continuous data, n_bins None)."""
-    lo, hi = _check_bins(n_bins, data_range)
+    lo, hi = check_bins(n_bins, data_range)
     return 0.0 if n_bins is None else -math.log2((hi - lo) / n_bins)
 
 
@@ -57,7 +60,7 @@ def dequantize(x: Tensor, n_bins: int, data_range=(-1.0, 1.0), generator: torch.
     """lo + (hi - lo)(k + u) / n_bins, u ~ U[0, 1), for discrete x = lo + (hi - lo) k / (n_bins - 1)."""
     if n_bins is None:
         raise ValueError("dequantize needs n_bins (the data are continuous when n_bins is None: skip dequantisation)")
-    lo, hi = _check_bins(n_bins, data_range)
+    lo, hi = check_bins(n_bins, data_range)
     k_real = (x.to(torch.float64) - lo) / (hi - lo) * (n_bins - 1)
     k = k_real.round()
     # Values stored in float32 sit within ~1e-4 bins of the grid for any n_bins up to 2^16.
@@ -80,10 +83,6 @@ class BitsPerDim(NamedTuple):
     setting: str = ""
 
 
-def _first(batch) -> Tensor:
-    return batch[0] if isinstance(batch, (tuple, list)) else batch
-
-
 def evaluate_bits_per_dim(sde, score_fn, batches: Iterable, *, n_bins: int | None = 256, data_range=(-1.0, 1.0),
                           repeats: int = 1, progress: bool = False, generator: torch.Generator | None = None,
                           method: str = "eab4", steps: int | None = None, rtol: float | None = None,
@@ -104,7 +103,7 @@ def evaluate_bits_per_dim(sde, score_fn, batches: Iterable, *, n_bins: int | Non
     total, total_sq, count, nfe, solves = 0.0, 0.0, 0, 0, 0
     bar = tqdm(batches, desc="bits/dim", disable=not progress)
     for batch in bar:
-        x = _first(batch)
+        x = batch_data(batch)
         per_sample, batch_nfe = solver.repeated(x, repeats)
         nfe, solves = nfe + batch_nfe, solves + repeats
         total += float(per_sample.sum())
@@ -125,7 +124,7 @@ def _check_options(n_bins, data_range, repeats, method, steps, rtol, atol, accur
         raise ValueError(f"pilot must be a non-negative integer (points used to estimate the ODE error), got {pilot!r}")
     if accuracy is not None and not accuracy > 0:
         raise ValueError(f"accuracy must be a positive number of bits/dim (or None), got {accuracy!r}")
-    _check_bins(n_bins, data_range)
+    check_bins(n_bins, data_range)
     settings = candidates(method, steps, rtol, atol)
     if len(settings) > 1 and (accuracy is None or pilot == 0):
         raise ValueError("choosing the ODE setting needs accuracy > 0 and pilot > 0; or give steps or rtol/atol")
@@ -177,7 +176,7 @@ class _BatchSolver:
         if self.estimator.probes is None:
             return None
         kw = self.likelihood_kwargs
-        return self.estimator.probes(kw.get("n_probes", 1), x_cont.to(_state_dtype(x_cont, kw.get("state_dtype"))),
+        return self.estimator.probes(kw.get("n_probes", 1), x_cont.to(state_dtype_for(x_cont, kw.get("state_dtype"))),
                                      self.generator)
 
     def _solve(self, x_cont: Tensor, probes: Tensor | None, setting: OdeSetting) -> tuple[Tensor, int]:

@@ -44,7 +44,8 @@ def _check_common(sde: SDE, x: Tensor, eps: float, n_probes: int = 1, name: str 
         raise ValueError(f"n_probes must be a positive integer, got {n_probes!r}")
 
 
-def _state_dtype(x: Tensor, state_dtype) -> torch.dtype:
+def state_dtype_for(x: Tensor, state_dtype) -> torch.dtype:
+    """The dtype the ODE state is integrated in: state_dtype if given, else float64 on CPU and x's dtype elsewhere."""
     if state_dtype is not None:
         return state_dtype
     return torch.float64 if x.device.type == "cpu" else x.dtype
@@ -66,7 +67,7 @@ def log_likelihood(sde: SDE, score_fn, x: Tensor, *, divergence: str = "rademach
     """
     _check_common(sde, x, eps, n_probes)
     estimator = DIVERGENCES[divergence]
-    dtype = _state_dtype(x, state_dtype)
+    dtype = state_dtype_for(x, state_dtype)
     x_state = x.detach().to(dtype)
     if probes is None and estimator.probes is not None:
         probes = estimator.probes(n_probes, x_state, generator)

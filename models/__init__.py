@@ -5,9 +5,9 @@ from .losses import (
     T_SAMPLINGS,
     WEIGHTINGS,
     EDMWeighting,
-    EpsWeighting,
     ImportanceLikelihoodWeighting,
     LikelihoodWeighting,
+    NoiseMSEWeighting,
     Weighting,
     dsm_loss,
     get_weighting,
@@ -20,7 +20,7 @@ from .unet import UNet
 __all__ = [
     "MLP", "UNet", "MODELS", "get_model", "Precond", "SIGMA_DATA", "ScoreFn", "get_score_fn", "PARAMETERIZATIONS",
     "NOISE_INPUTS",
-    "dsm_loss", "WEIGHTINGS", "T_SAMPLINGS", "Weighting", "EpsWeighting", "LikelihoodWeighting",
+    "dsm_loss", "WEIGHTINGS", "T_SAMPLINGS", "Weighting", "NoiseMSEWeighting", "LikelihoodWeighting",
     "ImportanceLikelihoodWeighting", "EDMWeighting", "get_weighting", "create_ema", "EMAAverage", "ACTIVATIONS",
     "EMBEDDINGS", "SinusoidalEmbedding", "GaussianFourierEmbedding",
 ]

@@ -85,8 +85,9 @@ class Weighting:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
 
-class EpsWeighting(Weighting):
-    """lambda = beta_bar^2 (w = 1): the plain eps-MSE ||eps_hat - eps||^2 with t ~ U(eps, T)."""
+class NoiseMSEWeighting(Weighting):
+    """Weighting "eps": lambda = beta_bar^2 (w = 1), the plain MSE of the predicted noise ||eps_hat - eps||^2 with
+    t ~ U(eps, T)."""
 
     def weight(self, sde: SDE, t: Tensor) -> Tensor:
         return torch.ones_like(t)
@@ -157,7 +158,7 @@ class EDMWeighting(Weighting):
 
 
 WEIGHTINGS: Registry[type[Weighting]] = Registry("weighting", {
-    "eps": EpsWeighting,
+    "eps": NoiseMSEWeighting,
     "likelihood": LikelihoodWeighting,
     "likelihood_is": ImportanceLikelihoodWeighting,
     "edm": EDMWeighting,
@@ -232,8 +233,7 @@ def dsm_loss(model: nn.Module, sde: SDE, x0: Tensor, *, precond: Precond | str =
     u = draw_u(n, generator, x0.device)
     t, w = weighting.sample(sde, u)
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    a, b = expand_as(sde.alpha_bar(t), x0), expand_as(sde.beta_bar(t), x0)
-    xt = a * x0 + b * noise
-    residual = b * score_fn.score(xt, t, labels) + noise
+    xt = sde.perturb(x0, noise, t)
+    residual = expand_as(sde.beta_bar(t), x0) * score_fn.score(xt, t, labels) + noise
     losses = w.to(x0.dtype) * residual.reshape(n, -1).square().sum(1)
     return reduction(losses)

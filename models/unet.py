@@ -155,20 +155,20 @@ class UNet(nn.Module):
         self.down = nn.ModuleList()
         # One FIR stride-2 convolution per downsampling block when the input pyramid is on.
         self.pyramid = nn.ModuleList() if progressive_input == "residual" else None
-        self._downsamples = []
+        self.downsamples = []       # per down block: whether it halves the resolution (the pyramid steps there)
         skips, cur, resolution, pyramid_ch = [ch], ch, image_size, in_channels
         for level, mult in enumerate(ch_mult):
             for _ in range(num_res_blocks):
                 self.down.append(res(cur, ch * mult))
-                self._downsamples.append(False)
+                self.downsamples.append(False)
                 cur = ch * mult
                 if resolution in attn_resolutions:
                     self.down.append(AttnBlock(cur, skip_rescale))
-                    self._downsamples.append(False)
+                    self.downsamples.append(False)
                 skips.append(cur)
             if level != len(ch_mult) - 1:
                 self.down.append(res(cur, cur, down=True) if resblock_updown else Downsample(cur))
-                self._downsamples.append(True)
+                self.downsamples.append(True)
                 if self.pyramid is not None:
                     self.pyramid.append(FIRDownConv2d(pyramid_ch, cur, fir_kernel=fir_kernel))
                     pyramid_ch = cur
@@ -207,7 +207,7 @@ class UNet(nn.Module):
         pyramid, pyramid_convs = x, iter(self.pyramid or ())
         h = self.conv_in(x)
         hs = [h]
-        for block, downsamples in zip(self.down, self._downsamples):
+        for block, downsamples in zip(self.down, self.downsamples):
             h = block(h, temb)
             # The skip connection carries the output of the attention that follows a residual block, if any.
             if isinstance(block, AttnBlock):

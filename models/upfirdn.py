@@ -47,16 +47,6 @@ def downsample_fir(x: Tensor, kernel: Tensor, factor: int = 2) -> Tensor:
     return upfirdn2d(x, kernel, down=factor, pad=((p + 1) // 2, p // 2))
 
 
-def upsample_2d(x: Tensor, k=(1, 3, 3, 1), factor: int = 2) -> Tensor:
-    """FIR upsampling by `factor` with the 1-D or 2-D kernel k: output (H factor, W factor)."""
-    return upsample_fir(x, setup_kernel(k), factor)
-
-
-def downsample_2d(x: Tensor, k=(1, 3, 3, 1), factor: int = 2) -> Tensor:
-    """FIR low-pass filter with the 1-D or 2-D kernel k, then keep every factor-th pixel: (H / factor, W / factor)."""
-    return downsample_fir(x, setup_kernel(k), factor)
-
-
 class FIRDownConv2d(nn.Module):
     """Stride-2 convolution preceded by the FIR low-pass filter, one fused resampling step (NCSN++'s pyramid).
 

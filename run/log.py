@@ -63,9 +63,3 @@ class MetricsLogger:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
-
-
-def read_metrics(workdir) -> list[dict]:
-    """All rows of <workdir>/metrics.jsonl."""
-    path = Path(workdir) / "metrics.jsonl"
-    return _read_rows(path) if path.exists() else []

@@ -1,5 +1,5 @@
-"""Generic helpers of every package: the error type for user mistakes, a name registry, derived seeds, and atomic
-file output (nothing the framework writes is ever left half-written)."""
+"""Generic helpers of every package: the error type for user mistakes, a name registry, derived seeds, the reader of
+users' .npy/.npz arrays, and atomic file output (nothing the framework writes is ever left half-written)."""
 from __future__ import annotations
 
 import json
@@ -87,6 +87,47 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {self.names()})"
+
+
+# The first bytes of an .npy file and of an .npz (a zip archive).
+NUMPY_MAGIC = (b"\x93NUMPY", b"PK\x03\x04")
+
+
+def read_array(path, key: str | None = None, *, expected: str,
+               only_array: bool = True) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(the array, every array of the file by name) of a user's .npy or .npz file ({} as the second for an .npy).
+
+    From an .npz, the array is the one under `key`, or (with only_array) its only array. Nothing is unpickled
+    (allow_pickle=False: an object array would run arbitrary code on load). A missing file is a FileNotFoundError,
+    any other unusable file a UsageError of one line; both say what the file must be (`expected`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no file {path}; expected {expected}")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if not any(magic.startswith(m) for m in NUMPY_MAGIC):
+        raise UsageError(f"{path} is not a NumPy file (no .npy header, not an .npz archive); expected {expected}, "
+                         f"written with np.save / np.savez")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            return loaded, {}
+        with loaded:
+            arrays = {name: loaded[name] for name in loaded.files}
+    except Exception:   # numpy raises several types; its messages suggest allow_pickle=True, which is never safe here
+        raise UsageError(f"cannot read {path}: it holds pickled objects or is damaged (only numeric arrays are "
+                         f"read); expected {expected}") from None
+    if key in arrays:
+        return arrays[key], arrays
+    if only_array and len(arrays) == 1:
+        return next(iter(arrays.values())), arrays
+    raise UsageError(f"{path} holds {', '.join(arrays) or 'no arrays'}; name the array {key!r}. Expected {expected}")
+
+
+def batch_data(batch):
+    """The data of a batch given as x or as (x, y)."""
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
 def _umask() -> int:

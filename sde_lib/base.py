@@ -38,6 +38,12 @@ def expand_as(c: Tensor, x: Tensor) -> Tensor:
     return c.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
 
 
+def _coefficient(c: Tensor, x: Tensor) -> Tensor:
+    """A coefficient of a scalar t (kept 0-dim, so that one on the CPU scales x on any device) or of a per-sample
+    t (N,) (expand_as), in x's dtype."""
+    return c.to(x.dtype) if c.ndim == 0 else expand_as(c, x)
+
+
 class SDE(abc.ABC):
     """A linear SDE dx = f(t) x dt + g(t) dw on [0, T], given by its marginals x_t = alpha_bar x_0 + beta_bar eps.
 
@@ -134,6 +140,17 @@ class SDE(abc.ABC):
         """(mean, std) of p(x_t | x_0): (alpha_bar(t) x_0, beta_bar(t)); std has shape (N,)."""
         t = batch_time(t, x0)
         return expand_as(self.alpha_bar(t), x0) * x0, self.beta_bar(t).to(x0.dtype)
+
+    def perturb(self, x0: Tensor, z: Tensor, t) -> Tensor:
+        """x_t = alpha_bar(t) x0 + beta_bar(t) z, for a scalar t or one per sample (N,)."""
+        t = as_time(t)
+        return _coefficient(self.alpha_bar(t), x0) * x0 + _coefficient(self.beta_bar(t), x0) * z
+
+    def denoise(self, x: Tensor, score: Tensor, t) -> Tensor:
+        """Tweedie's E[x_0 | x_t = x] = (x + beta_bar(t)^2 score)/alpha_bar(t), for a scalar t or one per sample (N,)."""
+        t = as_time(t)
+        a, b = self.alpha_bar(t), self.beta_bar(t)
+        return _coefficient(1.0 / a, x) * x + _coefficient(b**2 / a, x) * score
 
     @property
     def prior_std(self) -> float:

@@ -292,12 +292,6 @@ class DiscreteVPSDE(SDE):
         self.log_sigmas = 0.5 * (torch.log1p(-self.alphas_cumprod) - torch.log(self.alphas_cumprod))
         self.validate()
 
-    @property
-    def knots(self) -> Tensor:
-        """t_n = (n + 1)/N, n = 0..N-1."""
-        n = self.num_train_timesteps
-        return torch.arange(1, n + 1, dtype=torch.float64) / n
-
     def _sigma2_and_rate(self, t) -> tuple[Tensor, Tensor]:
         """(sigma^2, d sigma^2/dt) at t; on a knot, the rate of the segment above it."""
         t = as_time(t)

@@ -1,5 +1,5 @@
 """Samplers for score-based models: reverse-SDE and probability-flow ODE solvers that count their score calls."""
-from .analytic import EpsMoments, estimate_eps_moments, load_eps_moments, save_eps_moments
+from .analytic import NoiseMoments, estimate_eps_moments, load_eps_moments, save_eps_moments
 from .api import Sampler, calibratable, check_calibratable, check_steps, encode, sample, sampler
 from .base import SampleResult, Solver
 from .calibrate import Calibration, calibrate_grid
@@ -13,4 +13,4 @@ __all__ = ["sample", "encode", "sampler", "Sampler", "available", "get_solver", 
            "parse_options", "check_steps", "SampleResult", "Solver", "CountingScore", "SOLVERS", "GRIDS",
            "time_grid", "resolve_grid", "grid_options", "grid_record", "calibrate_grid", "Calibration", "save_grid",
            "load_grid", "calibratable", "check_calibratable", "deterministic", "SampleGenerators",
-           "EpsMoments", "estimate_eps_moments", "save_eps_moments", "load_eps_moments"]
+           "NoiseMoments", "estimate_eps_moments", "save_eps_moments", "load_eps_moments"]

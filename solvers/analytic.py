@@ -14,13 +14,14 @@ from typing import NamedTuple
 import torch
 
 from scoresde.sde_lib import SDE
-from scoresde.utils import atomic_write_text
+from scoresde.utils import atomic_write_text, batch_data
 
 Tensor = torch.Tensor
 
 
-class EpsMoments(NamedTuple):
-    """times: float64 times; values: E||eps_hat||^2 / D at each (averaged over count data points)."""
+class NoiseMoments(NamedTuple):
+    """The second moment of the predicted noise: times (float64); values: E||eps_hat||^2 / D at each (averaged over
+    count data points)."""
 
     times: Tensor
     values: Tensor
@@ -41,7 +42,7 @@ class EpsMoments(NamedTuple):
 
 
 def estimate_eps_moments(sde: SDE, score_fn, data_batches, times, generator: torch.Generator | None = None,
-                         ) -> EpsMoments:
+                         ) -> NoiseMoments:
     """E||eps_hat(x_t, t)||^2 / D, eps_hat = -beta_bar score, at each of `times` by Monte Carlo over data_batches.
 
     data_batches: an iterable of x_0 batches (or (x_0, label) pairs, as a DataLoader gives), each used once at
@@ -55,31 +56,31 @@ def estimate_eps_moments(sde: SDE, score_fn, data_batches, times, generator: tor
     sums, count = torch.zeros(len(times), dtype=torch.float64), 0
     with torch.no_grad():
         for batch in data_batches:
-            x0 = batch[0] if isinstance(batch, (tuple, list)) else batch
+            x0 = batch_data(batch)
             dim = x0[0].numel()
             for k, t in enumerate(times):
                 z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-                x_t = sde.alpha_bar(t) * x0 + sde.beta_bar(t) * z
+                x_t = sde.perturb(x0, z, t)
                 eps_hat = -sde.beta_bar(t) * score_fn(x_t, t.expand(len(x0)).to(x0))
                 sums[k] += eps_hat.double().flatten(1).square().sum().cpu() / dim
             count += len(x0)
     if count == 0:
         raise ValueError("estimate_eps_moments needs at least one data batch")
-    return EpsMoments(times, sums / count, count)
+    return NoiseMoments(times, sums / count, count)
 
 
-def save_eps_moments(path, table: EpsMoments, *, sde: SDE) -> None:
+def save_eps_moments(path, table: NoiseMoments, *, sde: SDE) -> None:
     """Write the table and the SDE it was estimated for as JSON, atomically."""
     record = {"times": table.times.tolist(), "values": table.values.tolist(), "count": table.count, "sde": repr(sde)}
     atomic_write_text(path, json.dumps(record, indent=1))
 
 
-def load_eps_moments(path) -> EpsMoments:
+def load_eps_moments(path) -> NoiseMoments:
     """The table written by save_eps_moments."""
     try:
         with open(path) as f:
             record = json.load(f)
-        table = EpsMoments(torch.tensor(record["times"], dtype=torch.float64),
+        table = NoiseMoments(torch.tensor(record["times"], dtype=torch.float64),
                            torch.tensor(record["values"], dtype=torch.float64), int(record["count"]))
     except FileNotFoundError:
         raise FileNotFoundError(f"no E||eps||^2 table at {str(path)!r}; make one with estimate_eps_moments and "
@@ -91,9 +92,9 @@ def load_eps_moments(path) -> EpsMoments:
     return table
 
 
-def as_eps_moments(table) -> EpsMoments:
-    """An EpsMoments, or the path of one saved by save_eps_moments."""
-    if isinstance(table, EpsMoments):
+def as_eps_moments(table) -> NoiseMoments:
+    """An NoiseMoments, or the path of one saved by save_eps_moments."""
+    if isinstance(table, NoiseMoments):
         return table
     if isinstance(table, (str, Path)):
         return load_eps_moments(table)

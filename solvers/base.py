@@ -61,10 +61,7 @@ class Solver:
 
     def denoised(self, x: Tensor, t: Tensor, score: Tensor | None = None) -> Tensor:
         """Tweedie's estimate E[x_0 | x_t] = (x + beta_bar^2 score) / alpha_bar."""
-        if score is None:
-            score = self.score_at(x, t)
-        a, b = self.sde.alpha_bar(t), self.sde.beta_bar(t)
-        return (1 / a) * x + (b**2 / a) * score
+        return self.sde.denoise(x, self.score_at(x, t) if score is None else score, t)
 
 
 class FixedStepSolver(Solver):

@@ -51,7 +51,7 @@ class _DifferentiableScore:
         return score
 
 
-def _times_of(p: Tensor, T: float, eps: float, min_width: float = 0.0) -> Tensor:
+def times_of(p: Tensor, T: float, eps: float, min_width: float = 0.0) -> Tensor:
     """The grid whose step widths in t are min_width + softmax(p) (T - eps - n min_width), n = len(p): decreasing
     from T to eps for any p, no two nodes closer than min_width (a near-duplicate node wastes an evaluation)."""
     widths = min_width + torch.softmax(p, 0) * (T - eps - len(p) * min_width)
@@ -60,7 +60,7 @@ def _times_of(p: Tensor, T: float, eps: float, min_width: float = 0.0) -> Tensor
 
 
 def _parameters_of(times: Tensor, min_width: float) -> Tensor:
-    """p with _times_of(p, min_width) = times where every width exceeds min_width (narrower ones become min_width)."""
+    """p with times_of(p, min_width) = times where every width exceeds min_width (narrower ones become min_width)."""
     return torch.log((times[:-1] - times[1:] - min_width).clamp(min=1e-12))
 
 
@@ -73,7 +73,7 @@ def _fit(solver, name: str, x_T: Tensor, ref: Tensor, start: Tensor, iterations:
     best, initial = (math.inf, start), None
     for _ in range(iterations):
         bar.update(1)
-        times = _times_of(p, sde.T, eps, min_width)
+        times = times_of(p, sde.T, eps, min_width)
         try:
             error = (solver.integrate(x_T, times) - ref).double().pow(2).mean().sqrt()
             if not torch.isfinite(error):

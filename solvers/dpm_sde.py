@@ -30,7 +30,3 @@ class DPMSolverSDE(DPMSolver):
         super().__init__(sde, score, **options)
         sde.reverse(score, eta)     # validates eta
         self.nu = float(eta) ** 2
-
-    def integrate(self, x, ts, *, generator=None, denoise=True, progress=False):
-        # DPMSolver.integrate draws the noise of every step when nu > 0; only the default `denoise` differs.
-        return super().integrate(x, ts, generator=generator, denoise=denoise, progress=progress)

@@ -1,6 +1,8 @@
-"""Shared pieces of the tests: a tiny training config, and main.py run in process (cli) or as a subprocess."""
+"""Shared pieces of the tests: a tiny training config, a run's metrics, and main.py run in process (cli) or as a
+subprocess."""
 import contextlib
 import io
+import json
 import logging
 import os
 import subprocess
@@ -34,6 +36,12 @@ def tiny_config(**training_overrides):
     for k, v in training_overrides.items():
         config.training[k] = v
     return config
+
+
+def metrics_rows(workdir) -> list[dict]:
+    """The rows of <workdir>/metrics.jsonl written so far: its complete lines (none before the file exists)."""
+    path = Path(workdir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().split("\n")[:-1]] if path.exists() else []
 
 
 def main_py(*args, check=True):

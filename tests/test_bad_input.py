@@ -85,10 +85,6 @@ def snapshot(root: Path) -> dict:
     return out
 
 
-# Mistakes whose handling is being fixed on another branch.
-ELSEWHERE = {"checkpoint-tensor", "samples-npy", "inpaint-mask-shape"}
-
-
 SAMPLE = ["--mode=sample", "--workdir={run}", "--num_samples=2", "--device=cpu"]
 LIKELIHOOD = ["--mode=likelihood", "--workdir={run}", "--num_samples=2", "--device=cpu"]
 FID = ["--mode=fid", "--workdir={run}", "--device=cpu"]
@@ -102,15 +98,14 @@ CASES = [
     ("checkpoint-truncated", [*SAMPLE, "--checkpoint={files}/truncated.pt"], "truncated.pt is not readable ("),
     ("checkpoint-text", [*SAMPLE, "--checkpoint={files}/text.pt"], "text.pt is not a checkpoint (not a file "),
     ("checkpoint-objects", [*SAMPLE, "--checkpoint={files}/objects.pt"], "objects.pt holds Python objects other "),
-    ("checkpoint-tensor", [*SAMPLE, "--checkpoint={files}/tensor.pt"], "tensor.pt is not a checkpoint"),
+    ("checkpoint-tensor", [*SAMPLE, "--checkpoint={files}/tensor.pt"], "tensor.pt holds a Tensor, not a checkpoint"),
     ("checkpoint-no-config", [*SAMPLE, "--checkpoint={files}/noconfig.pt"], "noconfig.pt holds no config; "),
     ("checkpoint-nan-eval", ["--mode=eval", "--workdir={nan}"], "checkpoint_2.pt has NaN or infinite weights"),
     ("checkpoint-nan-sample", [*SAMPLE, "--workdir={nan}"], "checkpoint_2.pt has NaN or infinite weights"),
     # samples to score
-    ("samples-missing", [*FID, "--samples={files}/none.npz"], "no samples file "),
-    ("samples-npy", [*FID, "--samples={files}/samples.npy"], "samples.npy"),
-    ("samples-garbage", [*FID, "--samples={files}/garbage.npz"], "garbage.npz is not an .npz archive"),
-    ("samples-key", [*FID, "--samples={files}/wrongkey.npz"], "wrongkey.npz holds x, not 'samples'"),
+    ("samples-missing", [*FID, "--samples={files}/none.npz"], "none.npz; expected samples in data space"),
+    ("samples-garbage", [*FID, "--samples={files}/garbage.npz"], "garbage.npz is not a NumPy file (no .npy header, not an .npz archive)"),
+    ("samples-key", [*FID, "--samples={files}/wrongkey.npz"], "wrongkey.npz holds x; name the array 'samples'"),
     ("samples-dtype", [*FID, "--samples={files}/ints.npz"], "samples must be floats in data space"),
     ("samples-shape", [*FID, "--samples={files}/vectors.npz"], "digits samples are (N, 1, 8, 8), got shape (12, 2)"),
     ("samples-nan", [*FID, "--samples={files}/nan.npz"], "NaN or infinite values; draw them again"),
@@ -120,7 +115,7 @@ CASES = [
      "-1..2, not of this run's 0..1; score them with the --workdir of the run that drew them"),
     # observations to inpaint
     ("inpaint-no-input", INPAINT, "--mode inpaint needs --input=FILE"),
-    ("inpaint-garbage", [*INPAINT, "--input={files}/garbage.npy"], "garbage.npy is not an .npy array or .npz archive (no NumPy header); expected"),
+    ("inpaint-garbage", [*INPAINT, "--input={files}/garbage.npy"], "garbage.npy is not a NumPy file (no .npy header, not an .npz archive); expected"),
     ("inpaint-shape", [*INPAINT, "--input={files}/oblong.npy"], "have shape (12, 1, 8, 6); this model's data are"),
     ("inpaint-mask-shape", [*INPAINT, "--input={files}/observed.npy", "--mask={files}/mask_oblong.npy"],
      "mask_oblong.npy"),
@@ -156,9 +151,7 @@ def run_case(root, args):
                check=False)
 
 
-@pytest.mark.parametrize("case, args, message", [
-    pytest.param(*c, id=c[0], marks=[pytest.mark.xfail(strict=False, reason="fixed on another branch")]
-                 if c[0] in ELSEWHERE else []) for c in CASES])
+@pytest.mark.parametrize("case, args, message", [pytest.param(*c, id=c[0]) for c in CASES])
 def test_a_mistake_is_one_line_and_changes_nothing(root, case, args, message):
     before = snapshot(root)
     result = run_case(root, args)

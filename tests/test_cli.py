@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from scoresde import likelihood
+from scoresde import configs
 from scoresde import run as runs
 from scoresde.run import interrupts
 from scoresde.commands import sampling
@@ -139,6 +140,10 @@ def test_two_dimensional_data_uses_the_mlp_and_a_scatter_plot(tmp_path):
     (["--config.training.snapshot_freq=0"], "config: training.snapshot_freq=0: must be a positive integer"),
     (["--config.training.log_freq=-1"], "config: training.log_freq=-1: must be a positive integer"),
     (["--config.training.batch_size=0"], "config: training.batch_size=0: must be a positive integer"),
+    (["--config.training.fid_freq=-1"], "config: training.fid_freq=-1: must be an integer >= 0"),
+    (["--config.metrics.num_samples_training=9"], "config: metrics.num_samples_training=9: must be an integer >= 10 "
+                                                  "(the statistics need a few samples)"),
+    (["--mode", "sample", "--config.metrics.num_samples_training=9"], "config: metrics.num_samples_training=9"),
     (["--config.sde.beta_min=30"], "config: sde.beta_min=30.0 must be below sde.beta_max=20.0"),
     (["--mode", "sample", "--workdir", "/nonexistent/run"], "no checkpoint in /nonexistent/run/checkpoints"),
     (["--config.data.dataset=array", "--config.data.path=/nonexistent.npy"], "/nonexistent.npy"),
@@ -159,6 +164,16 @@ def test_user_errors_are_one_line_without_traceback(args, message, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("mode", ["train", "sample"])
+def test_a_command_checks_its_config_once(trained, tmp_path, monkeypatch, mode):
+    calls = []
+    check = configs.check_config
+    monkeypatch.setattr(configs, "check_config", lambda config: calls.append(config) or check(config))
+    workdir = tmp_path / "run" if mode == "train" else trained
+    cli("--mode", mode, "--workdir", workdir, "--config.training.n_iters=1", "--num_samples=2", *TINY)
+    assert len(calls) == 1
+
+
 def test_bad_files_are_one_line_errors(trained, tmp_path):
     (tmp_path / "noget.py").write_text("x = 1\n")
     (tmp_path / "broken.py").write_text("def get_config(:\n")
@@ -171,7 +186,7 @@ def test_bad_files_are_one_line_errors(trained, tmp_path):
         (["--config", tmp_path / "noget.py"], f"config file {tmp_path / 'noget.py'} does not define get_config()"),
         (["--config", tmp_path / "broken.py"], f"config file {tmp_path / 'broken.py'}:1: invalid syntax"),
         (["--config.data.dataset=array", f"--config.data.path={tmp_path / 'fake.npy'}"],
-         f"array: {tmp_path / 'fake.npy'} is not a NumPy file (no .npy header, not an .npz archive)"),
+         f"{tmp_path / 'fake.npy'} is not a NumPy file (no .npy header, not an .npz archive)"),
         (["--config.data.dataset=array", f"--config.data.path={tmp_path / 'oblong.npy'}"],
          "array: the images are 8x6, not square; set --config.data.image_size=N"),
         (["--workdir", tmp_path / "afile"], f"{tmp_path / 'afile'} is a file, not a directory"),

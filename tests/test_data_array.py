@@ -94,7 +94,7 @@ def test_array_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no file"):
         get(tmp_path / "missing.npy")
     np.savez(tmp_path / "two.npz", a=np.zeros((4, 2)), b=np.zeros(4))
-    with pytest.raises(ValueError, match="holds a, b; name the data 'x'"):
+    with pytest.raises(ValueError, match="holds a, b; name the array 'x'"):
         get(tmp_path / "two.npz")
     np.save(tmp_path / "int.npy", np.zeros((4, 2), dtype=np.int64))
     with pytest.raises(ValueError, match="neither float.*nor uint8"):

@@ -13,9 +13,8 @@ from scoresde import solvers
 from scoresde import training
 from scoresde.run import checkpoint as ckpt
 from scoresde.training import distill
-from scoresde.run.log import read_metrics
 
-from helpers import cli, tiny_config
+from helpers import cli, metrics_rows, tiny_config
 
 SDES = [sde_lib.VPSDE(), sde_lib.SubVPSDE(), sde_lib.VESDE(), sde_lib.CosineVPSDE()]
 
@@ -82,7 +81,7 @@ def test_a_4_step_student_follows_the_exact_teachers_paths(tmp_path):
     run = runs.load_run(distill.student_dir(tmp_path, 4), device="cpu")
     sampling = run.config.sampling
     assert (sampling.solver, sampling.steps, run.config.model.parameterization) == ("ddim", 4, "v")
-    assert len([r for r in read_metrics(run.workdir) if "loss" in r]) == 5
+    assert len([r for r in metrics_rows(run.workdir) if "loss" in r]) == 5
 
     z = torch.randn(2000, 2, generator=torch.Generator().manual_seed(1))
     paths = {n: solvers.sample(sde, mixture.score_fn(sde), None, "ddim", steps=n, x_T=z.double()).x
@@ -172,7 +171,7 @@ def test_main_py_distills_a_trained_run_into_students_that_sample(tmp_path):
                                      "--steps 2")
     state = ckpt.load_checkpoint(ckpt.latest_checkpoint(student))
     config = runs.config_of_checkpoint(ckpt.latest_checkpoint(student), state)
-    assert (state["step"], config.distill.teacher_step, config.model.parameterization) == (5, 5, "v")
+    assert (state["step"], distill.read_record(student)["teacher_step"], config.model.parameterization) == (5, 5, "v")
     assert distill.read_record(student)["teacher"] == str(ckpt.latest_checkpoint(distill.student_dir(tmp_path, 4)))
     assert "NFE 2 per batch" in cli("--mode", "sample", "--workdir", student, "--device=cpu", "--solver", "ddim",
                                     "--steps", 2, "--num_samples", 4).stdout

@@ -20,7 +20,6 @@ from scoresde import training
 from scoresde.run import checkpoint as ckpt
 from scoresde.training import distributed
 from scoresde.run import precision
-from scoresde.run.log import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -156,8 +155,8 @@ def _jobs(rank, jobs):
             if kind == "train":
                 trainer.run()
             else:  # "grad": rank 0 saves the all-reduced gradient of the first step
-                x, y = next(trainer._batches())
-                trainer._sharded_loss(x, trainer._labels(y)).backward()
+                x, y = next(trainer.batches())
+                trainer.sharded_loss(x, trainer.labels(y)).backward()
                 if rank == 0:
                     torch.save([p.grad for p in trainer.model.parameters()], Path(workdir) / "grads.pt")
     finally:
@@ -201,8 +200,8 @@ def test_two_ranks_give_the_one_rank_update_and_resume_across_world_sizes(tmp_pa
             # 6 Adam steps of lr <= 1e-3: a gradient difference of ~1e-7 relative moves a weight by ~1e-10 per
             # step, while any different random number or batch moves it by ~lr; 1e-6 separates the two.
             torch.testing.assert_close(other[k], one[k], rtol=0, atol=1e-6, msg=f"{name}: {k}")
-    la = [r["loss"] for r in read_metrics(tmp_path / "one") if "loss" in r]
-    lb = [r["loss"] for r in read_metrics(tmp_path / "two") if "loss" in r]
+    la = [r["loss"] for r in helpers.metrics_rows(tmp_path / "one") if "loss" in r]
+    lb = [r["loss"] for r in helpers.metrics_rows(tmp_path / "two") if "loss" in r]
     assert len(la) == len(lb) == 6
     # Global-batch means of the same per-example losses: equal to float32 rounding.
     np.testing.assert_allclose(lb, la, rtol=1e-5)
@@ -219,7 +218,7 @@ def test_a_plain_run_trains_as_a_one_rank_torchrun_run(tmp_path, monkeypatch):
         monkeypatch.setenv(name, value)
     _jobs(0, [("train", tmp_path / "one", 6)])
     monkeypatch.undo()
-    plain, one = ([r["loss"] for r in read_metrics(tmp_path / name) if "loss" in r] for name in ("plain", "one"))
+    plain, one = ([r["loss"] for r in helpers.metrics_rows(tmp_path / name) if "loss" in r] for name in ("plain", "one"))
     # The same t and noise for every example of every step: the losses agree to float32 rounding, where another
     # draw of the noise changes the step-1 loss of this network by several percent.
     assert len(plain) == len(one) == 6
@@ -251,7 +250,7 @@ def test_torchrun_two_ranks_train_sample_and_likelihood_end_to_end(tmp_path):
                     "--config.training.log_freq=2").stdout
     assert out.count("finished at step 4") == 1  # printed once, by rank 0
     assert (tmp_path / "checkpoints" / "checkpoint_4.pt").is_file()
-    rows = [r for r in read_metrics(tmp_path) if "loss" in r]
+    rows = [r for r in helpers.metrics_rows(tmp_path) if "loss" in r]
     assert [r["step"] for r in rows] == [2, 4] and all(math.isfinite(r["loss"]) for r in rows)
 
     samples = tmp_path / "samples" / "euler_maruyama_3_n9_step4_seed5.npz"

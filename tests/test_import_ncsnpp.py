@@ -8,7 +8,7 @@ import torch
 from scoresde import configs
 from scoresde import models
 import score_sde_reference as ref
-from scoresde.models.upfirdn import FIRDownConv2d, downsample_2d, upsample_2d
+from scoresde.models.upfirdn import FIRDownConv2d, downsample_fir, setup_kernel, upsample_fir
 from scoresde.run.builders import build_model
 
 
@@ -16,9 +16,10 @@ def test_fir_up_and_down_sampling_are_the_closed_form_taps():
     x = torch.randn(2, 3, 8, 6, generator=torch.Generator().manual_seed(0))
     # [1, 3, 3, 1]: up  out[2m] = (x[m-1] + 3 x[m])/4, out[2m+1] = (3 x[m] + x[m+1])/4 (zeros outside);
     #               down out[i] = (x[2i-1] + 3 x[2i] + 3 x[2i+1] + x[2i+2])/8.
-    assert torch.allclose(upsample_2d(x), ref.fir_up(x), atol=1e-6)
-    assert torch.allclose(downsample_2d(x), ref.fir_down(x), atol=1e-6)
-    up = upsample_2d(torch.ones(1, 1, 6, 6))
+    k = setup_kernel((1, 3, 3, 1))
+    assert torch.allclose(upsample_fir(x, k), ref.fir_up(x), atol=1e-6)
+    assert torch.allclose(downsample_fir(x, k), ref.fir_down(x), atol=1e-6)
+    up = upsample_fir(torch.ones(1, 1, 6, 6), k)
     assert torch.allclose(up[..., 1:-1, 1:-1], torch.ones(1, 1, 10, 10))   # gain 1 away from the border
 
 

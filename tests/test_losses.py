@@ -247,13 +247,13 @@ def test_bad_loss_arguments_name_the_valid_choices():
     with pytest.raises(ValueError, match="unknown reduce 'sum'; available: mean, none$"):
         models.dsm_loss(net, VPSDE(), x0, reduce="sum")
     with pytest.raises(ValueError, match=r"eps .* must be in \[0, T=1.0\)"):
-        models.dsm_loss(net, VPSDE(), x0, weighting=models.EpsWeighting(eps=1.5))
+        models.dsm_loss(net, VPSDE(), x0, weighting=models.NoiseMSEWeighting(eps=1.5))
     with pytest.raises(ValueError, match="likelihood_is' needs eps > 0"):
         models.get_weighting("likelihood_is", eps=0.0)
     with pytest.raises(ValueError, match=r"unknown arguments \['sigma_data'\] for weighting 'eps'"):
         models.get_weighting("eps", sigma_data=0.5)
     with pytest.raises(ValueError, match=r"hyper-parameters \['eps'\] are for a weighting given by name"):
-        models.get_weighting(models.EpsWeighting(), eps=1e-3)
+        models.get_weighting(models.NoiseMSEWeighting(), eps=1e-3)
     with pytest.raises(ValueError, match="label_dropout > 0 needs class_labels"):
         models.dsm_loss(net, VPSDE(), x0, label_dropout=0.1)
     with pytest.raises(UsageError, match="the weighting has sigma_data=0.7 but the preconditioning 0.5"):
@@ -281,7 +281,7 @@ def test_importance_density_is_normalised_and_gives_the_likelihood_weight(name):
 def test_weightings_lambda_and_t_range():
     sde, eps = SDES["vp"], 1e-3
     t = torch.linspace(eps, sde.T, 20, dtype=torch.float64)
-    torch.testing.assert_close(models.EpsWeighting(eps).lam(sde, t), sde.beta_bar(t) ** 2, rtol=1e-14, atol=0)
+    torch.testing.assert_close(models.NoiseMSEWeighting(eps).lam(sde, t), sde.beta_bar(t) ** 2, rtol=1e-14, atol=0)
     torch.testing.assert_close(models.LikelihoodWeighting(eps).lam(sde, t), sde.g2(t), rtol=1e-12, atol=0)
     u = torch.linspace(0, 1, 101, dtype=torch.float64)
     for name in models.WEIGHTINGS:

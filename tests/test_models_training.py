@@ -38,7 +38,7 @@ def test_short_mlp_training_learns_the_mixture_score():
         opt = torch.optim.Adam(net.parameters(), lr=lr)
         schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
         gen = torch.Generator().manual_seed(1)
-        weighting = models.EpsWeighting(eps=1e-3)
+        weighting = models.NoiseMSEWeighting(eps=1e-3)
         for _ in range(steps):
             x0 = MIX.sample(512, generator=gen).float()
             loss = models.dsm_loss(net, sde, x0, weighting=weighting, t_sampling="stratified", generator=gen)

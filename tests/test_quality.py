@@ -14,9 +14,8 @@ from scoresde import training
 from scoresde.metrics.digits import digits_split
 from scoresde.run import quality as scoring
 from scoresde.training.quality import TrainingQuality
-from scoresde.run.log import read_metrics
 
-from helpers import cli
+from helpers import cli, metrics_rows
 
 LINE = re.compile(r"^FD-digits (\d+\.\d{3}) \| IS-digits (\d+\.\d{2}) ± (\d+\.\d{2}) \((\d+) samples, (.*)\)$")
 STEPS, FID_FREQ, TRAINING_SAMPLES = 4, 2, 20
@@ -75,17 +74,23 @@ def test_fid_mode_line_json_and_the_same_samples_from_a_file(run_dir):
     assert json.loads((run_dir / "metrics" / f"{npz.stem}.json").read_text())["nfe"] == 3
 
 
-def test_samples_in_an_empty_workdir(tmp_path):
-    # The 297 test digits as "samples": their FD-digits against the training digits is the floor, 0.160.
+@pytest.mark.parametrize("suffix", [".npz", ".npy"])
+def test_samples_in_an_empty_workdir(tmp_path, suffix):
+    # The 297 test digits as "samples": their FD-digits against the training digits is the floor, 0.160. A plain
+    # .npy array is read as the samples just as the 'samples' array of an .npz.
     test = digits_split("test")
-    npz = _write(tmp_path / "test_digits.npz", samples=test.numpy())
+    path = tmp_path / f"test_digits{suffix}"
+    if suffix == ".npz":
+        _write(path, samples=test.numpy())
+    else:
+        np.save(path, test.numpy())
     empty = tmp_path / "empty"
-    out = cli("--mode", "fid", "--config", "vpsde", "--samples", npz, "--workdir", empty)
+    out = cli("--mode", "fid", "--config", "vpsde", "--samples", path, "--workdir", empty)
     expected = metrics.evaluate(test, "digits", 8, 1)
     assert out.stdout.startswith(f"FD-digits {expected.fd_digits:.3f} | ")
     record = json.loads((empty / "metrics" / "from_test_digits.json").read_text())
-    assert record["fd_digits"] == pytest.approx(expected.fd_digits, rel=1e-12)
-    assert record["kind"] == "digits" and record["samples"] == str(npz)
+    assert record["fd_digits"] == pytest.approx(expected.fd_digits, rel=1e-12)    # the same numbers, same code
+    assert record["kind"] == "digits" and record["samples"] == str(path)
 
 
 @pytest.mark.parametrize("make, extra, match", [
@@ -93,8 +98,8 @@ def test_samples_in_an_empty_workdir(tmp_path):
     (lambda p: _write(p, samples=np.full((20, 1, 8, 8), np.nan, np.float32)), (), "1280 NaN or infinite"),
     (lambda p: _write(p, samples=np.random.rand(20, 1, 8, 8).astype(np.float32)),
      ("--config.data.dataset=array",), "no reference statistics for dataset 'array'.*config.data.path"),
-    (lambda p: _write(p, x=np.random.rand(20, 1, 8, 8).astype(np.float32)), (), "holds x, not 'samples'"),
-    (lambda p: p, (), "no samples file"),
+    (lambda p: _write(p, x=np.random.rand(20, 1, 8, 8).astype(np.float32)), (), "holds x; name the array 'samples'"),
+    (lambda p: p, (), "no file .*s.npz; expected samples in data space"),
 ])
 def test_bad_samples_give_one_clear_line(tmp_path, make, extra, match):
     npz = make(tmp_path / "s.npz")
@@ -109,7 +114,7 @@ def test_fid_mode_without_checkpoint_or_samples(tmp_path):
 
 
 def test_fid_freq_logs_fd_digits_of_the_ema_samples(run_dir):
-    rows = [r for r in read_metrics(run_dir) if "fd_digits" in r]
+    rows = [r for r in metrics_rows(run_dir) if "fd_digits" in r]
     assert [r["step"] for r in rows] == list(range(FID_FREQ, STEPS + 1, FID_FREQ))
     assert all(math.isfinite(r["fd_digits"]) and math.isfinite(r["is_digits"]) for r in rows)
     # The last row scores the EMA network of the final checkpoint with the snapshot sampler on seeds 0..19 of

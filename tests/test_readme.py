@@ -150,12 +150,13 @@ def test_the_readme_python_snippets_run_in_order(readme_folder, monkeypatch, tmp
     shutil.copytree(readme_folder / "runs/vpsde", tmp_path / "runs/vpsde")
     shutil.copytree(readme_folder / "ddpm-cifar10-32", tmp_path / "ddpm-cifar10-32")
     monkeypatch.chdir(tmp_path)
-    # What the snippets leave to the reader: data points x0 at times t, a log-SNR, a batch shape, a score (an exact
+    # What the snippets leave to the reader: data points x0 at times t with noise z and a score value, a log-SNR, a
+    # batch shape, a score function (an exact
     # one, so that every call is cheap), prior noise, a noise-conditional classifier and
     # observations with a mask.
     namespace = {
         "x0": torch.randn(16, 2), "t": torch.full((16,), 0.5), "lam": torch.tensor(0.0), "shape": (64, 2),
-        "score_fn": gaussian_score, "uncond_score": gaussian_score, "z": torch.randn(64, 2),
+        "score_fn": gaussian_score, "uncond_score": gaussian_score, "z": torch.randn(16, 2), "score": torch.randn(16, 2),
         "classifier": Classifier(), "x_obs": torch.randn(4, 2), "mask": torch.tensor([[1.0, 0.0]] * 4),
     }
     # The snippets' own costs, cut as COST cuts the commands': 4 training steps, 5 calibration iterations, 1 repeat.

@@ -8,8 +8,8 @@ from oracles import MIX
 
 from scoresde import solvers
 from scoresde.sde_lib import GaussianMixture, SubVPSDE, VESDE, VPSDE
-from scoresde.solvers.analytic import EpsMoments, estimate_eps_moments, load_eps_moments, save_eps_moments
-from scoresde.solvers.calibrate import _times_of
+from scoresde.solvers.analytic import NoiseMoments, estimate_eps_moments, load_eps_moments, save_eps_moments
+from scoresde.solvers.calibrate import times_of
 from scoresde.solvers.counting import CountingScore
 
 F64 = torch.float64
@@ -125,7 +125,7 @@ def test_eps_moments_match_the_gaussian_closed_form():
     sde = VPSDE()
     times = solvers.time_grid(sde, 40, 1e-3, "logsnr")
     a, b = sde.alpha_bar(times), sde.beta_bar(times)
-    table = EpsMoments(times, b**2 / (a**2 * 0.05 + b**2), 1)
+    table = NoiseMoments(times, b**2 / (a**2 * 0.05 + b**2), 1)
     t = torch.linspace(1e-3, 1.0, 97, dtype=F64)
     exact = 1 / (1 + 0.05 * torch.exp(2 * sde.log_snr(t)))
     got = torch.stack([table.at(sde, ti) for ti in t])
@@ -135,7 +135,7 @@ def test_eps_moments_match_the_gaussian_closed_form():
 
 def test_eps_moments_save_load_and_the_option(tmp_path):
     sde = VPSDE()
-    table = EpsMoments(torch.tensor([1e-3, 0.5, 1.0], dtype=F64), torch.tensor([0.01, 0.6, 1.0], dtype=F64), 7)
+    table = NoiseMoments(torch.tensor([1e-3, 0.5, 1.0], dtype=F64), torch.tensor([0.01, 0.6, 1.0], dtype=F64), 7)
     path = tmp_path / "variances" / "analytic.json"
     save_eps_moments(path, table, sde=sde)
     assert [p.name for p in path.parent.iterdir()] == ["analytic.json"]      # no temporary file left behind
@@ -167,7 +167,7 @@ def test_analytic_variance_gives_gaussian_data_their_variance_in_few_steps():
     sde, n = VPSDE(), 4000
     times = solvers.time_grid(sde, 99, 1e-3, "logsnr")
     a, b = sde.alpha_bar(times), sde.beta_bar(times)
-    table = EpsMoments(times, b**2 / (a**2 * 0.05 + b**2), 1)
+    table = NoiseMoments(times, b**2 / (a**2 * 0.05 + b**2), 1)
     t = torch.tensor(1e-3, dtype=F64)
     exact_var = float(sde.alpha_bar(t) ** 2 * 0.05 + sde.beta_bar(t) ** 2)
     ratio = {}
@@ -199,7 +199,7 @@ def test_fitted_grid_keeps_its_minimum_spacing():
     # widths = min_width + softmax(p) (span - n min_width): every width is at least min_width whatever p is, and
     # the fitted grid inherits it (min_spacing 0.2 of the mean step is 0.2 (1 - 1e-3)/5 here).
     p = torch.tensor([30.0, -30.0, 0.0, -50.0, 10.0], dtype=F64)
-    times = _times_of(p, 1.0, 1e-3, 0.04)
+    times = times_of(p, 1.0, 1e-3, 0.04)
     assert times[0] == 1.0 and times[-1] == 1e-3 and float((times[:-1] - times[1:]).min()) >= 0.04 - 1e-15
     sde = VPSDE()
     cal = solvers.calibrate_grid(sde, MIX.score_fn(sde), (32, 2), "dpm_solver", steps=5, iterations=15,

@@ -43,8 +43,7 @@ def noisy_accuracy(classifier, sde, dataset, device, t: float, batch_size: int =
         x, y = dataset.get_batch(chunk)
         x, y = x.to(device), y.to(device)
         tt = torch.full((len(x),), t, dtype=torch.float64, device=device)
-        mean, std = sde.marginal_prob(x, tt)
-        xt = mean + std.reshape(-1, *[1] * (x.ndim - 1)) * torch.randn(x.shape, generator=gen, device=device)
+        xt = sde.perturb(x, torch.randn(x.shape, generator=gen, device=device), tt)
         correct += int((classifier(xt, tt.to(x.dtype)).argmax(1) == y).sum())
     return correct / len(idx)
 

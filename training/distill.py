@@ -82,12 +82,6 @@ def two_step_target(sde: SDE, teacher, z: Tensor, t: Tensor, mid: Tensor, s: Ten
     return expand_as(1.0 / denominator, z) * z_s - expand_as(r / denominator, z) * z
 
 
-def data_prediction(score_fn, sde: SDE, z: Tensor, t: Tensor) -> Tensor:
-    """Tweedie's x0_hat = (z + beta_bar^2 score)/alpha_bar: the student's DDIM step in its data prediction."""
-    a, b = sde.alpha_bar(t), sde.beta_bar(t)
-    return expand_as(1.0 / a, z) * z + expand_as(b**2 / a, z) * score_fn(z, t)
-
-
 def distillation_loss(student, teacher, sde: SDE, x: Tensor, teacher_times: Tensor, weighting: str = "truncated_snr",
                       generator: torch.Generator | None = None, reduce: str = "mean") -> Tensor:
     """w(SNR_t) |x_tilde - x0_hat|^2 (summed over dimensions) for data x, one student step per sample.
@@ -103,12 +97,13 @@ def distillation_loss(student, teacher, sde: SDE, x: Tensor, teacher_times: Tens
     times = teacher_times.to(x.device)
     t, mid, s = times[2 * i], times[2 * i + 1], times[2 * i + 2]
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    z = expand_as(sde.alpha_bar(t), x) * x + expand_as(sde.beta_bar(t), x) * noise
+    z = sde.perturb(x, noise, t)
     with torch.no_grad():
         target = two_step_target(sde, teacher, z, t, mid, s)
     # At least float32: under bfloat16 autocast the network's output would otherwise set the loss's precision.
     dtype = torch.promote_types(x.dtype, torch.float32)
-    error = (data_prediction(student, sde, z, t).to(dtype) - target.to(dtype)) ** 2
+    # The student's DDIM step in its data prediction x0_hat (Tweedie's formula).
+    error = (sde.denoise(z, student(z, t), t).to(dtype) - target.to(dtype)) ** 2
     losses = WEIGHTINGS[weighting](snr(sde, t)).to(dtype) * error.flatten(1).sum(1)
     return losses.mean() if reduce == "mean" else losses
 
@@ -218,7 +213,6 @@ def student_config(config: ml_collections.ConfigDict, teacher: Teacher, steps: i
         c.optim.lr, c.optim.warmup = d.lr, d.warmup
         c.sampling.solver, c.sampling.steps, c.sampling.grid, c.sampling.options = "ddim", steps, d.grid, ""
         c.distill.target_steps = steps
-        c.distill.teacher_step = teacher.step
     return c
 
 

@@ -211,7 +211,7 @@ class Trainer:
                                t_sampling=c.training.t_sampling, class_labels=y, generator=generator,
                                label_dropout=c.training.p_uncond if y is not None else 0.0, reduce=reduce)
 
-    def _sharded_loss(self, x, y) -> torch.Tensor:
+    def sharded_loss(self, x, y) -> torch.Tensor:
         """This rank's mean loss over its rows of the global batch, with the global batch's random numbers."""
         net, n = self.network, self.config.training.batch_size
         gen = distributed.loss_generator(self.config.seed, self.step, self.device)
@@ -229,7 +229,7 @@ class Trainer:
         # same run with `python main.py` and with `torchrun --nproc_per_node=N`.
         distributed.seed_rank_step(self.config.seed, self.step, self.dist.rank)
         if self.dist.distributed:
-            loss = self._sharded_loss(x, y)
+            loss = self.sharded_loss(x, y)
             value = self.dist.sum([loss.item()])[0] / self.dist.world_size
         else:
             gen = distributed.loss_generator(self.config.seed, self.step, self.device)
@@ -265,12 +265,13 @@ class Trainer:
         for i, (x, y) in enumerate(loader):
             if i == max_batches:
                 break
-            x, y = x.to(self.device), self._labels(y)
+            x, y = x.to(self.device), self.labels(y)
             total += self.loss(self.ema.module, x, y, generator=gen).item() * len(x)
             count += len(x)
         return total / max(count, 1)
 
-    def _labels(self, y):
+    def labels(self, y):
+        """The class labels the model takes: y on the device for a conditional model, else None."""
         return y.to(self.device) if self.config.model.conditional else None
 
     @torch.no_grad()
@@ -290,7 +291,8 @@ class Trainer:
         return path
 
     # --- the loop -------------------------------------------------------------------------------
-    def _batches(self):
+    def batches(self):
+        """The training batches from the current step on (this rank's rows of each under torchrun)."""
         c, start = self.config, self.step
         if self.dist.distributed:
             return distributed.ShardedLoader(self.data.train, c.training.batch_size, c.seed, self.dist, start)
@@ -309,7 +311,7 @@ class Trainer:
             return TrainResult(self.step, float("nan"), ckpt.latest_checkpoint(self.workdir), False, True)
         self._record_config()
         metrics = MetricsLogger(self.workdir, resume_step=self.step) if self.dist.is_main else None
-        batches = self._batches()
+        batches = self.batches()
         progress = _Progress(ckpt.latest_checkpoint(self.workdir), self.step)
         bar = tqdm(total=c.training.n_iters, initial=self.step, desc="train", dynamic_ncols=True,
                    disable=not (c.training.progress and self.dist.is_main))
@@ -337,7 +339,7 @@ class Trainer:
         a signal stopped it (after saving a checkpoint of the last step)."""
         while self.step < self.config.training.n_iters:
             x, y = next(batches)
-            progress.loss, grad_norm = self.train_step(x.to(self.device), self._labels(y))
+            progress.loss, grad_norm = self.train_step(x.to(self.device), self.labels(y))
             bar.update(1)
             bar.set_postfix(loss=f"{progress.loss:.4f}")
             stop_now = self._signalled(stop)

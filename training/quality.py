@@ -28,19 +28,14 @@ class TrainingQuality:
     def __init__(self, config, info: data_lib.DataInfo):
         self.config, self.info = config, info
         self.num = config.metrics.num_samples_training
-        if not (isinstance(self.num, int) and self.num >= 10):
-            raise ValueError(f"config.metrics.num_samples_training must be an int >= 10 (the statistics need a few "
-                             f"samples), got {self.num!r}")
         self.weights = inception_weights(config)
         self.cache = cache_dir(config)
 
     @classmethod
     def from_config(cls, config, info: data_lib.DataInfo) -> "TrainingQuality | None":
         """The metric when training.fid_freq > 0 and it can be computed offline here; None (with a warning) else."""
-        freq = config.training.get("fid_freq", 0)     # configs saved before the field existed have none
-        if not (isinstance(freq, int) and freq >= 0):
-            raise ValueError(f"config.training.fid_freq must be an int >= 0 (0: off), got {freq!r}")
-        if freq == 0:
+        # Checked by configs.check_config; configs saved before the field existed have none.
+        if config.training.get("fid_freq", 0) == 0:
             return None
         quality = cls(config, info)
         if info.is_image and str(config.data.dataset).lower() != "digits":
