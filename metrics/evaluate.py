@@ -14,6 +14,7 @@ from .digits import digits_features, digits_split, load_classifier
 from .frechet import feature_statistics, frechet_distance
 from .inception_score import inception_score, softmax_probs
 from .kid import kid
+from .manifold import precision_recall
 from .vectors import energy_distance, sliced_wasserstein
 
 
@@ -28,9 +29,13 @@ class EvalResult:
     kid_std: float | None = None
     is_mean: float | None = None
     is_std: float | None = None
-    fd_digits: float | None = None
-    is_digits: float | None = None
-    is_digits_std: float | None = None
+    fd_digits2: float | None = None
+    kid_digits2: float | None = None
+    kid_digits2_std: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    is_digits2: float | None = None
+    is_digits2_std: float | None = None
     energy: float | None = None
     sliced_w2: float | None = None
 
@@ -39,7 +44,9 @@ class EvalResult:
             return (f"FID {self.fid:.2f} | KID {self.kid:.4f} ± {self.kid_std:.4f} | "
                     f"IS {self.is_mean:.2f} ± {self.is_std:.2f}")
         if self.kind == "digits":
-            return f"FD-digits {self.fd_digits:.3f} | IS-digits {self.is_digits:.2f} ± {self.is_digits_std:.2f}"
+            return (f"FD-digits2 {self.fd_digits2:.3f} | KID-digits2 {self.kid_digits2:.4f} ± {self.kid_digits2_std:.4f} | "
+                    f"precision {self.precision:.3f} | recall {self.recall:.3f} | "
+                    f"IS-digits2 {self.is_digits2:.2f} ± {self.is_digits2_std:.2f}")
         return f"ED {self.energy:.4f} | SW2 {self.sliced_w2:.4f}"
 
     def as_dict(self) -> dict:
@@ -56,14 +63,17 @@ def evaluate(samples, dataset: str, image_size: int | None = None, num_channels:
              kid_subset_size: int = 1000, is_splits: int = 10, seed: int = 2020) -> EvalResult:
     """Score data-space samples of `dataset` against its reference data.
 
-    - "digits": FD-digits and IS-digits in the bundled classifier (reference: the train split unless given);
+    - "digits": in the bundled feature network (metrics.digits; reference: the train split unless given), the
+      Fréchet distance FD-digits2, its small-n companion KID-digits2 (unbiased at any n), precision and recall
+      (Kynkäänniemi et al. 2019, k = 3) on equal-size random subsets of both sets (min of the two sizes: the
+      k-NN radii depend on n, and the paper compares sets of one size), and IS-digits2 of its softmax;
     - other images (N, C, H, W) in [0, 1]: FID, KID and IS in torch-fidelity's Inception (the `metrics` extra).
       The reference statistics are read from cache_dir when cached for this dataset, split, shape and weights;
       otherwise `reference` (images in data space, or a function returning them, called only then) gives them,
       and they are cached there;
     - vectors (N, D), e.g. the 2-D toys: energy distance and sliced Wasserstein-2 against `reference`, which
       should be held-out data.
-    seed fixes the KID subsets and the IS shuffle (2020, torch-fidelity's default).
+    seed fixes the KID subsets, the precision/recall subsets and the IS shuffle (2020, torch-fidelity's default).
     """
     x = _as_tensor(samples, "samples")
     dataset = dataset.lower()
@@ -90,9 +100,15 @@ def evaluate(samples, dataset: str, image_size: int | None = None, num_channels:
         ref_feats, _ = digits_features(ref, model)
         feats, logits = digits_features(x.clamp(0.0, 1.0), model)
         is_mean, is_std = inception_score(softmax_probs(logits), is_splits, seed)
-        return EvalResult("digits", len(x), fd_digits=frechet_distance(*feature_statistics(feats),
-                                                                       *feature_statistics(ref_feats)),
-                          is_digits=is_mean, is_digits_std=is_std)
+        kid_mean, kid_std = kid(feats, ref_feats, kid_subsets, kid_subset_size, seed)
+        m = min(len(feats), len(ref_feats))
+        rng = np.random.RandomState(seed)
+        prec, rec = precision_recall(ref_feats[np.sort(rng.choice(len(ref_feats), m, replace=False))],
+                                     feats[np.sort(rng.choice(len(feats), m, replace=False))])
+        return EvalResult("digits", len(x), fd_digits2=frechet_distance(*feature_statistics(feats),
+                                                                        *feature_statistics(ref_feats)),
+                          kid_digits2=kid_mean, kid_digits2_std=kid_std, precision=prec, recall=rec,
+                          is_digits2=is_mean, is_digits2_std=is_std)
 
     if x.ndim == 2:
         if reference is None:
