@@ -44,8 +44,8 @@ class EvalResult:
             return (f"FID {self.fid:.2f} | KID {self.kid:.4f} ± {self.kid_std:.4f} | "
                     f"IS {self.is_mean:.2f} ± {self.is_std:.2f}")
         if self.kind == "digits":
-            return (f"FD-digits2 {self.fd_digits2:.3f} | KID-digits2 {self.kid_digits2:.4f} ± {self.kid_digits2_std:.4f} | "
-                    f"precision {self.precision:.3f} | recall {self.recall:.3f} | "
+            return (f"FD-digits2 {self.fd_digits2:.3f} | KID-digits2 {self.kid_digits2:.4f} ± "
+                    f"{self.kid_digits2_std:.4f} | precision {self.precision:.3f} | recall {self.recall:.3f} | "
                     f"IS-digits2 {self.is_digits2:.2f} ± {self.is_digits2_std:.2f}")
         return f"ED {self.energy:.4f} | SW2 {self.sliced_w2:.4f}"
 
