@@ -1,4 +1,4 @@
-"""Progressive distillation of the Quickstart's digits model: FD-digits and wall time of the teacher's DDIM at 4, 8,
+"""Progressive distillation of the Quickstart's digits model: FD-digits2 and wall time of the teacher's DDIM at 4, 8,
 start and 64 steps against its students, and what the distillation cost.
 
 python benchmarks/distill.py [--teacher runs/vpsde] [--out /tmp/distill_bench] [--start 16] [--target 4]
@@ -8,7 +8,7 @@ The teacher run is only read: its config.json and newest checkpoint are copied i
 then holds the students (python main.py --mode distill on that copy, in process). A finished --out is not trained
 again, only evaluated. Every row draws the same per-sample seeds (sample i from (seed, i), as --mode sample does),
 so the rows differ by their sampler alone; "RMSE" is the pixel RMSE in data space [0, 1] to the teacher's 64-step
-DDIM sample from the same noise (how closely a few-step sampler follows the ODE's paths). FD-digits is against the
+DDIM sample from the same noise (how closely a few-step sampler follows the ODE's paths). FD-digits2 is against the
 1500 training digits; the floor is the 297 test digits against them.
 """
 from __future__ import annotations
@@ -93,12 +93,12 @@ def main():
 
     teacher = runs.load_run(out, device="cpu")
     reference, ref_seconds = draw(teacher, 64)
-    lines = ["| sampler | DDIM steps (NFE) | FD-digits | RMSE to teacher-64 paths | sampling s |",
+    lines = ["| sampler | DDIM steps (NFE) | FD-digits2 | RMSE to teacher-64 paths | sampling s |",
              "|---|---|---|---|---|",
-             f"| test digits (floor) | | {metrics.evaluate(digits_split('test'), 'digits', 8, 1).fd_digits:.4f} | | |"]
+             f"| test digits (floor) | | {metrics.evaluate(digits_split('test'), 'digits', 8, 1).fd_digits2:.4f} | | |"]
 
     def row(name, steps, samples, seconds):
-        fd = metrics.evaluate(samples.x, "digits", 8, 1).fd_digits
+        fd = metrics.evaluate(samples.x, "digits", 8, 1).fd_digits2
         rmse = float(((samples.x - reference.x) ** 2).mean().sqrt())
         lines.append(f"| {name} | {steps} | {fd:.4f} | {rmse:.4f} | {seconds:.1f} |")
         print(lines[-1], flush=True)

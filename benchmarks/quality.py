@@ -1,9 +1,9 @@
-"""Sample quality against cost on the Quickstart's digits model: FD-digits and IS-digits against NFE per solver.
+"""Sample quality against cost on the Quickstart's digits model: FD-digits2 and IS-digits2 against NFE per solver.
 
 python benchmarks/quality.py [--workdir runs/vpsde] [--n 2000] [--quick]
 
 Every row draws the same per-sample seeds (sample i from (seed, i), as --mode fid does), so differences between
-rows are the solvers', not the noise's. FD-digits is against the 1500 training digits; the floor is the 297 test
+rows are the solvers', not the noise's. FD-digits2 is against the 1500 training digits; the floor is the 297 test
 digits against them. The noise rows measure the FD's own sampling error with one sampler (unipc, 20 steps) on
 fresh seeds: the spread of FD over disjoint sets of --n samples, and the FD between two disjoint sets of test size
 (297), the number to set beside the floor. The 1000-step SDE rows use --n_long samples (default the test size, a
@@ -38,8 +38,8 @@ def fd(x: torch.Tensor) -> metrics.EvalResult:
 
 
 def row(name, grid, steps, nfe, n, result, seconds, note=""):
-    return (f"| {name} | {grid} | {steps} | {nfe:.0f} | {n} | {result.fd_digits:.4f} | "
-            f"{result.is_digits:.2f} ± {result.is_digits_std:.2f} | {seconds:.0f} | {note} |")
+    return (f"| {name} | {grid} | {steps} | {nfe:.0f} | {n} | {result.fd_digits2:.4f} | "
+            f"{result.is_digits2:.2f} ± {result.is_digits2_std:.2f} | {seconds:.0f} | {note} |")
 
 
 def main():
@@ -67,8 +67,8 @@ def main():
         out = runs.draw_samples(run.sde, run.score_fn, run.data, sampler, n, a.batch, seed, ctx, progress=False)
         return out, fd(out.x)
 
-    print(f"checkpoint {run.path} (step {run.step}); FD-digits of the samples against the 1500 training digits\n")
-    lines = ["| sampler | grid | steps | NFE | samples | FD-digits | IS-digits | seconds | note |",
+    print(f"checkpoint {run.path} (step {run.step}); FD-digits2 of the samples against the 1500 training digits\n")
+    lines = ["| sampler | grid | steps | NFE | samples | FD-digits2 | IS-digits2 | seconds | note |",
              "|---|---|---|---|---|---|---|---|---|"]
     held_out = digits_split("test")
     test = fd(held_out)
@@ -79,18 +79,18 @@ def main():
     t0 = time.perf_counter()
     big, _ = draw(noise_sampler, a.noise_sets * a.n, seed=a.seed + 1)
     seconds = time.perf_counter() - t0
-    sets = [fd(big.x[i * a.n:(i + 1) * a.n]).fd_digits for i in range(a.noise_sets)]
+    sets = [fd(big.x[i * a.n:(i + 1) * a.n]).fd_digits2 for i in range(a.noise_sets)]
     small = big.x[:len(big.x) // TEST_SIZE * TEST_SIZE].reshape(-1, TEST_SIZE, *run.data.shape)
-    pairs = [metrics.evaluate(small[2 * i], "digits", reference=small[2 * i + 1]).fd_digits
+    pairs = [metrics.evaluate(small[2 * i], "digits", reference=small[2 * i + 1]).fd_digits2
              for i in range(len(small) // 2)]
-    vs_train = [fd(s).fd_digits for s in small]
+    vs_train = [fd(s).fd_digits2 for s in small]
     noise = [
-        f"- FD-digits of {a.noise_sets} disjoint sets of {a.n} unipc-20 samples: {np.mean(sets):.4f} ± "
+        f"- FD-digits2 of {a.noise_sets} disjoint sets of {a.n} unipc-20 samples: {np.mean(sets):.4f} ± "
         f"{np.std(sets, ddof=1):.4f} (mean ± sd): the sampling noise of every {a.n}-sample row "
         f"({seconds:.0f} s).",
-        f"- FD-digits between two disjoint sets of {TEST_SIZE} samples ({len(pairs)} pairs): {np.mean(pairs):.4f} ± "
+        f"- FD-digits2 between two disjoint sets of {TEST_SIZE} samples ({len(pairs)} pairs): {np.mean(pairs):.4f} ± "
         f"{np.std(pairs, ddof=1):.4f}; of one set of {TEST_SIZE} against the training digits ({len(vs_train)} sets): "
-        f"{np.mean(vs_train):.4f} ± {np.std(vs_train, ddof=1):.4f}, beside the floor's {test.fd_digits:.4f}.",
+        f"{np.mean(vs_train):.4f} ± {np.std(vs_train, ddof=1):.4f}, beside the floor's {test.fd_digits2:.4f}.",
     ]
     print("\n".join(noise), flush=True)
 

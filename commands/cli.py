@@ -23,8 +23,8 @@ MODES = {
     "train_classifier": "train the noise-conditional classifier for classifier guidance",
     "inpaint": "fill the missing entries of --input (mask --mask) with the run's model",
     "import": "a pretrained model (--from score_sde --config NAME | --from diffusers) as a run in --workdir",
-    "fid": "sample quality (FID/KID/IS, FD-digits, energy distance) of --num_samples or of --samples FILE; "
-           "writes metrics/*.json",
+    "fid": "sample quality (FID/KID/IS, FD-digits2 with precision/recall, energy distance) of --num_samples or of "
+           "--samples FILE; writes metrics/*.json",
     "distill": "progressive distillation of the run's EMA network, halving its DDIM steps each round down to "
                "config.distill.target_steps; each student is a run in <workdir>/distill/<steps>",
 }

@@ -65,7 +65,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     training.log_freq = 50              # steps between log lines / metrics.jsonl rows
     training.eval_freq = 500            # steps between test-loss evaluations
     training.fid_freq = 0               # steps between sample-quality evaluations (0: off) of
-    #                                     metrics.num_samples_training samples: FD-digits, energy distance for vectors,
+    #                                     metrics.num_samples_training samples: FD-digits2, energy distance for vectors,
     #                                     FID with the `metrics` extra
     training.keep_checkpoints = 3       # newest checkpoints kept in <workdir>/checkpoints
     training.weighting = "eps"          # eps (lambda = beta_bar^2) | likelihood (g^2) | likelihood_is | edm
@@ -141,7 +141,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     distill.target_steps = 4            # DDIM steps of the last student; start_steps/target_steps must be a power of 2
     distill.iterations = 500            # student updates per round (each round halves the steps)
     distill.lr = 5e-4                   # student learning rate (Adam); on the digits 5e-4 beat 2e-4 and 1e-3
-    #                                     (FD-digits of the first round's student)
+    #                                     (FD-digits2 of the first round's student)
     distill.warmup = 50                 # linear learning-rate warm-up steps at the start of each round
     distill.ema_rate = 0.99             # EMA decay of the student (with the warm-up of model.ema_rate)
     distill.teacher_solver = "ddim"     # the two teacher steps one student step learns: DDIM (eta = 0), as the paper

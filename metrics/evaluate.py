@@ -14,6 +14,7 @@ from .digits import digits_features, digits_split, load_classifier
 from .frechet import feature_statistics, frechet_distance
 from .inception_score import inception_score, softmax_probs
 from .kid import kid
+from .manifold import precision_recall
 from .vectors import energy_distance, sliced_wasserstein
 
 
@@ -28,9 +29,13 @@ class EvalResult:
     kid_std: float | None = None
     is_mean: float | None = None
     is_std: float | None = None
-    fd_digits: float | None = None
-    is_digits: float | None = None
-    is_digits_std: float | None = None
+    fd_digits2: float | None = None
+    kid_digits2: float | None = None
+    kid_digits2_std: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    is_digits2: float | None = None
+    is_digits2_std: float | None = None
     energy: float | None = None
     sliced_w2: float | None = None
 
@@ -39,7 +44,9 @@ class EvalResult:
             return (f"FID {self.fid:.2f} | KID {self.kid:.4f} ± {self.kid_std:.4f} | "
                     f"IS {self.is_mean:.2f} ± {self.is_std:.2f}")
         if self.kind == "digits":
-            return f"FD-digits {self.fd_digits:.3f} | IS-digits {self.is_digits:.2f} ± {self.is_digits_std:.2f}"
+            return (f"FD-digits2 {self.fd_digits2:.3f} | KID-digits2 {self.kid_digits2:.4f} ± "
+                    f"{self.kid_digits2_std:.4f} | precision {self.precision:.3f} | recall {self.recall:.3f} | "
+                    f"IS-digits2 {self.is_digits2:.2f} ± {self.is_digits2_std:.2f}")
         return f"ED {self.energy:.4f} | SW2 {self.sliced_w2:.4f}"
 
     def as_dict(self) -> dict:
@@ -56,20 +63,23 @@ def evaluate(samples, dataset: str, image_size: int | None = None, num_channels:
              kid_subset_size: int = 1000, is_splits: int = 10, seed: int = 2020) -> EvalResult:
     """Score data-space samples of `dataset` against its reference data.
 
-    - "digits": FD-digits and IS-digits in the bundled classifier (reference: the train split unless given);
+    - "digits": in the bundled feature network (metrics.digits; reference: the train split unless given), the
+      Fréchet distance FD-digits2, its small-n companion KID-digits2 (unbiased at any n), precision and recall
+      (Kynkäänniemi et al. 2019, k = 3) on equal-size random subsets of both sets (min of the two sizes: the
+      k-NN radii depend on n, and the paper compares sets of one size), and IS-digits2 of its softmax;
     - other images (N, C, H, W) in [0, 1]: FID, KID and IS in torch-fidelity's Inception (the `metrics` extra).
       The reference statistics are read from cache_dir when cached for this dataset, split, shape and weights;
       otherwise `reference` (images in data space, or a function returning them, called only then) gives them,
       and they are cached there;
     - vectors (N, D), e.g. the 2-D toys: energy distance and sliced Wasserstein-2 against `reference`, which
       should be held-out data.
-    seed fixes the KID subsets and the IS shuffle (2020, torch-fidelity's default).
+    seed fixes the KID subsets, the precision/recall subsets and the IS shuffle (2020, torch-fidelity's default).
     """
     x = _as_tensor(samples, "samples")
     dataset = dataset.lower()
     _check_samples(x, image_size, num_channels, is_splits)
     if dataset == "digits":
-        return _score_digits(x, reference, reference_split, is_splits, seed)
+        return _score_digits(x, reference, reference_split, is_splits, kid_subsets, kid_subset_size, seed)
     if x.ndim == 2:
         return _score_vectors(x, dataset, reference)
     return _score_inception(x, dataset, reference, reference_split, cache_dir, inception_weights, device, batch_size,
@@ -95,8 +105,9 @@ def _check_samples(x: torch.Tensor, image_size: int | None, num_channels: int | 
 
 
 def _score_digits(x: torch.Tensor, reference: Reference | None, reference_split: str, is_splits: int,
-                  seed: int) -> EvalResult:
-    """FD-digits and IS-digits of digits samples (N, 1, 8, 8) in the bundled classifier."""
+                  kid_subsets: int, kid_subset_size: int, seed: int) -> EvalResult:
+    """FD-digits2, KID-digits2, precision/recall (Kynkaenniemi et al. 2019, equal-size sets) and IS-digits2 of
+    digits samples (N, 1, 8, 8) in the bundled feature network."""
     if tuple(x.shape[1:]) != (1, 8, 8):
         raise ValueError(f"digits samples are (N, 1, 8, 8), got shape {tuple(x.shape)}")
     ref = digits_split(reference_split) if reference is None else _as_tensor(_call(reference), "reference")
@@ -104,9 +115,15 @@ def _score_digits(x: torch.Tensor, reference: Reference | None, reference_split:
     ref_feats, _ = digits_features(ref, model)
     feats, logits = digits_features(x.clamp(0.0, 1.0), model)
     is_mean, is_std = inception_score(softmax_probs(logits), is_splits, seed)
-    return EvalResult("digits", len(x), fd_digits=frechet_distance(*feature_statistics(feats),
-                                                                   *feature_statistics(ref_feats)),
-                      is_digits=is_mean, is_digits_std=is_std)
+    kid_mean, kid_std = kid(feats, ref_feats, kid_subsets, kid_subset_size, seed)
+    m = min(len(feats), len(ref_feats))
+    rng = np.random.RandomState(seed)
+    prec, rec = precision_recall(ref_feats[np.sort(rng.choice(len(ref_feats), m, replace=False))],
+                                 feats[np.sort(rng.choice(len(feats), m, replace=False))])
+    return EvalResult("digits", len(x), fd_digits2=frechet_distance(*feature_statistics(feats),
+                                                                    *feature_statistics(ref_feats)),
+                      kid_digits2=kid_mean, kid_digits2_std=kid_std, precision=prec, recall=rec,
+                      is_digits2=is_mean, is_digits2_std=is_std)
 
 
 def _score_vectors(x: torch.Tensor, dataset: str, reference: Reference | None) -> EvalResult:

@@ -70,8 +70,9 @@ def score(x: torch.Tensor, config, info: data_lib.DataInfo | None = None, *, cac
           weights: str | Path | None = None, device="cpu", batch_size: int = 200) -> metrics.EvalResult:
     """Data-space samples x of the data config.data describes, scored as papers do.
 
-    digits: FD-digits / IS-digits against the 1500 training digits; vectors (2-D toys, float arrays): energy
-    distance and sliced W2 to the held-out split (the training points are what the model fitted); other images:
+    digits: FD-digits2, KID-digits2, precision/recall and IS-digits2 against the 1500 training digits; vectors
+    (2-D toys, float arrays): energy distance and sliced W2 to the held-out split (the training points are what the
+    model fitted); other images:
     FID / KID / IS against the training split's Inception statistics, cached in `cache` (None: not cached).
     info: the loaded DataInfo, if any; otherwise the data are loaded only where needed.
     """

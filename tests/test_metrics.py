@@ -9,7 +9,6 @@ import torch
 
 from scoresde import metrics
 from scoresde.metrics import fidelity, reference
-from scoresde.metrics.digits import digits_features, digits_split, load_classifier
 from scoresde.metrics.frechet import feature_statistics, frechet_distance
 from scoresde.metrics.inception_score import inception_score
 from scoresde.metrics.kid import kid, mmd2_unbiased
@@ -115,6 +114,22 @@ def test_precision_recall_limits():
     assert precision_recall(x, x + 100.0) == (0.0, 0.0)  # k-NN radii ~1 cannot reach 100 away
 
 
+def test_precision_recall_matches_the_papers_definition_by_brute_force():
+    # Kynkäänniemi et al. 2019, eq. 1-3: f(φ, Φ) = 1 if ‖φ - φ'‖ ≤ ‖φ' - NN_k(φ', Φ)‖ for some φ' in Φ, the k-th
+    # nearest neighbour of φ' in Φ other than itself; precision = mean f(fake, real), recall = mean f(real, fake).
+    rng = np.random.default_rng(13)
+    real, fake = rng.standard_normal((40, 3)), rng.standard_normal((30, 3)) * 0.6 + 1.5
+
+    def f(phi, points, k=3):
+        radii = [sorted(np.linalg.norm(p - q) for j, q in enumerate(points) if j != i)[k - 1]
+                 for i, p in enumerate(points)]
+        return any(np.linalg.norm(phi - p) <= r for p, r in zip(points, radii))
+
+    expected = (np.mean([f(x, real) for x in fake]), np.mean([f(x, fake) for x in real]))
+    assert precision_recall(real, fake) == pytest.approx(expected, abs=1e-12)
+    assert 0.2 < expected[0] < 0.9 and 0.2 < expected[1] < 0.9     # neither limit: the example tests something
+
+
 # --- vectors -----------------------------------------------------------------------------------------------------
 
 def test_energy_distance_matches_double_loop():
@@ -131,51 +146,6 @@ def test_sliced_wasserstein_of_a_shift_in_one_dimension():
     # In 1-D every direction is ±1 and a shift keeps the sorted order: W2 = |δ| exactly.
     x = np.random.default_rng(10).standard_normal((100, 1))
     assert sliced_wasserstein(x, x + 0.7, projections=4) == pytest.approx(0.7, rel=1e-12)
-
-
-# --- FD-digits / IS-digits ---------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def digits_reference():
-    model = load_classifier()
-    feats, _ = digits_features(digits_split("train"), model)
-    return model, feature_statistics(feats)
-
-
-def _fd_digits(images, digits_reference):
-    model, (mu, sigma) = digits_reference
-    return frechet_distance(*feature_statistics(digits_features(images, model)[0]), mu, sigma)
-
-
-def test_digits_classifier_accuracy():
-    # The training script reports 0.9394 on the 297 test images; 0.93 leaves room for other BLAS builds.
-    model = load_classifier()
-    from sklearn.datasets import load_digits
-    labels = torch.from_numpy(load_digits().target[1500:])
-    assert (model(digits_split("test")).argmax(1) == labels).float().mean().item() >= 0.93
-
-
-def test_fd_digits_separates_real_from_corrupted(digits_reference):
-    test = digits_split("test")
-    real = _fd_digits(test, digits_reference)
-    gen = torch.Generator().manual_seed(0)
-    perm = torch.stack([torch.randperm(64, generator=gen) for _ in range(len(test))])
-    shuffled = torch.gather(test.reshape(len(test), 64), 1, perm).reshape(test.shape)
-    assert real < 0.3                                         # 0.16: held-out digits of the same writers' style
-    assert _fd_digits(shuffled, digits_reference) >= 10 * real  # 2.3: same pixel histogram, no digit structure
-    noise = torch.randn(test.shape, generator=gen)
-    values = [_fd_digits((test + s * noise).clamp(0, 1), digits_reference) for s in (0.05, 0.1, 0.2, 0.4)]
-    assert real < values[0] and all(a < b for a, b in zip(values, values[1:]))
-
-
-def test_evaluate_digits_format_and_values(digits_reference):
-    test = digits_split("test")
-    result = metrics.evaluate(test, "digits", 8, 1)
-    assert result.fd_digits == pytest.approx(_fd_digits(test, digits_reference), rel=1e-12)
-    _, logits = digits_features(test, digits_reference[0])
-    is_mean, is_std = inception_score(metrics.softmax_probs(logits), 10, 2020)
-    assert (result.is_digits, result.is_digits_std) == pytest.approx((is_mean, is_std), rel=1e-12)
-    assert result.format() == f"FD-digits {result.fd_digits:.3f} | IS-digits {is_mean:.2f} ± {is_std:.2f}"
 
 
 @pytest.mark.parametrize("samples, match", [

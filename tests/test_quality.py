@@ -17,7 +17,8 @@ from scoresde.training.quality import TrainingQuality
 
 from helpers import cli, metrics_rows
 
-LINE = re.compile(r"^FD-digits (\d+\.\d{3}) \| IS-digits (\d+\.\d{2}) ± (\d+\.\d{2}) \((\d+) samples, (.*)\)$")
+LINE = re.compile(r"^FD-digits2 (\d+\.\d{3}) \| KID-digits2 (-?\d+\.\d{4}) ± (\d+\.\d{4}) \| precision (\d\.\d{3}) \| "
+                  r"recall (\d\.\d{3}) \| IS-digits2 (\d+\.\d{2}) ± (\d+\.\d{2}) \((\d+) samples, (.*)\)$")
 STEPS, FID_FREQ, TRAINING_SAMPLES = 4, 2, 20
 
 
@@ -56,9 +57,11 @@ def test_fid_mode_line_json_and_the_same_samples_from_a_file(run_dir):
     (line,) = out.stdout.strip().splitlines()
     m = LINE.match(line)
     assert m, line
-    assert m.group(4) == "40" and m.group(5).startswith("euler, 3 steps") and m.group(5).endswith("NFE 3")
+    assert m.group(8) == "40" and m.group(9).startswith("euler, 3 steps") and m.group(9).endswith("NFE 3")
     record = json.loads((run_dir / "metrics" / f"euler_3_n40_step{STEPS}_seed42.json").read_text())
-    assert record["fd_digits"] == pytest.approx(float(m.group(1)), abs=5e-4)     # the line rounds to 3 decimals
+    assert record["fd_digits2"] == pytest.approx(float(m.group(1)), abs=5e-4)     # the line rounds to 3 decimals
+    assert record["kid_digits2"] == pytest.approx(float(m.group(2)), abs=5e-5)
+    assert (record["precision"], record["recall"]) == pytest.approx((float(m.group(4)), float(m.group(5))), abs=5e-4)
     assert (record["num_samples"], record["nfe"], record["step"], record["solver"]) == (40, 3, STEPS, "euler")
     # --mode sample draws the same per-sample-seeded samples (at another batch size); scoring its file gives the
     # same FD up to float32 rounding of the batched network (measured identical; 1e-6 leaves room), and its
@@ -67,17 +70,18 @@ def test_fid_mode_line_json_and_the_same_samples_from_a_file(run_dir):
     npz = run_dir / "samples" / f"euler_3_n40_step{STEPS}_seed42.npz"
     again = cli("--mode", "fid", "--workdir", run_dir, "--samples", npz)
     from_file = json.loads((run_dir / "metrics" / f"from_{npz.stem}.json").read_text())
-    assert from_file["fd_digits"] == pytest.approx(record["fd_digits"], rel=1e-6)
+    assert from_file["fd_digits2"] == pytest.approx(record["fd_digits2"], rel=1e-6)
     direct = metrics.evaluate(torch.from_numpy(np.load(npz)["samples"]), "digits", 8, 1)
-    assert from_file["fd_digits"] == pytest.approx(direct.fd_digits, rel=1e-12)   # the same numbers, same code
+    for key in ("fd_digits2", "kid_digits2", "precision", "recall"):
+        assert from_file[key] == pytest.approx(getattr(direct, key), rel=1e-12)   # the same numbers, same code
     assert again.stdout.strip().endswith(f"(40 samples, from {npz})")
     assert json.loads((run_dir / "metrics" / f"{npz.stem}.json").read_text())["nfe"] == 3
 
 
 @pytest.mark.parametrize("suffix", [".npz", ".npy"])
 def test_samples_in_an_empty_workdir(tmp_path, suffix):
-    # The 297 test digits as "samples": their FD-digits against the training digits is the floor, 0.160. A plain
-    # .npy array is read as the samples just as the 'samples' array of an .npz.
+    # The 297 test digits as "samples": their FD-digits2 against the training digits is the held-out baseline, 0.088.
+    # A plain .npy array is read as the samples just as the 'samples' array of an .npz.
     test = digits_split("test")
     path = tmp_path / f"test_digits{suffix}"
     if suffix == ".npz":
@@ -87,9 +91,11 @@ def test_samples_in_an_empty_workdir(tmp_path, suffix):
     empty = tmp_path / "empty"
     out = cli("--mode", "fid", "--config", "vpsde", "--samples", path, "--workdir", empty)
     expected = metrics.evaluate(test, "digits", 8, 1)
-    assert out.stdout.startswith(f"FD-digits {expected.fd_digits:.3f} | ")
+    assert out.stdout.startswith(expected.format() + " (297 samples, ")
+    assert expected.fd_digits2 == pytest.approx(0.088, abs=5e-4)
     record = json.loads((empty / "metrics" / "from_test_digits.json").read_text())
-    assert record["fd_digits"] == pytest.approx(expected.fd_digits, rel=1e-12)    # the same numbers, same code
+    for key in ("fd_digits2", "kid_digits2", "kid_digits2_std", "precision", "recall", "is_digits2"):
+        assert record[key] == pytest.approx(getattr(expected, key), rel=1e-12)
     assert record["kind"] == "digits" and record["samples"] == str(path)
 
 
@@ -113,15 +119,15 @@ def test_fid_mode_without_checkpoint_or_samples(tmp_path):
     assert "checkpoint" in _one_error_line(result)
 
 
-def test_fid_freq_logs_fd_digits_of_the_ema_samples(run_dir):
-    rows = [r for r in metrics_rows(run_dir) if "fd_digits" in r]
+def test_fid_freq_logs_the_digits_metrics_of_the_ema_samples(run_dir):
+    rows = [r for r in metrics_rows(run_dir) if "fd_digits2" in r]
     assert [r["step"] for r in rows] == list(range(FID_FREQ, STEPS + 1, FID_FREQ))
-    assert all(math.isfinite(r["fd_digits"]) and math.isfinite(r["is_digits"]) for r in rows)
+    assert all(math.isfinite(r[k]) for r in rows for k in ("fd_digits2", "kid_digits2", "precision", "recall"))
     # The last row scores the EMA network of the final checkpoint with the snapshot sampler on seeds 0..19 of
     # config.seed: --mode fid with the same sampler and count draws the same samples (to float32 rounding).
     cli("--mode", "fid", "--workdir", run_dir, "--num_samples", TRAINING_SAMPLES, "--solver", "euler", "--steps", 2)
     record = json.loads((run_dir / "metrics" / f"euler_2_n{TRAINING_SAMPLES}_step{STEPS}_seed42.json").read_text())
-    assert rows[-1]["fd_digits"] == pytest.approx(record["fd_digits"], rel=1e-6)
+    assert rows[-1]["fd_digits2"] == pytest.approx(record["fd_digits2"], rel=1e-6)
 
 
 def test_vectors_are_scored_against_the_held_out_split():
