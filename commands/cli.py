@@ -13,6 +13,7 @@ from scoresde.run.sampling import MissingTable
 from scoresde.training import TrainingDivergedError, distributed
 
 from .modes import RUNNERS, Job
+from scoresde.utils import UsageError
 
 MODES = {
     "train": "train, or resume, the configured model in --workdir",
@@ -96,26 +97,18 @@ def run(argv: list[str]) -> int:
     try:
         argv, name, path = configs.registry.resolve_argument(argv)
         configs.registry.check_overrides(configs.load_config(path), argv)
-        # ml_collections applies --config.a.b=value overrides while defining the flag, so a bad field fails here.
-        config_flags.DEFINE_config_file("config", str(configs.registry.config_path("vpsde")), "Config name "
-                                        "(configs/NAME.py) or path; override fields with --config.a.b=value.",
-                                        flag_values=fv, lock_config=True, sys_argv=argv)
-        rest = fv(argv)
-    except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
-        if isinstance(e, (KeyError, AttributeError)):
-            e = f"unknown config field {str(e).strip(chr(34) + chr(39))!r} in a --config.* override; see " \
-                "configs/default.py for the fields"
+        rest = parse_flags(fv, argv)
+    except (UsageError, flags.Error) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     logging.set_verbosity(logging.INFO)
     try:
         if len(rest) > 1:
-            raise ValueError(f"unexpected arguments {' '.join(rest[1:])}; flags are written --name=value")
+            raise UsageError(f"unexpected arguments {' '.join(rest[1:])}; flags are written --name=value")
         job = Job(fv, name, config_given=any(arg == "--config" or arg.startswith("--config=") for arg in argv))
         with job.lock(fv.mode):
             return RUNNERS[fv.mode](job) or 0
-    except (ValueError, FileNotFoundError, ImportError, runs.CheckpointError, TrainingDivergedError,
-            runs.WorkdirBusyError) as e:
+    except (UsageError, runs.CheckpointError, TrainingDivergedError, runs.WorkdirBusyError) as e:
         print(f"error: {e}{calibrate_hint(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
@@ -124,6 +117,25 @@ def run(argv: list[str]) -> int:
         return runs.EXIT_CODES.get(name, 130)
     finally:
         distributed.shutdown()
+
+
+def parse_flags(fv: flags.FlagValues, argv: list[str]) -> list[str]:
+    """Define --config and parse argv into fv; returns the arguments left over. ml_collections applies the
+    --config.a.b=value overrides while defining the flag and reports a bad field or value as a KeyError,
+    AttributeError, TypeError or ValueError of its own, raised here for the user's text alone: those become a
+    UsageError."""
+    try:
+        config_flags.DEFINE_config_file("config", str(configs.registry.config_path("vpsde")), "Config name "
+                                        "(configs/NAME.py) or path; override fields with --config.a.b=value.",
+                                        flag_values=fv, lock_config=True, sys_argv=argv)
+        return fv(argv)
+    except (KeyError, AttributeError) as e:
+        raise UsageError(f"unknown config field {str(e).strip(chr(34) + chr(39))!r} in a --config.* override; see "
+                         "configs/default.py for the fields") from None
+    except (TypeError, ValueError) as e:
+        if isinstance(e, UsageError):
+            raise
+        raise UsageError(str(e)) from None
 
 
 def calibrate_hint(e: Exception) -> str:

@@ -18,7 +18,7 @@ from scoresde.run.interrupts import NEVER
 from scoresde.run.sampling import analytic_table_path, calibrated_grid_path
 from scoresde.commands.sampling import write_samples
 from scoresde.run.workdir import check_directory, claiming_names, fresh_stem
-from scoresde.utils import atomic_write_json
+from scoresde.utils import UsageError, atomic_write_json
 
 
 class LikelihoodReport(NamedTuple):
@@ -55,12 +55,12 @@ def check_likelihood_options(eval_config, bound: str = "ode", **options) -> None
     what evaluate_likelihood(run, ctx, bound=bound, **options) would refuse, checked without the run (the
     eval section is the command line's, never the checkpoint's)."""
     if bound not in ("ode", "elbo"):
-        raise ValueError(f"bound must be ode (the probability-flow ODE likelihood) or elbo (the variational bound), "
+        raise UsageError(f"bound must be ode (the probability-flow ODE likelihood) or elbo (the variational bound), "
                          f"got {bound!r}")
     if bound == "elbo":
         ode_only = sorted(k for k, v in options.items() if v is not None and k != "repeats")
         if ode_only:
-            raise ValueError(f"options of the ODE likelihood ({', '.join(ode_only)}) do not apply to the variational "
+            raise UsageError(f"options of the ODE likelihood ({', '.join(ode_only)}) do not apply to the variational "
                              "bound (--bound elbo)")
     else:
         likelihood.DIVERGENCES.canonical(_or(options.get("divergence"), eval_config.divergence))
@@ -123,7 +123,7 @@ def _test_shard(run, ctx, num_samples: int) -> torch.utils.data.Subset:
     """This process's contiguous part of the first num_samples (0 = all) points of the run's test split."""
     test = run.data.test
     if len(test) == 0:
-        raise ValueError(f"the run's {run.data.name} test split has no items here: set --config.data.path to the "
+        raise UsageError(f"the run's {run.data.name} test split has no items here: set --config.data.path to the "
                          "folder that holds the dataset")
     count = len(test) if num_samples <= 0 else min(num_samples, len(test))
     return torch.utils.data.Subset(test, ctx.shard(count))
@@ -237,7 +237,7 @@ def inpaint_file(run, score_fn, input_path: str, mask_path: str | None, *, metho
     info = run.data
     x, mask = guidance.read_observation(input_path, mask_path, info.shape)
     if len(x) == 0:
-        raise ValueError(f"{input_path} holds no observations")
+        raise UsageError(f"{input_path} holds no observations")
     directory = check_directory(run.workdir / "inpaint")    # before any work: a result is never computed and then lost
     mask = torch.broadcast_to(mask, x.shape)
     check_data_space(x[mask == 1], info.data_space, f"the observed entries of {input_path}")

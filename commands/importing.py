@@ -9,7 +9,7 @@ from scoresde.interop.common import data_shape
 
 from scoresde.run import checkpoint as ckpt
 from scoresde.run.builders import build_model, build_optimizer
-from scoresde.utils import atomic_write_text
+from scoresde.utils import UsageError, atomic_write_text
 
 SOURCES = ("score_sde", "diffusers")
 
@@ -22,13 +22,13 @@ def import_run(source: str, config, checkpoint, workdir) -> Path:
     checkpoint's path. A workdir that already holds checkpoints is refused.
     """
     if source not in SOURCES:
-        raise ValueError(f"unknown import source {source!r}; available: {', '.join(SOURCES)}")
+        raise UsageError(f"unknown import source {source!r}; available: {', '.join(SOURCES)}")
     existing = ckpt.latest_checkpoint(workdir)
     if existing is not None:
-        raise ValueError(f"{workdir} already holds {existing}; import into a new --workdir")
+        raise UsageError(f"{workdir} already holds {existing}; import into a new --workdir")
     if source == "score_sde":
         if config in (None, ""):
-            raise ValueError("--from score_sde needs --config, the config of the released model (e.g. "
+            raise UsageError("--from score_sde needs --config, the config of the released model (e.g. "
                              "score_sde_vp_ddpmpp_cont)")
         imported = interop.import_score_sde(checkpoint, config)
     else:

@@ -202,7 +202,7 @@ def inpaint(job: Job) -> None:
         return
     a, c = job.a, job.config
     if not a.input:
-        raise ValueError(f"--mode inpaint needs --input=FILE: {guidance.io.ACCEPTED}")
+        raise UsageError(f"--mode inpaint needs --input=FILE: {guidance.io.ACCEPTED}")
     method = guidance.INPAINTERS.canonical(_or(a.inpaint_method, c.inpainting.method))
     steps = _or(a.steps, c.inpainting.steps)
     run = job.load()

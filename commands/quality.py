@@ -77,7 +77,7 @@ def score_run(run, score_fn, sampler: solvers.Sampler, num: int, batch_size: int
     if out is None:
         return None
     if not out.x.isfinite().all():
-        raise ValueError(f"{int((~out.x.isfinite()).sum())} sample values are NaN/inf (nothing scored); try more "
+        raise UsageError(f"{int((~out.x.isfinite()).sum())} sample values are NaN/inf (nothing scored); try more "
                          "--steps or another --solver")
     result = score(out.x, run.config, run.data, cache=cache, weights=weights, device=ctx.device)
     record = {"dataset": run.config.data.dataset, "checkpoint": str(run.path), "step": run.step, "seed": seed,

@@ -15,6 +15,7 @@ from scoresde.run.sampling import Samples, draw_samples, reference_points
 from scoresde.run.images import save_npz, save_samples
 from scoresde.run.interrupts import NEVER
 from scoresde.run.workdir import check_directory, claiming_names, fresh_stem
+from scoresde.utils import UsageError
 
 def guided_score_fn(run, class_label: str = "", omega: float = 0.0, gamma: float = 0.0):
     """run.score_fn conditioned on class_label ("3" or "0,1,2", cycled over each batch), with classifier-free
@@ -22,7 +23,7 @@ def guided_score_fn(run, class_label: str = "", omega: float = 0.0, gamma: float
     --mode train_classifier in the run directory)."""
     if not str(class_label or "").strip():
         if omega or gamma:
-            raise ValueError("--guidance and --classifier_scale need --class_label (e.g. --class_label=3 or 0,1,2)")
+            raise UsageError("--guidance and --classifier_scale need --class_label (e.g. --class_label=3 or 0,1,2)")
         return run.score_fn
     labels = guidance.parse_labels(class_label)
     guidance.check_labels(labels, run.data.num_classes)
@@ -30,10 +31,10 @@ def guided_score_fn(run, class_label: str = "", omega: float = 0.0, gamma: float
     if run.config.model.conditional:
         score_fn = guidance.ClassifierFreeGuidance(score_fn.score, labels, omega)
     elif omega:
-        raise ValueError("--guidance (classifier-free) needs a conditional model; train one with "
+        raise UsageError("--guidance (classifier-free) needs a conditional model; train one with "
                          "--config.model.conditional=True, or use --classifier_scale")
     elif not gamma:
-        raise ValueError("this model is unconditional: --class_label needs classifier guidance "
+        raise UsageError("this model is unconditional: --class_label needs classifier guidance "
                          "(--classifier_scale > 0, after --mode train_classifier)")
     if gamma:
         net = load_classifier(run.config, run.workdir, run.data.shape, run.data.num_classes, run.device)
@@ -60,7 +61,7 @@ def write_samples(stem: Path, x: torch.Tensor, data, hint: str, title: str | Non
     Non-finite samples raise before anything is written: a run never leaves NaN results that look like output.
     """
     if not x.isfinite().all():
-        raise ValueError(f"the samples contain NaN/inf (nothing written); {hint}")
+        raise UsageError(f"the samples contain NaN/inf (nothing written); {hint}")
     png = save_samples(x, Path(f"{stem}.png"), data.is_image, reference=reference_points(data), title=title)
     npz = Path(f"{stem}.npz")
     save_npz(npz, samples=x.numpy(), data_space=np.asarray(data.data_space), **arrays)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import ml_collections
 
-from scoresde.utils import Registry
+from scoresde.utils import Registry, UsageError
 
 CONFIG_DIR = Path(__file__).resolve().parent
 _NOT_CONFIGS = {"__init__", "registry", "validate", "default", "cifar10_base"}
@@ -28,12 +28,12 @@ def config_path(name_or_path: str) -> Path:
     p = Path(name_or_path)
     if p.suffix == ".py" or p.parent != Path("."):
         if not p.is_file():
-            raise ValueError(f"config file {name_or_path} does not exist")
+            raise UsageError(f"config file {name_or_path} does not exist")
         return p
     try:
         return bundled()[name_or_path]
     except ValueError as e:
-        raise ValueError(f"{e} (or pass a path to a .py file defining get_config())") from None
+        raise UsageError(f"{e} (or pass a path to a .py file defining get_config())") from None
 
 
 def load_config(name_or_path: str) -> ml_collections.ConfigDict:
@@ -44,15 +44,15 @@ def load_config(name_or_path: str) -> ml_collections.ConfigDict:
     try:
         spec.loader.exec_module(module)
     except SyntaxError as e:
-        raise ValueError(f"config file {path}:{e.lineno}: {e.msg}") from None
+        raise UsageError(f"config file {path}:{e.lineno}: {e.msg}") from None
     except Exception as e:  # whatever the user's file raises while it is imported
-        raise ValueError(f"config file {path} fails to load: {type(e).__name__}: {e}") from None
+        raise UsageError(f"config file {path} fails to load: {type(e).__name__}: {e}") from None
     if not callable(getattr(module, "get_config", None)):
-        raise ValueError(f"config file {path} does not define get_config(); a config file is a Python module "
+        raise UsageError(f"config file {path} does not define get_config(); a config file is a Python module "
                          "whose get_config() returns an ml_collections.ConfigDict (see configs/vpsde.py)")
     config = module.get_config()
     if not isinstance(config, ml_collections.ConfigDict):
-        raise ValueError(f"get_config() in {path} returned a {type(config).__name__}, not an "
+        raise UsageError(f"get_config() in {path} returned a {type(config).__name__}, not an "
                          "ml_collections.ConfigDict")
     return config
 
@@ -72,7 +72,7 @@ def check_overrides(config: ml_collections.ConfigDict, argv: list[str]) -> None:
                 where = ".".join(walked)
                 hint = f" (did you mean {'.'.join([*walked, close[0]])}?)" if close else \
                     (f"; {where or 'the config'} has {', '.join(fields)}" if fields else "")
-                raise ValueError(f"unknown config field {key!r} in {arg.split('=', 1)[0]}{hint}; "
+                raise UsageError(f"unknown config field {key!r} in {arg.split('=', 1)[0]}{hint}; "
                                  "see configs/default.py for the fields")
             node = node[part]
             walked.append(part)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from scoresde.utils import UsageError
 
 POSITIVE_INTS = (
     "training.batch_size", "training.n_iters", "training.snapshot_freq", "training.log_freq", "training.eval_freq",
@@ -78,4 +79,4 @@ def check_config(config) -> None:
     found = problems(config)
     if found:
         more = f" (and {len(found) - 1} more: {'; '.join(found[1:3])})" if len(found) > 1 else ""
-        raise ValueError(f"config: {found[0]}{more}")
+        raise UsageError(f"config: {found[0]}{more}")

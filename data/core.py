@@ -38,9 +38,9 @@ class ArrayDataset(Dataset):
     def __init__(self, data: torch.Tensor, labels: torch.Tensor, n_bins: int | None = None,
                  data_range: tuple[float, float] = (0.0, 1.0), random_flip: bool = False, flip_seed: int = 0):
         if len(data) != len(labels):
-            raise ValueError(f"got {len(data)} items but {len(labels)} labels")
+            raise UsageError(f"got {len(data)} items but {len(labels)} labels")
         if random_flip and data.ndim != 4:
-            raise ValueError(f"random_flip needs images of shape (N, C, H, W), got data of shape {tuple(data.shape)}")
+            raise UsageError(f"random_flip needs images of shape (N, C, H, W), got data of shape {tuple(data.shape)}")
         self.data = data
         self.labels = labels.to(torch.int64)
         self.n_bins = n_bins
@@ -53,7 +53,7 @@ class ArrayDataset(Dataset):
             self._table = None
         else:
             if data.dtype.is_floating_point:
-                raise ValueError("discrete data must be stored as integer levels 0..n_bins-1")
+                raise UsageError("discrete data must be stored as integer levels 0..n_bins-1")
             lo, hi = data_range
             levels = torch.arange(n_bins, dtype=torch.float64) / (n_bins - 1)
             self._table = (lo + (hi - lo) * levels).to(torch.float32)
@@ -176,7 +176,7 @@ def holdout_split(n: int, test_fraction: float) -> tuple[torch.Tensor, torch.Ten
     The split never depends on config.seed, so test losses of different runs are comparable.
     """
     if n < 2:
-        raise ValueError(f"need at least 2 items to hold out a test set, got {n}")
+        raise UsageError(f"need at least 2 items to hold out a test set, got {n}")
     n_test = min(max(1, round(n * test_fraction)), n - 1)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
     return perm[n_test:].sort().values, perm[:n_test].sort().values
@@ -188,8 +188,8 @@ def labels_or_none(labels, n: int) -> tuple[torch.Tensor, int | None]:
         return torch.full((n,), NO_LABEL, dtype=torch.int64), None
     labels = np.asarray(labels)
     if labels.shape != (n,):
-        raise ValueError(f"labels must have shape ({n},) to match the {n} items, got {labels.shape}")
+        raise UsageError(f"labels must have shape ({n},) to match the {n} items, got {labels.shape}")
     if labels.dtype.kind not in "iu" or (n and labels.min() < 0):
-        raise ValueError(f"labels must be non-negative integers (class indices), got dtype {labels.dtype}"
+        raise UsageError(f"labels must be non-negative integers (class indices), got dtype {labels.dtype}"
                          + (f" with minimum {labels.min()}" if labels.dtype.kind in "iu" else ""))
     return torch.from_numpy(labels.astype(np.int64)), int(labels.max()) + 1 if n else None

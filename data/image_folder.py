@@ -9,6 +9,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .core import DataInfo, NO_LABEL, discrete_info, holdout_split
 from .images import fit_image
+from scoresde.utils import MissingFileError, UsageError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -16,7 +17,7 @@ EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff",
 def find_images(root: str) -> tuple[list[str], list[int], list[str]]:
     """(paths, labels, classes): images directly in root are unlabelled; images under root/<class>/... get its index."""
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"image_folder: {root!r} is not a directory; set config.data.path to a folder of "
+        raise MissingFileError(f"image_folder: {root!r} is not a directory; set config.data.path to a folder of "
                                 f"images (optionally one sub-folder per class)")
     entries = sorted(os.scandir(root), key=lambda e: e.name)
     loose = [e.path for e in entries if e.is_file() and e.name.lower().endswith(EXTENSIONS)]
@@ -29,19 +30,19 @@ def find_images(root: str) -> tuple[list[str], list[int], list[str]]:
                 classes.append(entry.name)
                 paths += found
     if loose and classes:
-        raise ValueError(f"image_folder: {root} has both images and class sub-folders ({', '.join(classes)}); "
+        raise UsageError(f"image_folder: {root} has both images and class sub-folders ({', '.join(classes)}); "
                          f"move the loose images into a sub-folder, or keep only loose images for unlabelled data")
     if not loose and not classes:
-        raise FileNotFoundError(f"image_folder: no images ({', '.join(EXTENSIONS)}) in {root}")
+        raise MissingFileError(f"image_folder: no images ({', '.join(EXTENSIONS)}) in {root}")
     return (loose, [NO_LABEL] * len(loose), []) if loose else (paths, labels, classes)
 
 
 def load_image_folder(options) -> DataInfo:
     """DataInfo for the images under config.data.path: 256 levels, num_channels (default 3), image_size required."""
     if options.path is None:
-        raise ValueError("image_folder needs config.data.path: a directory of images (sub-folders = classes)")
+        raise UsageError("image_folder needs config.data.path: a directory of images (sub-folders = classes)")
     if options.image_size is None:
-        raise ValueError("image_folder needs config.data.image_size: images are resized (shorter side) and "
+        raise UsageError("image_folder needs config.data.image_size: images are resized (shorter side) and "
                          "centre-cropped to image_size x image_size")
     paths, labels, classes = find_images(options.path)
     channels = options.num_channels or 3
@@ -67,4 +68,4 @@ def _read(path: str, image_size: int, channels: int) -> np.ndarray:
         with Image.open(path) as image:
             return fit_image(image, image_size, channels)
     except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"image_folder: cannot read {path} as an image ({e}); remove or replace it") from e
+        raise UsageError(f"image_folder: cannot read {path} as an image ({e}); remove or replace it") from e

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from scoresde.utils import derived_seed
+from scoresde.utils import UsageError, derived_seed
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -26,11 +26,11 @@ class InfiniteLoader:
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int, start_step: int = 0):
         if not (isinstance(batch_size, int) and batch_size > 0):
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+            raise UsageError(f"batch_size must be a positive int, got {batch_size!r}")
         if not (isinstance(start_step, int) and start_step >= 0):
-            raise ValueError(f"start_step must be a non-negative int, got {start_step!r}")
+            raise UsageError(f"start_step must be a non-negative int, got {start_step!r}")
         if batch_size > len(dataset):
-            raise ValueError(f"batch_size {batch_size} exceeds the {len(dataset)} training items; use at most "
+            raise UsageError(f"batch_size {batch_size} exceeds the {len(dataset)} training items; use at most "
                              f"{len(dataset)} (the last incomplete batch of each epoch is dropped)")
         self.dataset = dataset
         self.batch_size = batch_size

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from scoresde.utils import UsageError
 
 # Defaults for every optional field. `None` for image_size / num_channels means "the dataset's own"
 # (digits 8x1, mnist 28x1, cifar10 32x3, an array's shape); image_folder needs image_size.
@@ -36,25 +37,25 @@ class DataOptions:
 
     def __post_init__(self):
         if self.image_size is not None and not (_is_int(self.image_size) and self.image_size > 0):
-            raise ValueError(f"config.data.image_size must be a positive int (or None for the dataset's own), "
+            raise UsageError(f"config.data.image_size must be a positive int (or None for the dataset's own), "
                              f"got {self.image_size!r}")
         if self.num_channels not in (None, 1, 3):
-            raise ValueError(f"config.data.num_channels must be 1 (grey) or 3 (RGB), got {self.num_channels!r}")
+            raise UsageError(f"config.data.num_channels must be 1 (grey) or 3 (RGB), got {self.num_channels!r}")
         for name in ("num_samples", "num_test_samples"):
             value = getattr(self, name)
             if not (_is_int(value) and value > 0):
-                raise ValueError(f"config.data.{name} must be a positive int, got {value!r}")
+                raise UsageError(f"config.data.{name} must be a positive int, got {value!r}")
         if not 0.0 < self.test_fraction < 1.0:
-            raise ValueError(f"config.data.test_fraction must be in (0, 1), got {self.test_fraction!r}")
+            raise UsageError(f"config.data.test_fraction must be in (0, 1), got {self.test_fraction!r}")
         if not _is_int(self.seed):
-            raise ValueError(f"config.seed must be an int, got {self.seed!r}")
+            raise UsageError(f"config.seed must be an int, got {self.seed!r}")
 
     @classmethod
     def from_config(cls, config) -> "DataOptions":
         """Options from an ml_collections ConfigDict with `config.data.dataset`; missing fields take DEFAULTS."""
         data = getattr(config, "data", None)
         if data is None or data.get("dataset") is None:
-            raise ValueError("the config needs config.data.dataset (see data.available() for the names)")
+            raise UsageError("the config needs config.data.dataset (see data.available() for the names)")
         values = {name: data.get(name, default) for name, default in DEFAULTS.items()}
         path = values["path"]
         values["path"] = str(path) if path else None

@@ -5,7 +5,7 @@ from typing import Callable
 
 import torch
 
-from scoresde.utils import Registry
+from scoresde.utils import Registry, UsageError
 
 from .array import load_array
 from .core import DataInfo, discrete_info
@@ -41,7 +41,7 @@ def image_shape_only(config) -> DataInfo:
     from a dataset that is not on this machine (config.data.image_size and num_channels must be set)."""
     options = DataOptions.from_config(config)
     if options.image_size is None or options.num_channels is None:
-        raise ValueError("config.data.image_size and config.data.num_channels are needed without the dataset")
+        raise UsageError("config.data.image_size and config.data.num_channels are needed without the dataset")
     empty = torch.zeros((0, options.num_channels, options.image_size, options.image_size), dtype=torch.uint8)
     labels = torch.zeros(0, dtype=torch.long)
     return discrete_info(options.dataset, empty, labels, empty, labels, 256, None, options)

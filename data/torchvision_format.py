@@ -14,6 +14,7 @@ import torch
 
 from .core import DataInfo, discrete_info, labels_or_none
 from .images import fit_images
+from scoresde.utils import MissingFileError, UsageError
 
 MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -27,12 +28,12 @@ def read_idx(path: str) -> np.ndarray:
     with opener(path, "rb") as f:
         raw = f.read()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != _IDX_UBYTE:
-        raise ValueError(f"{path} is not an idx file of unsigned bytes (it must start with bytes 0x00 0x00 0x08 <ndim>)")
+        raise UsageError(f"{path} is not an idx file of unsigned bytes (it must start with bytes 0x00 0x00 0x08 <ndim>)")
     ndim = raw[3]
     dims = tuple(int(d) for d in np.frombuffer(raw, ">i4", count=ndim, offset=4))
     data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise ValueError(f"{path} is truncated or corrupt: header says shape {dims}, found {data.size} bytes of data")
+        raise UsageError(f"{path} is truncated or corrupt: header says shape {dims}, found {data.size} bytes of data")
     return data.reshape(dims).copy()  # frombuffer's view is read-only; torch wants writable arrays
 
 
@@ -53,7 +54,7 @@ def load_mnist(options) -> DataInfo:
     for split, (images, labels) in MNIST_FILES.items():
         x, y = read_idx(find(images)), read_idx(find(labels))
         if x.ndim != 3 or y.shape != (len(x),):
-            raise ValueError(f"{raw_dir}: expected images (N, H, W) and labels (N,), got {x.shape} and {y.shape}")
+            raise UsageError(f"{raw_dir}: expected images (N, H, W) and labels (N,), got {x.shape} and {y.shape}")
         splits[split] = (x[:, None], y)
     return _info("mnist", splits, options)
 
@@ -77,10 +78,10 @@ def _read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
     with open(path, "rb") as f:
         batch = pickle.load(f, encoding="latin1")
     if not isinstance(batch, dict) or "data" not in batch or "labels" not in batch:
-        raise ValueError(f"{path} is not a CIFAR-10 python batch (a dict with 'data' and 'labels')")
+        raise UsageError(f"{path} is not a CIFAR-10 python batch (a dict with 'data' and 'labels')")
     data = np.asarray(batch["data"], dtype=np.uint8)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(batch["labels"]) != len(data):
-        raise ValueError(f"{path}: expected data (N, 3072) and N labels, got {data.shape} and {len(batch['labels'])}")
+        raise UsageError(f"{path}: expected data (N, 3072) and N labels, got {data.shape} and {len(batch['labels'])}")
     return data.reshape(-1, 3, 32, 32), np.asarray(batch["labels"], dtype=np.int64)
 
 
@@ -95,7 +96,7 @@ def _info(name: str, splits: dict, options) -> DataInfo:
 
 def _root(options, name: str, layout: str) -> str:
     if not options.path:
-        raise ValueError(f"{name} needs config.data.path: the root directory that contains {layout} "
+        raise UsageError(f"{name} needs config.data.path: the root directory that contains {layout} "
                          f"(torchvision's layout; set config.data.download = True to fetch it there)")
     return options.path
 
@@ -103,15 +104,15 @@ def _root(options, name: str, layout: str) -> str:
 def _download_or_fail(tv_name: str, options, folder: str, missing: list[str], note: str) -> None:
     where = f"put {', '.join(missing)} {note} in {folder}"
     if not options.download:
-        raise FileNotFoundError(f"{tv_name} files missing: {where}, or set config.data.download = True "
+        raise MissingFileError(f"{tv_name} files missing: {where}, or set config.data.download = True "
                                 f"(needs torchvision and network access)")
     try:
         import torchvision
     except ImportError:
-        raise FileNotFoundError(f"{tv_name} files missing and download needs torchvision "
+        raise MissingFileError(f"{tv_name} files missing and download needs torchvision "
                                 f"(pip install 'scoresde[vision]'); or {where}") from None
     try:
         for train in (True, False):
             getattr(torchvision.datasets, tv_name)(options.path, train=train, download=True)
     except Exception as e:  # network errors come in many types; all mean the same to the user
-        raise FileNotFoundError(f"downloading {tv_name} to {options.path} failed ({e}); offline, {where}") from e
+        raise MissingFileError(f"downloading {tv_name} to {options.path} failed ({e}); offline, {where}") from e

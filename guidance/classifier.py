@@ -7,6 +7,7 @@ from torch import nn
 from scoresde.models import MLP
 from scoresde.models.embeddings import make_embedding
 from scoresde.sde_lib import SDE
+from scoresde.utils import UsageError
 
 Tensor = torch.Tensor
 
@@ -54,7 +55,7 @@ class ConvClassifier(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"ConvClassifier expects images (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+            raise UsageError(f"ConvClassifier expects images (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
         emb = self.embed(t.expand(x.shape[0])).to(x.dtype)
         h = self.inp(x)
         for i, block in enumerate(self.blocks):
@@ -67,7 +68,7 @@ class ConvClassifier(nn.Module):
 def build_classifier(config, shape, num_classes: int | None) -> nn.Module:
     """The classifier for data of `shape`: ConvClassifier for images, MLPClassifier for vectors (config.classifier)."""
     if not num_classes:
-        raise ValueError("a classifier needs a dataset with class labels (digits, mnist, cifar10, gmm8, moons, "
+        raise UsageError("a classifier needs a dataset with class labels (digits, mnist, cifar10, gmm8, moons, "
                          "circles, image_folder with sub-folders, or an array with 'y'); this one has none")
     c = config.classifier
     if len(shape) == 1:
@@ -79,9 +80,9 @@ def classifier_loss(classifier: nn.Module, sde: SDE, x0: Tensor, y: Tensor, *, e
                     generator: torch.Generator | None = None) -> Tensor:
     """Cross-entropy of classifier(x_t, t) against y, x_t = alpha_bar x0 + beta_bar z, t ~ U(eps, T)."""
     if not 0.0 <= eps < sde.T:
-        raise ValueError(f"eps (the smallest training time) must be in [0, T={sde.T}), got {eps}")
+        raise UsageError(f"eps (the smallest training time) must be in [0, T={sde.T}), got {eps}")
     if y.shape != (x0.shape[0],) or (y < 0).any():
-        raise ValueError("classifier training needs a class label in 0..K-1 for every item (y of shape (N,))")
+        raise UsageError("classifier training needs a class label in 0..K-1 for every item (y of shape (N,))")
     t = eps + torch.rand(x0.shape[0], dtype=torch.float64, generator=generator, device=x0.device) * (sde.T - eps)
     z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     xt = sde.perturb(x0, z, t)

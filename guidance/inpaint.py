@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from scoresde import solvers
 from scoresde.sde_lib import SDE
-from scoresde.utils import Registry
+from scoresde.utils import Registry, UsageError
 from scoresde.solvers import CountingScore, SampleResult
 from scoresde.solvers.random import fresh_generator
 
@@ -38,12 +38,12 @@ def check_observation(x_obs: Tensor, mask: Tensor) -> Tensor:
     try:
         mask = torch.broadcast_to(mask.to(x_obs.device), x_obs.shape)
     except RuntimeError:
-        raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the observations "
+        raise UsageError(f"mask of shape {tuple(mask.shape)} does not broadcast to the observations "
                          f"{tuple(x_obs.shape)}; give one mask per item or one for all (e.g. (C, H, W))") from None
     if not ((mask == 0) | (mask == 1)).all():
-        raise ValueError("mask entries must be 0 (missing: to sample) or 1 (observed)")
+        raise UsageError("mask entries must be 0 (missing: to sample) or 1 (observed)")
     if not torch.isfinite(x_obs[mask.bool()]).all():
-        raise ValueError("observed entries (mask = 1) must be finite; mark NaN entries as missing in the mask")
+        raise UsageError("observed entries (mask = 1) must be finite; mark NaN entries as missing in the mask")
     return mask.to(x_obs.dtype)
 
 
@@ -58,11 +58,11 @@ def inpaint(sde: SDE, score_fn, x_obs: Tensor, mask: Tensor, *, method: str = "r
     """
     passes = INPAINTERS[method]
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        raise UsageError(f"steps must be an integer >= 1, got {steps!r}")
     if isinstance(resample, bool) or not isinstance(resample, int) or resample < 1:
-        raise ValueError(f"resample must be an integer >= 1 (1: no resampling), got {resample!r}")
+        raise UsageError(f"resample must be an integer >= 1 (1: no resampling), got {resample!r}")
     if not 0.0 < eps < sde.T:
-        raise ValueError(f"eps must be in (0, T) = (0, {sde.T}), got eps={eps}")
+        raise UsageError(f"eps must be in (0, T) = (0, {sde.T}), got eps={eps}")
     mask = check_observation(x_obs, mask)
     x_obs = torch.where(mask.bool(), x_obs, torch.zeros_like(x_obs))
     if generator is None:

@@ -29,7 +29,7 @@ def read_observation(input_path, mask_path=None, shape=None) -> tuple[torch.Tens
         if tuple(x.shape) == shape:
             x = x[None]
         if tuple(x.shape[1:]) != shape:
-            raise ValueError(f"the observations in {input_path} have shape {tuple(x.shape)}; this model's data are "
+            raise UsageError(f"the observations in {input_path} have shape {tuple(x.shape)}; this model's data are "
                              f"(N, {', '.join(map(str, shape))})")
     try:
         fits = torch.broadcast_shapes(mask.shape, x.shape) == x.shape
@@ -40,6 +40,6 @@ def read_observation(input_path, mask_path=None, shape=None) -> tuple[torch.Tens
                          f"observations' {tuple(x.shape)}; give one mask per observation, or one of shape "
                          f"{tuple(x.shape[1:])} for all")
     if bool((mask == 1).all()):
-        raise ValueError("every entry is observed (the mask is all ones): nothing to inpaint; "
+        raise UsageError("every entry is observed (the mask is all ones): nothing to inpaint; "
                          "mark missing entries with 0 in the mask or NaN in x")
     return x, mask

@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from scoresde.utils import UsageError
 
 Tensor = torch.Tensor
 
@@ -12,11 +13,11 @@ def check_labels(labels, num_classes: int | None) -> None:
     """Raise ValueError unless every label is an int in [0, num_classes)."""
     values = batch_labels(labels, 1 if isinstance(labels, int) else len(labels), "cpu").tolist()
     if not num_classes:
-        raise ValueError("class labels need a model trained with labels (config.model.conditional=True on a "
+        raise UsageError("class labels need a model trained with labels (config.model.conditional=True on a "
                          "dataset with classes)")
     bad = [v for v in values if not 0 <= v < num_classes]
     if bad:
-        raise ValueError(f"class label(s) {bad} out of range; this model has classes 0..{num_classes - 1}")
+        raise UsageError(f"class label(s) {bad} out of range; this model has classes 0..{num_classes - 1}")
 
 
 def batch_labels(labels, n: int, device) -> Tensor:
@@ -38,7 +39,7 @@ def batch_labels(labels, n: int, device) -> Tensor:
         raise TypeError(f"class labels must be an int, a list of ints or an integer tensor, "
                         f"got {type(labels).__name__}")
     if labels.numel() == 0:
-        raise ValueError("the list of class labels is empty; give at least one label")
+        raise UsageError("the list of class labels is empty; give at least one label")
     labels = labels.to(device=device, dtype=torch.long)
     return labels.repeat((n + labels.numel() - 1) // labels.numel())[:n]
 
@@ -49,8 +50,8 @@ def parse_labels(text: str) -> int | list[int]:
     try:
         values = [int(p) for p in parts]
     except ValueError:
-        raise ValueError(f"--class_label must be an integer or a comma-separated list of integers, got {text!r}") \
+        raise UsageError(f"--class_label must be an integer or a comma-separated list of integers, got {text!r}") \
             from None
     if not values:
-        raise ValueError("--class_label is empty; give a label such as 3 or a list such as 0,1,2")
+        raise UsageError("--class_label is empty; give a label such as 3 or a list such as 0,1,2")
     return values[0] if len(values) == 1 else values

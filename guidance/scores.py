@@ -6,6 +6,7 @@ from typing import Callable
 import torch
 
 from .labels import batch_labels
+from scoresde.utils import UsageError
 
 Tensor = torch.Tensor
 ConditionalScore = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
@@ -14,7 +15,7 @@ LogitsFn = Callable[[Tensor, Tensor], Tensor]
 
 def _check_scale(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{name} must be a non-negative number (0: no guidance), got {value!r}")
+        raise UsageError(f"{name} must be a non-negative number (0: no guidance), got {value!r}")
     return float(value)
 
 
@@ -68,10 +69,10 @@ class ClassifierGuidance:
             x_in = x.detach().requires_grad_(True)
             logits = self.logits_fn(x_in, t)
             if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
-                raise ValueError(f"logits_fn must return logits of shape (N, num_classes) = ({x.shape[0]}, K); "
+                raise UsageError(f"logits_fn must return logits of shape (N, num_classes) = ({x.shape[0]}, K); "
                                  f"got {tuple(logits.shape)}")
             if int(y.max()) >= logits.shape[1]:
-                raise ValueError(f"class label {int(y.max())} out of range for a classifier of "
+                raise UsageError(f"class label {int(y.max())} out of range for a classifier of "
                                  f"{logits.shape[1]} classes")
             log_p = torch.log_softmax(logits, dim=1).gather(1, y[:, None]).sum()
             grad, = torch.autograd.grad(log_p, x_in)

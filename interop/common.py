@@ -12,6 +12,7 @@ from scoresde import models
 from scoresde import sde_lib
 from scoresde.run.builders import build_precond, build_sde
 from scoresde.run.checkpoint import CheckpointError, load_module_state
+from scoresde.utils import UsageError
 
 
 class ImportMismatchError(CheckpointError):
@@ -47,7 +48,7 @@ def data_shape(config) -> tuple[int, int, int]:
         return int(d.num_channels), int(d.image_size), int(d.image_size)
     shape = tuple(data_lib.get_dataset(config).shape)
     if len(shape) != 3:
-        raise ValueError(f"the config's dataset {d.dataset!r} has shape {shape}; imported networks take images")
+        raise UsageError(f"the config's dataset {d.dataset!r} has shape {shape}; imported networks take images")
     return shape
 
 

@@ -15,6 +15,7 @@ from scoresde.models.diffusers import DiffusersUNet, require_diffusers
 from scoresde.run.builders import build_model
 
 from .common import Imported, ImportMismatchError, as_config, finish
+from scoresde.utils import MissingFileError, UsageError
 
 PARAMETERIZATIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 SCHEDULE_FIELDS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
@@ -26,10 +27,10 @@ def _folders(folder: Path) -> tuple[Path, Path]:
         if scheduler.is_file():
             break
     else:
-        raise FileNotFoundError(f"{folder} holds no scheduler/scheduler_config.json (a diffusers DDPM pipeline "
+        raise MissingFileError(f"{folder} holds no scheduler/scheduler_config.json (a diffusers DDPM pipeline "
                                 "saved with save_pretrained, e.g. google/ddpm-cifar10-32)")
     if not (unet / "config.json").is_file():
-        raise FileNotFoundError(f"{folder} holds no unet/config.json (a diffusers UNet2DModel saved with save_pretrained)")
+        raise MissingFileError(f"{folder} holds no unet/config.json (a diffusers UNet2DModel saved with save_pretrained)")
     return unet, scheduler
 
 
@@ -52,7 +53,7 @@ def _schedule(scheduler: dict, path) -> dict:
 def _config(base, unet_config: dict, fields: dict):
     if base is None:
         if (unet_config["in_channels"], unet_config["sample_size"]) != (3, 32):
-            raise ValueError("pass a config whose data section describes the model's data (e.g. --config vpsde); "
+            raise UsageError("pass a config whose data section describes the model's data (e.g. --config vpsde); "
                              "only 32x32 RGB models default to CIFAR-10")
         base = "cifar10_vpsde"
     config = as_config(base)

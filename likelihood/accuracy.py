@@ -20,6 +20,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from .multistep import FIXED_METHODS
+from scoresde.utils import UsageError
 
 Tensor = torch.Tensor
 
@@ -75,7 +76,7 @@ def candidates(method: str, steps: int | None, rtol: float | None, atol: float |
             return [OdeSetting(method, steps=int(steps))]
         return [OdeSetting(method, steps=n) for n in STEP_LADDER]
     if steps is not None:
-        raise ValueError(f"steps applies to the fixed-grid methods ({', '.join(FIXED_METHODS)}), not to the "
+        raise UsageError(f"steps applies to the fixed-grid methods ({', '.join(FIXED_METHODS)}), not to the "
                          f"adaptive {method!r}; give rtol/atol instead")
     return [OdeSetting(method, rtol=tol, atol=tol) for tol in TOL_LADDER]
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from scoresde.models.losses import get_weighting
 from scoresde.sde_lib import SDE, as_time
-from scoresde.utils import batch_data
+from scoresde.utils import UsageError, batch_data
 
 from .bpd import BitsPerDim, bits_per_dim, check_bins, dequantize
 
@@ -63,7 +63,7 @@ def variational_bound(sde: SDE, score_fn, x: Tensor, *, n_t: int = 64, eps: floa
                       generator: torch.Generator | None = None) -> BoundResult:
     """The bound on -log p(x) per point from n_t network calls, each at its own stratum of log-SNR."""
     if not (isinstance(n_t, int) and n_t >= 2 and n_t % 2 == 0):
-        raise ValueError(f"n_t must be an even integer >= 2 (t samples per point, paired for the standard error), "
+        raise UsageError(f"n_t must be an even integer >= 2 (t samples per point, paired for the standard error), "
                          f"got {n_t!r}")
     weighting = get_weighting("likelihood_is", eps=eps)
     weighting.check(sde)
@@ -101,7 +101,7 @@ def bound_bits_per_dim(sde: SDE, score_fn, batches: Iterable, *, n_bins: int | N
     the t and noise draws. nfe is n_t, the network calls per point and repeat.
     """
     if not (isinstance(repeats, int) and repeats >= 1):
-        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+        raise UsageError(f"repeats must be a positive integer, got {repeats!r}")
     check_bins(n_bins, data_range)
     values = []
     for batch in tqdm(batches, desc="bound bits/dim", disable=not progress):
@@ -113,7 +113,7 @@ def bound_bits_per_dim(sde: SDE, score_fn, batches: Iterable, *, n_bins: int | N
             per_sample += bits_per_dim(-nll, x.shape, data_range=data_range, n_bins=n_bins).cpu() / repeats
         values.append(per_sample)
     if not values:
-        raise ValueError("no data: batches was empty")
+        raise UsageError("no data: batches was empty")
     v = torch.cat(values)
     stderr = float(v.std() / math.sqrt(len(v))) if len(v) > 1 else math.nan
     return BitsPerDim(float(v.mean()), stderr, len(v), float(n_t), math.nan, f"variational bound, {n_t} t samples")

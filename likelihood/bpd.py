@@ -14,7 +14,7 @@ from typing import Iterable, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from scoresde.utils import batch_data
+from scoresde.utils import UsageError, batch_data
 
 from .accuracy import OdeSetting, candidates, choose_setting
 from .core import log_likelihood, state_dtype_for
@@ -26,11 +26,11 @@ Tensor = torch.Tensor
 def check_bins(n_bins, data_range) -> tuple[float, float]:
     """(lo, hi) of data_range; a ValueError unless n_bins is an integer >= 2 or None and lo < hi."""
     if n_bins is not None and not (isinstance(n_bins, int) and n_bins >= 2):
-        raise ValueError(f"n_bins must be an integer >= 2 (256 for 8-bit data) or None for continuous data, "
+        raise UsageError(f"n_bins must be an integer >= 2 (256 for 8-bit data) or None for continuous data, "
                          f"got {n_bins!r}")
     lo, hi = (float(v) for v in data_range)
     if not hi > lo:
-        raise ValueError(f"data_range must be (lo, hi) with lo < hi, got {tuple(data_range)}")
+        raise UsageError(f"data_range must be (lo, hi) with lo < hi, got {tuple(data_range)}")
     return lo, hi
 
 
@@ -48,10 +48,10 @@ def bits_per_dim(logp: Tensor, x_shape, *, data_range=(-1.0, 1.0), n_bins: int |
     """
     x_shape = tuple(x_shape)
     if len(x_shape) < 2 or x_shape[0] != logp.shape[0] or logp.ndim != 1:
-        raise ValueError(f"x_shape must be the data batch's shape (N, ...) with N = len(logp); got x_shape={x_shape} "
+        raise UsageError(f"x_shape must be the data batch's shape (N, ...) with N = len(logp); got x_shape={x_shape} "
                          f"for logp of shape {tuple(logp.shape)}")
     if not torch.isfinite(logp).all():
-        raise ValueError("logp contains NaN or inf; bits/dim would be meaningless (check the ODE solve and the data)")
+        raise UsageError("logp contains NaN or inf; bits/dim would be meaningless (check the ODE solve and the data)")
     d = math.prod(x_shape[1:])
     return -logp.to(torch.float64) / (d * math.log(2.0)) + bin_offset(n_bins, data_range)
 
@@ -59,13 +59,13 @@ def bits_per_dim(logp: Tensor, x_shape, *, data_range=(-1.0, 1.0), n_bins: int |
 def dequantize(x: Tensor, n_bins: int, data_range=(-1.0, 1.0), generator: torch.Generator | None = None) -> Tensor:
     """lo + (hi - lo)(k + u) / n_bins, u ~ U[0, 1), for discrete x = lo + (hi - lo) k / (n_bins - 1)."""
     if n_bins is None:
-        raise ValueError("dequantize needs n_bins (the data are continuous when n_bins is None: skip dequantisation)")
+        raise UsageError("dequantize needs n_bins (the data are continuous when n_bins is None: skip dequantisation)")
     lo, hi = check_bins(n_bins, data_range)
     k_real = (x.to(torch.float64) - lo) / (hi - lo) * (n_bins - 1)
     k = k_real.round()
     # Values stored in float32 sit within ~1e-4 bins of the grid for any n_bins up to 2^16.
     if ((k_real - k).abs() > 1e-3).any() or (k < 0).any() or (k > n_bins - 1).any():
-        raise ValueError(f"x is not on the grid of {n_bins} levels over data_range {(lo, hi)}; is it already "
+        raise UsageError(f"x is not on the grid of {n_bins} levels over data_range {(lo, hi)}; is it already "
                          "dequantised, or is data_range / n_bins wrong?")
     u = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float64)
     return (lo + (hi - lo) * (k + u) / n_bins).to(x.dtype)
@@ -111,7 +111,7 @@ def evaluate_bits_per_dim(sde, score_fn, batches: Iterable, *, n_bins: int | Non
         count += x.shape[0]
         bar.set_postfix(bpd=f"{total / count:.4f}")
     if count == 0:
-        raise ValueError("no data: batches was empty")
+        raise UsageError("no data: batches was empty")
     mean, stderr = _mean_and_stderr(total, total_sq, count)
     return BitsPerDim(mean, stderr, count, nfe / solves, solver.ode_error, solver.setting.describe())
 
@@ -119,15 +119,15 @@ def evaluate_bits_per_dim(sde, score_fn, batches: Iterable, *, n_bins: int | Non
 def _check_options(n_bins, data_range, repeats, method, steps, rtol, atol, accuracy, pilot) -> list[OdeSetting]:
     """The candidate ODE settings of evaluate_bits_per_dim's options, once the options are checked."""
     if not (isinstance(repeats, int) and repeats >= 1):
-        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+        raise UsageError(f"repeats must be a positive integer, got {repeats!r}")
     if not (isinstance(pilot, int) and pilot >= 0):
-        raise ValueError(f"pilot must be a non-negative integer (points used to estimate the ODE error), got {pilot!r}")
+        raise UsageError(f"pilot must be a non-negative integer (points used to estimate the ODE error), got {pilot!r}")
     if accuracy is not None and not accuracy > 0:
-        raise ValueError(f"accuracy must be a positive number of bits/dim (or None), got {accuracy!r}")
+        raise UsageError(f"accuracy must be a positive number of bits/dim (or None), got {accuracy!r}")
     check_bins(n_bins, data_range)
     settings = candidates(method, steps, rtol, atol)
     if len(settings) > 1 and (accuracy is None or pilot == 0):
-        raise ValueError("choosing the ODE setting needs accuracy > 0 and pilot > 0; or give steps or rtol/atol")
+        raise UsageError("choosing the ODE setting needs accuracy > 0 and pilot > 0; or give steps or rtol/atol")
     return settings
 
 
@@ -205,7 +205,7 @@ def merge_bits_per_dim(results: list[BitsPerDim | None]) -> BitsPerDim:
     """
     results = [r for r in results if r is not None and r.count > 0]
     if not results:
-        raise ValueError("no data: every shard was empty")
+        raise UsageError("no data: every shard was empty")
     count = sum(r.count for r in results)
     total = sum(r.count * r.mean for r in results)
     total_sq = sum((r.count - 1) * r.count * r.stderr**2 + r.count * r.mean**2 if r.count > 1 else r.mean**2

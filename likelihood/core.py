@@ -15,6 +15,7 @@ from scoresde.solvers.adaptive import integrate_adaptive
 from .divergence import DIVERGENCES
 from .multistep import FIXED_METHODS, integrate_multistep
 from .ode import LikelihoodDynamics
+from scoresde.utils import UsageError
 
 Tensor = torch.Tensor
 
@@ -33,15 +34,15 @@ class LikelihoodResult(NamedTuple):
 
 def _check_common(sde: SDE, x: Tensor, eps: float, n_probes: int = 1, name: str = "x") -> None:
     if not isinstance(x, Tensor) or x.ndim < 2 or not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor of shape (N, ...) with a batch dimension first, got "
+        raise UsageError(f"{name} must be a floating-point tensor of shape (N, ...) with a batch dimension first, got "
                          f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
     if not torch.isfinite(x).all():
         bad = (~torch.isfinite(x)).reshape(x.shape[0], -1).any(1).nonzero().flatten().tolist()
-        raise ValueError(f"{name} contains NaN or inf (samples {bad[:10]}); clean the input before integrating the ODE")
+        raise UsageError(f"{name} contains NaN or inf (samples {bad[:10]}); clean the input before integrating the ODE")
     if not 0.0 < eps < sde.T:
-        raise ValueError(f"eps must be in (0, T={sde.T:g}), got eps={eps}")
+        raise UsageError(f"eps must be in (0, T={sde.T:g}), got eps={eps}")
     if not (isinstance(n_probes, int) and n_probes >= 1):
-        raise ValueError(f"n_probes must be a positive integer, got {n_probes!r}")
+        raise UsageError(f"n_probes must be a positive integer, got {n_probes!r}")
 
 
 def state_dtype_for(x: Tensor, state_dtype) -> torch.dtype:

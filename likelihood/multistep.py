@@ -19,7 +19,7 @@ import math
 import torch
 
 from scoresde.sde_lib import SDE
-from scoresde.utils import Registry
+from scoresde.utils import Registry, UsageError
 from scoresde.solvers.grids import edm_rho
 
 from .ode import differentiable
@@ -59,7 +59,7 @@ def integrate_multistep(sde: SDE, score, x: Tensor, divergence, probes, *, steps
                         state_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """(z = x(T), int_eps^T div F dt) per sample; score is a CountingScore, divergence(score_out, x, probes)."""
     if not (isinstance(steps, int) and steps >= 1):
-        raise ValueError(f"steps must be a positive integer for a fixed-grid method, got {steps!r}")
+        raise UsageError(f"steps must be a positive integer for a fixed-grid method, got {steps!r}")
     t, u = sigma_grid(sde, eps, steps)
     alpha = sde.alpha_bar(t)
     beta = sde.beta_bar(t)

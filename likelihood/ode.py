@@ -5,6 +5,7 @@ import torch
 
 from scoresde.sde_lib import SDE
 from scoresde.solvers import CountingScore
+from scoresde.utils import UsageError
 
 Tensor = torch.Tensor
 
@@ -17,7 +18,7 @@ def flow_velocity(x: Tensor, score: Tensor, f: Tensor, g2: Tensor) -> Tensor:
 def differentiable(score: Tensor) -> Tensor:
     """score, checked to be still attached to the graph of its input (the divergence differentiates it)."""
     if not score.requires_grad:
-        raise ValueError("score_fn output does not depend differentiably on x (was it computed under "
+        raise UsageError("score_fn output does not depend differentiably on x (was it computed under "
                          "torch.no_grad() or detached?); the likelihood needs its divergence")
     return score
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from scoresde.utils import UsageError
 
 WEIGHTS = Path(__file__).with_name("digits_features.pt")
 CHANNELS = (16, 32, 64)
@@ -90,7 +91,7 @@ def _split_slice(split: str) -> slice:
         return slice(None, N_TRAIN)
     if split == "test":
         return slice(N_TRAIN, None)
-    raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    raise UsageError(f"split must be 'train' or 'test', got {split!r}")
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ from .inception_score import inception_score, softmax_probs
 from .kid import kid
 from .manifold import precision_recall
 from .vectors import energy_distance, sliced_wasserstein
+from scoresde.utils import UsageError
 
 
 @dataclasses.dataclass
@@ -92,15 +93,15 @@ def _check_samples(x: torch.Tensor, image_size: int | None, num_channels: int | 
         expected = (num_channels, image_size, image_size)
         for got, want, what in zip(x.shape[1:], expected, ("channels", "height", "width")):
             if want is not None and got != want:
-                raise ValueError(f"samples have {got} {what}, expected {want} (shape {tuple(x.shape)})")
+                raise UsageError(f"samples have {got} {what}, expected {want} (shape {tuple(x.shape)})")
         if x.shape[1] not in (1, 3):
-            raise ValueError(f"images need 1 or 3 channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+            raise UsageError(f"images need 1 or 3 channels, got {x.shape[1]} (shape {tuple(x.shape)})")
     elif x.ndim != 2:
-        raise ValueError(f"samples must be images (N, C, H, W) or vectors (N, D), got shape {tuple(x.shape)}")
+        raise UsageError(f"samples must be images (N, C, H, W) or vectors (N, D), got shape {tuple(x.shape)}")
     if len(x) < 2:
-        raise ValueError(f"the statistics need at least 2 samples, got {len(x)}")
+        raise UsageError(f"the statistics need at least 2 samples, got {len(x)}")
     if x.ndim == 4 and len(x) < is_splits:
-        raise ValueError(f"the Inception Score with {is_splits} splits needs at least {is_splits} samples, "
+        raise UsageError(f"the Inception Score with {is_splits} splits needs at least {is_splits} samples, "
                          f"got {len(x)}")
 
 
@@ -109,7 +110,7 @@ def _score_digits(x: torch.Tensor, reference: Reference | None, reference_split:
     """FD-digits2, KID-digits2, precision/recall (Kynkaenniemi et al. 2019, equal-size sets) and IS-digits2 of
     digits samples (N, 1, 8, 8) in the bundled feature network."""
     if tuple(x.shape[1:]) != (1, 8, 8):
-        raise ValueError(f"digits samples are (N, 1, 8, 8), got shape {tuple(x.shape)}")
+        raise UsageError(f"digits samples are (N, 1, 8, 8), got shape {tuple(x.shape)}")
     ref = digits_split(reference_split) if reference is None else _as_tensor(_call(reference), "reference")
     model = load_classifier()
     ref_feats, _ = digits_features(ref, model)
@@ -129,7 +130,7 @@ def _score_digits(x: torch.Tensor, reference: Reference | None, reference_split:
 def _score_vectors(x: torch.Tensor, dataset: str, reference: Reference | None) -> EvalResult:
     """Energy distance and sliced Wasserstein-2 of vector samples (N, D) against held-out `reference` data."""
     if reference is None:
-        raise ValueError(f"vector samples of {dataset!r} are scored against held-out data: pass reference=")
+        raise UsageError(f"vector samples of {dataset!r} are scored against held-out data: pass reference=")
     ref = _as_tensor(_call(reference), "reference")
     return EvalResult("vectors", len(x), energy=energy_distance(x, ref), sliced_w2=sliced_wasserstein(x, ref))
 
@@ -146,11 +147,11 @@ def _score_inception(x: torch.Tensor, dataset: str, reference: Reference | None,
     def reference_features() -> np.ndarray:
         if reference is None:
             where = f"in {cache_dir}" if cache_dir is not None else "(no cache_dir given)"
-            raise ValueError(f"no cached reference statistics for {dataset} {reference_split} at shape "
+            raise UsageError(f"no cached reference statistics for {dataset} {reference_split} at shape "
                              f"{tuple(x.shape[1:])} {where}: pass reference= the {reference_split} images")
         ref = _as_tensor(_call(reference), "reference")
         if tuple(ref.shape[1:]) != tuple(x.shape[1:]):
-            raise ValueError(f"reference images have shape {tuple(ref.shape[1:])}, samples {tuple(x.shape[1:])}")
+            raise UsageError(f"reference images have shape {tuple(ref.shape[1:])}, samples {tuple(x.shape[1:])}")
         return fidelity.inception_features(ref, model, batch_size, device)[0]
 
     stats = reference_cache.reference_stats(meta, reference_features, cache_dir)
@@ -168,7 +169,7 @@ def _call(reference: Reference):
 def _as_tensor(a, what: str) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a).detach().cpu()
     if not t.dtype.is_floating_point:
-        raise ValueError(f"{what} must be floats in data space ([0, 1] for images), got dtype {t.dtype}")
+        raise UsageError(f"{what} must be floats in data space ([0, 1] for images), got dtype {t.dtype}")
     if not torch.isfinite(t).all():
-        raise ValueError(f"{what} contain {int((~torch.isfinite(t)).sum())} NaN or infinite values")
+        raise UsageError(f"{what} contain {int((~torch.isfinite(t)).sum())} NaN or infinite values")
     return t

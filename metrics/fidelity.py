@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scoresde.utils import MissingDependencyError, MissingFileError, UsageError
 
 EXTRACTOR = "inception-v3-compat"
 WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -23,7 +24,7 @@ def _extractor_class():
     try:
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
     except (ImportError, RuntimeError, OSError) as e:  # RuntimeError/OSError: a torchvision built for another torch
-        raise ImportError(f"FID, KID and IS need torch-fidelity with a torchvision built for torch "
+        raise MissingDependencyError(f"FID, KID and IS need torch-fidelity with a torchvision built for torch "
                           f"{torch.__version__}: pip install 'scoresde[metrics]' ({type(e).__name__}: {e})") from e
     return FeatureExtractorInceptionV3
 
@@ -59,7 +60,7 @@ def load_inception(weights: str | Path | None = None, device: str | torch.device
     cls = _extractor_class()
     if weights is not None:
         if not Path(weights).is_file():
-            raise FileNotFoundError(f"no Inception weights at {weights}: get {WEIGHTS_FILE} from torch-fidelity's "
+            raise MissingFileError(f"no Inception weights at {weights}: get {WEIGHTS_FILE} from torch-fidelity's "
                                     f"releases and pass its path as inception_weights")
         model = cls(EXTRACTOR, [FEATURES, LOGITS], feature_extractor_weights_path=str(weights))
     else:
@@ -76,7 +77,7 @@ def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
     [0, 1] slightly), rounded to the nearest of 256 levels, grey repeated to 3 channels. The network itself resizes
     to 299 x 299 with TF1's bilinear rule, so no resize happens here."""
     if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"images must be (N, 1 or 3, H, W), got shape {tuple(images.shape)}")
+        raise UsageError(f"images must be (N, 1 or 3, H, W), got shape {tuple(images.shape)}")
     levels = (images.to(torch.float32).clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
     return levels.expand(-1, 3, -1, -1) if levels.shape[1] == 1 else levels
 

@@ -3,6 +3,7 @@ time-scale update rule converge to a local Nash equilibrium")."""
 from __future__ import annotations
 
 import numpy as np
+from scoresde.utils import UsageError
 
 
 def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
@@ -10,9 +11,9 @@ def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
     reference TF implementation and torch-fidelity."""
     x = np.asarray(features, dtype=np.float64)
     if x.ndim != 2:
-        raise ValueError(f"features must be (N, D), got shape {x.shape}")
+        raise UsageError(f"features must be (N, D), got shape {x.shape}")
     if len(x) < 2:
-        raise ValueError(f"a covariance needs at least 2 samples, got {len(x)}")
+        raise UsageError(f"a covariance needs at least 2 samples, got {len(x)}")
     return x.mean(axis=0), np.atleast_2d(np.cov(x, rowvar=False))
 
 
@@ -33,10 +34,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     d = mu1.shape[0]
     if mu1.shape != (d,) or mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
-        raise ValueError(f"shapes do not match: mu {mu1.shape}, {mu2.shape}; sigma {sigma1.shape}, {sigma2.shape}")
+        raise UsageError(f"shapes do not match: mu {mu1.shape}, {mu2.shape}; sigma {sigma1.shape}, {sigma2.shape}")
     for name, a in (("mu1", mu1), ("sigma1", sigma1), ("mu2", mu2), ("sigma2", sigma2)):
         if not np.all(np.isfinite(a)):
-            raise ValueError(f"{name} has NaN or infinite entries")
+            raise UsageError(f"{name} has NaN or infinite entries")
     root1 = _psd_sqrt(sigma1)
     inner = root1 @ sigma2 @ root1
     tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0.0, None)).sum()

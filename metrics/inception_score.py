@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.special import softmax, xlogy
+from scoresde.utils import UsageError
 
 
 def inception_score(probs, splits: int = 10, seed: int | None = None) -> tuple[float, float]:
@@ -14,12 +15,12 @@ def inception_score(probs, splits: int = 10, seed: int | None = None) -> tuple[f
     """
     p = np.asarray(probs, np.float64)
     if p.ndim != 2:
-        raise ValueError(f"probs must be (N, K), got shape {p.shape}")
+        raise UsageError(f"probs must be (N, K), got shape {p.shape}")
     if not np.all(np.isfinite(p)) or p.min() < 0 or not np.allclose(p.sum(axis=1), 1.0, atol=1e-6):
-        raise ValueError("probs must be finite, non-negative, and each row must sum to 1")
+        raise UsageError("probs must be finite, non-negative, and each row must sum to 1")
     n = len(p)
     if not 1 <= splits <= n:
-        raise ValueError(f"splits must be between 1 and the number of samples ({n}), got {splits}")
+        raise UsageError(f"splits must be between 1 and the number of samples ({n}), got {splits}")
     if seed is not None:
         p = p[np.random.RandomState(seed).permutation(n)]
     scores = []

@@ -3,6 +3,7 @@ the cubic polynomial kernel k(x, y) = (xᵀy / d + 1)³, averaged over random su
 from __future__ import annotations
 
 import numpy as np
+from scoresde.utils import UsageError
 
 
 def polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -16,7 +17,7 @@ def mmd2_unbiased(x, y) -> float:
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     m, n = len(x), len(y)
     if m < 2 or n < 2:
-        raise ValueError(f"the unbiased MMD² needs at least 2 samples per set, got {m} and {n}")
+        raise UsageError(f"the unbiased MMD² needs at least 2 samples per set, got {m} and {n}")
     kxx, kyy, kxy = polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y)
     return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
                  - 2.0 * kxy.mean())
@@ -31,9 +32,9 @@ def kid(feats1, feats2, subsets: int = 100, subset_size: int = 1000, seed: int =
     """
     f1, f2 = np.asarray(feats1, np.float64), np.asarray(feats2, np.float64)
     if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
-        raise ValueError(f"features must be (N, D) with the same D, got {f1.shape} and {f2.shape}")
+        raise UsageError(f"features must be (N, D) with the same D, got {f1.shape} and {f2.shape}")
     if subsets < 1:
-        raise ValueError(f"subsets must be at least 1, got {subsets}")
+        raise UsageError(f"subsets must be at least 1, got {subsets}")
     size = min(subset_size, len(f1), len(f2))
     rng = np.random.RandomState(seed)
     mmds = np.empty(subsets)

@@ -3,6 +3,7 @@ generative models"): each set's manifold is the union of balls reaching each poi
 from __future__ import annotations
 
 import numpy as np
+from scoresde.utils import UsageError
 
 
 def sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -24,8 +25,8 @@ def precision_recall(real, fake, k: int = 3) -> tuple[float, float]:
     fake manifold. k = 3 is the paper's choice."""
     real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
     if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
-        raise ValueError(f"features must be (N, D) with the same D, got {real.shape} and {fake.shape}")
+        raise UsageError(f"features must be (N, D) with the same D, got {real.shape} and {fake.shape}")
     if min(len(real), len(fake)) <= k:
-        raise ValueError(f"k = {k} nearest neighbours need more than {k} samples per set, got {len(real)} and "
+        raise UsageError(f"k = {k} nearest neighbours need more than {k} samples per set, got {len(real)} and "
                          f"{len(fake)}")
     return _coverage(fake, real, _radii(real, k)), _coverage(real, fake, _radii(fake, k))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .manifold import sq_dists
+from scoresde.utils import UsageError
 
 _CHUNK = 2048  # rows per block of pairwise distances: memory stays O(chunk x N) for large sets
 
@@ -43,7 +44,7 @@ def _vectors(x, y) -> tuple[np.ndarray, np.ndarray]:
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     x, y = x.reshape(len(x), -1), y.reshape(len(y), -1)
     if x.shape[1] != y.shape[1]:
-        raise ValueError(f"samples have {x.shape[1]} dimensions but the reference has {y.shape[1]}")
+        raise UsageError(f"samples have {x.shape[1]} dimensions but the reference has {y.shape[1]}")
     if len(x) < 2 or len(y) < 2:
-        raise ValueError(f"need at least 2 samples per set, got {len(x)} and {len(y)}")
+        raise UsageError(f"need at least 2 samples per set, got {len(x)} and {len(y)}")
     return x, y

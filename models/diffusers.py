@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .embeddings import check_no_labels
+from scoresde.utils import MissingDependencyError, UsageError
 
 
 def require_diffusers():
@@ -15,7 +16,7 @@ def require_diffusers():
     try:
         import diffusers
     except ImportError:
-        raise ImportError('diffusers models need the optional diffusers package: pip install -e ".[diffusers]"') from None
+        raise MissingDependencyError('diffusers models need the optional diffusers package: pip install -e ".[diffusers]"') from None
     return diffusers
 
 
@@ -42,6 +43,6 @@ def build_diffusers_model(config, shape) -> DiffusersUNet:
     unet = diffusers.UNet2DModel.from_config(json.loads(config.model.diffusers_unet))
     expected = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     if tuple(shape) != expected:
-        raise ValueError(f"the diffusers UNet takes images of shape {expected}, the data have {tuple(shape)}; "
+        raise UsageError(f"the diffusers UNet takes images of shape {expected}, the data have {tuple(shape)}; "
                          "set data.image_size and data.num_channels to match")
     return DiffusersUNet(unet, config.sde.num_train_timesteps)

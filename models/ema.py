@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
+from scoresde.utils import UsageError
 
 
 class EMAAverage:
@@ -15,7 +16,7 @@ class EMAAverage:
 
     def __init__(self, decay: float = 0.9999, warmup: bool = True):
         if not 0.0 <= decay <= 1.0:
-            raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
+            raise UsageError(f"EMA decay must be in [0, 1], got {decay}")
         self.decay = float(decay)
         self.warmup = bool(warmup)
 

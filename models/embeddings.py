@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from scoresde.utils import Registry
+from scoresde.utils import Registry, UsageError
 
 
 class SinusoidalEmbedding(nn.Module):
@@ -22,10 +22,10 @@ class SinusoidalEmbedding(nn.Module):
     def __init__(self, dim: int, scale: float = 1000.0, max_period: float = 10000.0, freq_shift: int = 0):
         super().__init__()
         if dim < 2 or dim % 2:
-            raise ValueError(f"embedding dim must be a positive even number, got {dim}")
+            raise UsageError(f"embedding dim must be a positive even number, got {dim}")
         half = dim // 2
         if half - freq_shift <= 0:
-            raise ValueError(f"embedding dim {dim} is too small for freq_shift={freq_shift}")
+            raise UsageError(f"embedding dim {dim} is too small for freq_shift={freq_shift}")
         freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / (half - freq_shift))
         self.register_buffer("freqs", freqs, persistent=False)
         self.scale = float(scale)
@@ -43,7 +43,7 @@ class GaussianFourierEmbedding(nn.Module):
     def __init__(self, dim: int, scale: float = 16.0):
         super().__init__()
         if dim < 2 or dim % 2:
-            raise ValueError(f"embedding dim must be a positive even number, got {dim}")
+            raise UsageError(f"embedding dim must be a positive even number, got {dim}")
         # A fixed seed makes two networks built from the same config share their (untrained) frequencies.
         gen = torch.Generator().manual_seed(0)
         self.register_buffer("W", torch.randn(dim // 2, generator=gen) * scale)
@@ -93,7 +93,7 @@ class LabelEmbedding(nn.Module):
     def __init__(self, num_classes: int, dim: int):
         super().__init__()
         if not (isinstance(num_classes, int) and num_classes > 0):
-            raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
+            raise UsageError(f"num_classes must be a positive int or None, got {num_classes!r}")
         self.num_classes = num_classes
         self.table = nn.Embedding(num_classes + 1, dim)
 
@@ -101,12 +101,12 @@ class LabelEmbedding(nn.Module):
         if y is None:
             y = torch.full((n,), self.num_classes, dtype=torch.long, device=device)
         elif y.shape != (n,):
-            raise ValueError(f"class labels y must have shape ({n},), got {tuple(y.shape)}")
+            raise UsageError(f"class labels y must have shape ({n},), got {tuple(y.shape)}")
         return self.table(y.long())
 
 
 def check_no_labels(y, num_classes) -> None:
     """Raise if labels are passed to a network built without num_classes."""
     if y is not None and num_classes is None:
-        raise ValueError("class labels were given but the network was built with num_classes=None; "
+        raise UsageError("class labels were given but the network was built with num_classes=None; "
                          "build it with num_classes=<number of classes>")

@@ -56,13 +56,13 @@ class Weighting:
     def __init__(self, eps: float = 1e-5):
         eps = float(eps)
         if not eps >= 0.0:
-            raise ValueError(f"eps (the smallest training time) must be in [0, T), got {eps}")
+            raise UsageError(f"eps (the smallest training time) must be in [0, T), got {eps}")
         self.eps = eps
 
     def check(self, sde: SDE) -> None:
         """Raise ValueError unless [eps, T] is an interval of `sde`'s time range."""
         if not self.eps < sde.T:
-            raise ValueError(f"eps (the smallest training time) must be in [0, T={sde.T}), got {self.eps}")
+            raise UsageError(f"eps (the smallest training time) must be in [0, T={sde.T}), got {self.eps}")
 
     def t_of_u(self, sde: SDE, u: Tensor) -> Tensor:
         """t ~ U(eps, T); a weighting drawing t from another density overrides this with its inverse CDF."""
@@ -112,7 +112,7 @@ class ImportanceLikelihoodWeighting(Weighting):
     def __init__(self, eps: float = 1e-5):
         super().__init__(eps)
         if self.eps == 0.0:
-            raise ValueError("weighting='likelihood_is' needs eps > 0 (the log-SNR is infinite at t = 0 for VP SDEs)")
+            raise UsageError("weighting='likelihood_is' needs eps > 0 (the log-SNR is infinite at t = 0 for VP SDEs)")
 
     def _log_snr_range(self, sde: SDE, device) -> tuple[Tensor, Tensor]:
         return sde.log_snr(as_time(self.eps, device)), sde.log_snr(as_time(sde.T, device))
@@ -143,9 +143,9 @@ class EDMWeighting(Weighting):
     def __init__(self, eps: float = 1e-5, sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2):
         super().__init__(eps)
         if not sigma_data > 0:
-            raise ValueError(f"sigma_data must be positive (the data standard deviation), got {sigma_data}")
+            raise UsageError(f"sigma_data must be positive (the data standard deviation), got {sigma_data}")
         if not p_std > 0:
-            raise ValueError(f"p_std (the standard deviation of log sigma) must be positive, got {p_std}")
+            raise UsageError(f"p_std (the standard deviation of log sigma) must be positive, got {p_std}")
         self.sigma_data, self.p_mean, self.p_std = float(sigma_data), float(p_mean), float(p_std)
 
     def t_of_u(self, sde: SDE, u: Tensor) -> Tensor:
@@ -169,14 +169,14 @@ def get_weighting(weighting: str | Weighting, **hyper) -> Weighting:
     """A Weighting as is, or the one registered under the name `weighting` built with the hyper-parameters `hyper`."""
     if isinstance(weighting, Weighting):
         if hyper:
-            raise ValueError(f"hyper-parameters {sorted(hyper)} are for a weighting given by name; {weighting!r} "
+            raise UsageError(f"hyper-parameters {sorted(hyper)} are for a weighting given by name; {weighting!r} "
                              "holds its own")
         return weighting
     cls = WEIGHTINGS[weighting]
     accepted = set(inspect.signature(cls).parameters)
     unknown = sorted(set(hyper) - accepted)
     if unknown:
-        raise ValueError(f"unknown arguments {unknown} for weighting {weighting!r}; it accepts: "
+        raise UsageError(f"unknown arguments {unknown} for weighting {weighting!r}; it accepts: "
                          f"{', '.join(sorted(accepted))}")
     return cls(**hyper)
 
@@ -189,12 +189,12 @@ REDUCTIONS = Registry("reduce", {
 
 def _drop_labels(model: nn.Module, y: Tensor | None, p: float, generator) -> Tensor | None:
     if not 0.0 <= p < 1.0:
-        raise ValueError(f"label_dropout must be in [0, 1), got {p}")
+        raise UsageError(f"label_dropout must be in [0, 1), got {p}")
     if p == 0.0:
         return y
     num_classes = network_attr(model, "num_classes")
     if y is None or num_classes is None:
-        raise ValueError("label_dropout > 0 needs class_labels and a network built with num_classes")
+        raise UsageError("label_dropout > 0 needs class_labels and a network built with num_classes")
     drop = torch.rand(y.shape, generator=generator, device=y.device) < p
     return torch.where(drop, torch.full_like(y, num_classes), y)
 

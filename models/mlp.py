@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from .embeddings import EMBEDDINGS, LabelEmbedding, check_no_labels, make_activation, make_embedding
+from scoresde.utils import UsageError
 
 
 class MLP(nn.Module):
@@ -22,7 +23,7 @@ class MLP(nn.Module):
         out_dim = dim if out_dim is None else out_dim
         for name, value in (("dim", dim), ("width", width), ("depth", depth), ("out_dim", out_dim)):
             if not (isinstance(value, int) and value > 0):
-                raise ValueError(f"MLP {name} must be a positive int, got {value!r}")
+                raise UsageError(f"MLP {name} must be a positive int, got {value!r}")
         self.dim, self.embedding, self.num_classes = dim, embedding, num_classes
         self.noise_input = EMBEDDINGS[embedding].noise_input
         self.act = make_activation(activation)
@@ -38,7 +39,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, noise_input: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"MLP(dim={self.dim}) expects x of shape (N, {self.dim}), got {tuple(x.shape)}")
+            raise UsageError(f"MLP(dim={self.dim}) expects x of shape (N, {self.dim}), got {tuple(x.shape)}")
         check_no_labels(y, self.num_classes)
         emb = self.noise_embed(noise_input.to(x.dtype).expand(x.shape[0])).to(x.dtype)
         if self.label_embed is not None:

@@ -214,7 +214,7 @@ def as_labels(y, n: int, device) -> Tensor | None:
     if y.ndim == 0:
         return y.long().expand(n)
     if y.shape != (n,):
-        raise ValueError(f"class_labels must be an int or have shape ({n},) to match the batch; got shape {tuple(y.shape)}")
+        raise UsageError(f"class_labels must be an int or have shape ({n},) to match the batch; got shape {tuple(y.shape)}")
     return y.long()
 
 

@@ -6,7 +6,7 @@ import inspect
 
 from torch import nn
 
-from scoresde.utils import Registry
+from scoresde.utils import Registry, UsageError
 
 from .mlp import MLP
 from .unet import UNet
@@ -30,6 +30,6 @@ def get_model(name: str, **kwargs) -> nn.Module:
     constructor = MODELS[name]
     unknown = sorted(set(kwargs) - _accepted(constructor))
     if unknown:
-        raise ValueError(f"unknown arguments {unknown} for model {name!r}; it accepts: "
+        raise UsageError(f"unknown arguments {unknown} for model {name!r}; it accepts: "
                          f"{', '.join(sorted(_accepted(constructor)))}")
     return constructor(**kwargs)

@@ -14,6 +14,7 @@ from torch import nn
 
 from .embeddings import EMBEDDINGS, LabelEmbedding, check_no_labels, make_activation, make_embedding
 from .upfirdn import FIRDownConv2d, downsample_fir, setup_kernel, upsample_fir
+from scoresde.utils import UsageError
 
 PROGRESSIVE_INPUTS = ("none", "residual")
 
@@ -196,7 +197,7 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, noise_input: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         expected = (self.in_channels, self.image_size, self.image_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"this UNet expects x of shape (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+            raise UsageError(f"this UNet expects x of shape (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
         check_no_labels(y, self.num_classes)
         noise_input = noise_input.to(x.dtype).expand(x.shape[0])
         temb = self.noise_embed(noise_input).to(x.dtype)
@@ -229,13 +230,13 @@ class UNet(nn.Module):
 
 def _check_ncsnpp_options(embedding, fir, resblock_updown, progressive_input, scale_by_sigma) -> None:
     if progressive_input not in PROGRESSIVE_INPUTS:
-        raise ValueError(f"UNet progressive_input must be one of {PROGRESSIVE_INPUTS}, got {progressive_input!r}")
+        raise UsageError(f"UNet progressive_input must be one of {PROGRESSIVE_INPUTS}, got {progressive_input!r}")
     if progressive_input == "residual" and not fir:
-        raise ValueError("UNet progressive_input='residual' is implemented with FIR resampling only; set fir=True")
+        raise UsageError("UNet progressive_input='residual' is implemented with FIR resampling only; set fir=True")
     if fir and not resblock_updown:
-        raise ValueError("UNet fir=True resamples inside the residual blocks; it needs resblock_updown=True")
+        raise UsageError("UNet fir=True resamples inside the residual blocks; it needs resblock_updown=True")
     if scale_by_sigma and embedding != "fourier":
-        raise ValueError("UNet scale_by_sigma divides by sigma = exp(noise input), which is log sigma only for the "
+        raise UsageError("UNet scale_by_sigma divides by sigma = exp(noise input), which is log sigma only for the "
                          f"Fourier embedding; got embedding={embedding!r}")
 
 
@@ -243,27 +244,27 @@ def _check_config(in_channels, image_size, ch, ch_mult, num_res_blocks, attn_res
     for name, value in (("in_channels", in_channels), ("image_size", image_size), ("ch", ch),
                         ("num_res_blocks", num_res_blocks)):
         if not (isinstance(value, int) and value > 0):
-            raise ValueError(f"UNet {name} must be a positive int, got {value!r}")
+            raise UsageError(f"UNet {name} must be a positive int, got {value!r}")
     if not ch_mult or not all(isinstance(m, int) and m > 0 for m in ch_mult):
-        raise ValueError(f"UNet ch_mult must be a non-empty tuple of positive ints, got {ch_mult!r}")
+        raise UsageError(f"UNet ch_mult must be a non-empty tuple of positive ints, got {ch_mult!r}")
     widths = sorted({ch * m for m in ch_mult} | {ch})
     bad_widths = [c for c in widths if c % 4 or c % min(c // 4, 32)]
     if bad_widths:
-        raise ValueError(f"UNet channel counts {bad_widths} (ch * ch_mult) must be multiples of 4, and of 32 from 128 "
+        raise UsageError(f"UNet channel counts {bad_widths} (ch * ch_mult) must be multiples of 4, and of 32 from 128 "
                          f"on (GroupNorm uses min(channels/4, 32) groups); got ch={ch}, ch_mult={ch_mult}")
     if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"UNet dropout must be in [0, 1), got {dropout}")
+        raise UsageError(f"UNet dropout must be in [0, 1), got {dropout}")
     factor = 2 ** (len(ch_mult) - 1)
     if image_size % factor:
         works = ", ".join(str(factor * k) for k in range(1, 9))
         fewer = [len(ch_mult) - k for k in range(1, len(ch_mult)) if image_size % 2 ** (len(ch_mult) - k - 1) == 0]
         hint = f", or use ch_mult with {fewer[0]} levels" if fewer else ""
-        raise ValueError(f"UNet with {len(ch_mult)} levels (ch_mult={ch_mult}) halves the resolution "
+        raise UsageError(f"UNet with {len(ch_mult)} levels (ch_mult={ch_mult}) halves the resolution "
                          f"{len(ch_mult) - 1} times, so image_size must be a multiple of {factor} "
                          f"(e.g. {works}); got image_size={image_size}{hint}")
     resolutions = [image_size // 2**k for k in range(len(ch_mult))]
     bad = [r for r in attn_resolutions if r not in resolutions]
     if bad:
-        raise ValueError(f"UNet attn_resolutions {bad} are not resolutions of this network; with image_size="
+        raise UsageError(f"UNet attn_resolutions {bad} are not resolutions of this network; with image_size="
                          f"{image_size} and {len(ch_mult)} levels they are {resolutions} (use () for no attention "
                          f"outside the middle block)")

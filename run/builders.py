@@ -19,9 +19,9 @@ def get_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as e:
-        raise ValueError(f"invalid device {name!r}: {e}") from None
+        raise UsageError(f"invalid device {name!r}: {e}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device=cpu")
+        raise UsageError(f"device {name!r} requested but CUDA is not available; use --device=cpu")
     return device
 
 
@@ -59,7 +59,7 @@ def build_model(config, shape, num_classes=None) -> torch.nn.Module:
     """
     m = config.model
     if m.conditional and not num_classes:
-        raise ValueError("model.conditional=True needs a dataset with class labels; this one has none")
+        raise UsageError("model.conditional=True needs a dataset with class labels; this one has none")
     num_classes = num_classes if m.conditional else None
     embedding = network_embedding(config, shape)
     common = dict(embedding=embedding, num_classes=num_classes)
@@ -68,7 +68,7 @@ def build_model(config, shape, num_classes=None) -> torch.nn.Module:
     if len(shape) == 1:
         return models.get_model("mlp", dim=shape[0], width=m.mlp_width, depth=m.mlp_depth, **common)
     if m.name == "mlp":
-        raise ValueError(f"model.name='mlp' is for vector data, but this dataset has images of shape {tuple(shape)}; "
+        raise UsageError(f"model.name='mlp' is for vector data, but this dataset has images of shape {tuple(shape)}; "
                          "use model.name='unet'")
     if m.name == "diffusers":
         from scoresde.models.diffusers import build_diffusers_model   # optional dependency, imported only when used

@@ -8,13 +8,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from scoresde.utils import atomic_write
+from scoresde.utils import UsageError, atomic_write
 
 
 def image_grid(x: torch.Tensor, nrow: int | None = None, padding: int = 1) -> np.ndarray:
     """Tile images (N, C, H, W) with values in [0, 1] into one uint8 array (H', W', C) or (H', W')."""
     if x.ndim != 4:
-        raise ValueError(f"image_grid expects images of shape (N, C, H, W), got {tuple(x.shape)}")
+        raise UsageError(f"image_grid expects images of shape (N, C, H, W), got {tuple(x.shape)}")
     n, c, h, w = x.shape
     nrow = nrow or math.ceil(math.sqrt(n))
     ncol = math.ceil(n / nrow)
@@ -44,7 +44,7 @@ def save_scatter(x: torch.Tensor, path, reference: torch.Tensor | None = None, t
     import matplotlib.pyplot as plt
 
     if x.ndim != 2 or x.shape[1] != 2:
-        raise ValueError(f"save_scatter expects points of shape (N, 2), got {tuple(x.shape)}")
+        raise UsageError(f"save_scatter expects points of shape (N, 2), got {tuple(x.shape)}")
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     if reference is not None:
         ref = reference.detach().cpu().numpy()

@@ -16,6 +16,7 @@ from scoresde import sde_lib
 from scoresde.run import checkpoint as ckpt
 from scoresde.run import precision
 from scoresde.run.builders import build_model, build_precond, build_sde, get_device, set_num_threads
+from scoresde.utils import UsageError
 
 # What a checkpoint's network was trained on and for: inference takes these sections from the checkpoint.
 TRAINED_SECTIONS = ("sde", "model", "data")
@@ -82,7 +83,7 @@ def use_trained_sections(config, trained, overridden=()) -> None:
             if key in overridden:
                 if key in RELOCATABLE:
                     continue
-                raise ValueError(f"--config.{key}={_plain(current)!r} conflicts with the checkpoint, which was "
+                raise UsageError(f"--config.{key}={_plain(current)!r} conflicts with the checkpoint, which was "
                                  f"trained with {key}={_plain(value)!r}; drop the override (sampling, likelihood, "
                                  "eval and inpainting use the checkpoint's sde, model and data settings)")
             with config.unlocked():

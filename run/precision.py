@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from scoresde.utils import UsageError
 
 # Autocast dtypes by config.precision; float32 means no autocast.
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -11,9 +12,9 @@ PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.floa
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of config.precision on `device` (None: full float32)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; available: {', '.join(PRECISIONS)}")
+        raise UsageError(f"unknown precision {precision!r}; available: {', '.join(PRECISIONS)}")
     if precision == "float16" and device.type != "cuda":
-        raise ValueError("precision='float16' needs CUDA (its gradient scaler is CUDA-only); "
+        raise UsageError("precision='float16' needs CUDA (its gradient scaler is CUDA-only); "
                          "use precision='bfloat16' on CPU")
     return PRECISIONS[precision]
 

@@ -10,6 +10,7 @@ import torch
 
 from scoresde import data as data_lib
 from scoresde import metrics
+from scoresde.utils import UsageError
 
 # Datasets whose name fixes the training set: their statistics are cached under that name, and the data are read
 # only when the cache misses. User data (an array, an image folder) are keyed by a digest of their contents.
@@ -46,7 +47,7 @@ def _load_data(config) -> data_lib.DataInfo:
     try:
         return data_lib.get_dataset(config)
     except (ValueError, FileNotFoundError) as e:
-        raise ValueError(f"no reference statistics for dataset {config.data.dataset!r}: they are computed from its "
+        raise UsageError(f"no reference statistics for dataset {config.data.dataset!r}: they are computed from its "
                          f"training data, which could not be read ({e})") from None
 
 
@@ -82,7 +83,7 @@ def score(x: torch.Tensor, config, info: data_lib.DataInfo | None = None, *, cac
     if name not in NAMED and info is None:
         info = _load_data(config)
     if info is not None and tuple(x.shape[1:]) != tuple(info.shape):
-        raise ValueError(f"samples have shape {tuple(x.shape)}, but the {name} data are (N, "
+        raise UsageError(f"samples have shape {tuple(x.shape)}, but the {name} data are (N, "
                          f"{', '.join(map(str, info.shape))})")
     if x.ndim == 2:
         return metrics.evaluate(x, name, reference=data_space(info.test, info.n_bins))
@@ -98,4 +99,4 @@ def score(x: torch.Tensor, config, info: data_lib.DataInfo | None = None, *, cac
         return metrics.evaluate(x, key, size, channels, reference=reference, cache_dir=cache,
                                 inception_weights=weights, device=device, batch_size=batch_size)
     except ImportError as e:
-        raise ValueError(str(e)) from None
+        raise UsageError(str(e)) from None

@@ -138,7 +138,7 @@ def draw_samples(sde, score_fn, data, sampler: solvers.Sampler, num: int, batch_
     gathered Samples on rank 0, None on the others.
     """
     if num < 1 or batch_size < 1:
-        raise ValueError(f"the number of samples and the batch size must be positive, got {num} and {batch_size}")
+        raise UsageError(f"the number of samples and the batch size must be positive, got {num} and {batch_size}")
     shard = ctx.shard(num)
     chunks, nfe, start = [], [], time.perf_counter()
     for i in tqdm(range(shard.start, shard.stop, batch_size), desc=f"sampling ({sampler.solver})",

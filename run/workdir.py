@@ -41,14 +41,14 @@ def check_directory(path) -> Path:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise ValueError(f"{existing} is a file, not a directory; move it away or choose another --workdir (nothing "
+        raise UsageError(f"{existing} is a file, not a directory; move it away or choose another --workdir (nothing "
                          "was computed)")
     try:
         fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-test-")
         os.close(fd)
         os.remove(probe)
     except OSError as e:
-        raise ValueError(f"cannot write to {path} ({e.strerror or e}); choose another --workdir or fix its "
+        raise UsageError(f"cannot write to {path} ({e.strerror or e}); choose another --workdir or fix its "
                          "permissions (nothing was computed)") from None
     return path
 
@@ -205,7 +205,7 @@ def check_resume_config(saved_json: str, config) -> list[str]:
     refused, allowed = config_changes(json.loads(saved_json), json.loads(config.to_json()))
     if refused:
         more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
-        raise ValueError(f"this run was trained with another config: {refused[0]}{more}; a run is one experiment, "
+        raise UsageError(f"this run was trained with another config: {refused[0]}{more}; a run is one experiment, "
                          "so resume it with its own settings (only n_iters, logging/snapshot frequencies, sampling "
                          "and evaluation settings may change) or train in another --workdir")
     return allowed

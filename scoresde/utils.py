@@ -19,6 +19,14 @@ class UsageError(ValueError):
     """
 
 
+class MissingFileError(UsageError, FileNotFoundError):
+    """A file the user named (or a run needs) is not there: a UsageError that is also a FileNotFoundError."""
+
+
+class MissingDependencyError(UsageError, ImportError):
+    """An optional package a feature needs is not installed: a UsageError that is also an ImportError."""
+
+
 def derived_seed(*key: int) -> int:
     """A 63-bit seed from integer keys via numpy's SeedSequence (so (seed, index) pairs never collide)."""
     return int(np.random.SeedSequence([int(k) for k in key]).generate_state(1, np.uint64)[0] >> 1)
@@ -54,7 +62,7 @@ class Registry(Generic[T]):
     def __getitem__(self, name: str) -> T:
         key = self._key(name)
         if key not in self._entries:
-            raise ValueError(f"unknown {self.kind} {name!r}; available: {', '.join(self._entries)}")
+            raise UsageError(f"unknown {self.kind} {name!r}; available: {', '.join(self._entries)}")
         return self._entries[key]
 
     def get(self, name: str) -> T:
@@ -98,12 +106,13 @@ def read_array(path, key: str | None = None, *, expected: str,
     """(the array, every array of the file by name) of a user's .npy or .npz file ({} as the second for an .npy).
 
     From an .npz, the array is the one under `key`, or (with only_array) its only array. Nothing is unpickled
-    (allow_pickle=False: an object array would run arbitrary code on load). A missing file is a FileNotFoundError,
-    any other unusable file a UsageError of one line; both say what the file must be (`expected`).
+    (allow_pickle=False: an object array would run arbitrary code on load). A missing file is a MissingFileError,
+    any other unusable file a UsageError of one line (a MissingFileError is one too); both say what the file
+    must be (`expected`).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no file {path}; expected {expected}")
+        raise MissingFileError(f"no file {path}; expected {expected}")
     with open(path, "rb") as f:
         magic = f.read(6)
     if not any(magic.startswith(m) for m in NUMPY_MAGIC):

@@ -10,6 +10,7 @@ import math
 from typing import Callable
 
 import torch
+from scoresde.utils import UsageError
 
 Tensor = torch.Tensor
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
@@ -28,7 +29,7 @@ def batch_time(t, x: Tensor) -> Tensor:
     if t.ndim == 0:
         return t.expand(x.shape[0])
     if t.shape != (x.shape[0],):
-        raise ValueError(f"t must be a scalar or have shape ({x.shape[0]},) to match x of shape "
+        raise UsageError(f"t must be a scalar or have shape ({x.shape[0]},) to match x of shape "
                          f"{tuple(x.shape)}; got t of shape {tuple(t.shape)}")
     return t
 
@@ -53,7 +54,7 @@ class SDE(abc.ABC):
 
     def __init__(self, T: float = 1.0):
         if not T > 0:
-            raise ValueError(f"T must be positive, got T={T}")
+            raise UsageError(f"T must be positive, got T={T}")
         self.T = float(T)
 
     # --- the definition -------------------------------------------------------------------------
@@ -195,7 +196,7 @@ class SDE(abc.ABC):
         for bad, message in checks:
             if bad.any():
                 t_bad = float(t[bad.nonzero()[0, 0]])
-                raise ValueError(f"{type(self).__name__}: {message}; violated at t={t_bad:.6g}")
+                raise UsageError(f"{type(self).__name__}: {message}; violated at t={t_bad:.6g}")
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
@@ -207,7 +208,7 @@ class ReverseSDE:
 
     def __init__(self, sde: SDE, score_fn: ScoreFn, eta: float = 1.0):
         if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"eta must be in [0, 1] (0: probability-flow ODE, 1: reverse SDE), got {eta}")
+            raise UsageError(f"eta must be in [0, 1] (0: probability-flow ODE, 1: reverse SDE), got {eta}")
         self.forward_sde = sde
         self.score_fn = score_fn
         self.eta = float(eta)

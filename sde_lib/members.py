@@ -12,11 +12,12 @@ from typing import Callable
 import torch
 
 from .base import SDE, Tensor, as_time
+from scoresde.utils import UsageError
 
 
 def _require(condition: bool, message: str) -> None:
     if not condition:
-        raise ValueError(message)
+        raise UsageError(message)
 
 
 class VPSDE(SDE):
@@ -218,7 +219,7 @@ def ddpm_betas(num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_e
         def a2(s):
             return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
         return torch.tensor([min(1 - a2((i + 1) / n) / a2(i / n), 0.999) for i in range(n)], dtype=torch.float64)
-    raise ValueError(f"unsupported beta_schedule {beta_schedule!r}; supported: linear, scaled_linear, "
+    raise UsageError(f"unsupported beta_schedule {beta_schedule!r}; supported: linear, scaled_linear, "
                      "squaredcos_cap_v2, or trained_betas")
 
 

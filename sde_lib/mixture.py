@@ -12,6 +12,7 @@ import math
 import torch
 
 from .base import SDE, Tensor, batch_time
+from scoresde.utils import UsageError
 
 
 class GaussianMixture:
@@ -27,18 +28,18 @@ class GaussianMixture:
         elif covs.ndim == 1:
             covs = covs[:, None, None] * torch.eye(d, dtype=torch.float64)
         if self.weights.shape != (k,) or covs.shape != (k, d, d):
-            raise ValueError(f"expected weights ({k},) and covs ({k}, {d}, {d}) for means ({k}, {d}); got "
+            raise UsageError(f"expected weights ({k},) and covs ({k}, {d}, {d}) for means ({k}, {d}); got "
                              f"{tuple(self.weights.shape)} and {tuple(covs.shape)}")
         if (self.weights <= 0).any():
-            raise ValueError("mixture weights must be positive")
+            raise UsageError("mixture weights must be positive")
         self.weights = self.weights / self.weights.sum()
         self.covs = 0.5 * (covs + covs.transpose(1, 2))
         self.eigvals, self.eigvecs = torch.linalg.eigh(self.covs)
         if (self.eigvals < 0).any():
-            raise ValueError("mixture covariances must be positive semi-definite")
+            raise UsageError("mixture covariances must be positive semi-definite")
         self.event_shape = tuple(event_shape) if event_shape is not None else (d,)
         if math.prod(self.event_shape) != d:
-            raise ValueError(f"event_shape {self.event_shape} does not have {d} elements")
+            raise UsageError(f"event_shape {self.event_shape} does not have {d} elements")
 
     @property
     def dim(self) -> int:

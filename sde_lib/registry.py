@@ -1,7 +1,7 @@
 """The SDE table: names -> SDE classes."""
 from __future__ import annotations
 
-from scoresde.utils import Registry
+from scoresde.utils import Registry, UsageError
 
 from .base import SDE
 from .members import CosineVPSDE, DiscreteVPSDE, PolynomialFlow, RectifiedFlow, SubVPSDE, VESDE, VPSDE
@@ -23,4 +23,4 @@ def get_sde(name: str, **kwargs) -> SDE:
     try:
         return cls(**kwargs)
     except TypeError as e:
-        raise ValueError(f"bad arguments for SDE {name!r}: {e}") from None
+        raise UsageError(f"bad arguments for SDE {name!r}: {e}") from None

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 
 from scoresde.sde_lib import SDE
-from scoresde.utils import atomic_write_text, batch_data
+from scoresde.utils import MissingFileError, UsageError, atomic_write_text, batch_data
 
 Tensor = torch.Tensor
 
@@ -50,9 +50,9 @@ def estimate_eps_moments(sde: SDE, score_fn, data_batches, times, generator: tor
     """
     times = torch.as_tensor(times, dtype=torch.float64).sort().values
     if times.ndim != 1 or len(times) < 2:
-        raise ValueError(f"times must be a 1-D sequence of at least 2 times, got {times.tolist()}")
+        raise UsageError(f"times must be a 1-D sequence of at least 2 times, got {times.tolist()}")
     if not (float(times[0]) > 0 and float(times[-1]) <= sde.T):
-        raise ValueError(f"times must lie in (0, T] = (0, {sde.T}], got {float(times[0])}..{float(times[-1])}")
+        raise UsageError(f"times must lie in (0, T] = (0, {sde.T}], got {float(times[0])}..{float(times[-1])}")
     sums, count = torch.zeros(len(times), dtype=torch.float64), 0
     with torch.no_grad():
         for batch in data_batches:
@@ -65,7 +65,7 @@ def estimate_eps_moments(sde: SDE, score_fn, data_batches, times, generator: tor
                 sums[k] += eps_hat.double().flatten(1).square().sum().cpu() / dim
             count += len(x0)
     if count == 0:
-        raise ValueError("estimate_eps_moments needs at least one data batch")
+        raise UsageError("estimate_eps_moments needs at least one data batch")
     return NoiseMoments(times, sums / count, count)
 
 
@@ -83,12 +83,12 @@ def load_eps_moments(path) -> NoiseMoments:
         table = NoiseMoments(torch.tensor(record["times"], dtype=torch.float64),
                            torch.tensor(record["values"], dtype=torch.float64), int(record["count"]))
     except FileNotFoundError:
-        raise FileNotFoundError(f"no E||eps||^2 table at {str(path)!r}; make one with estimate_eps_moments and "
+        raise MissingFileError(f"no E||eps||^2 table at {str(path)!r}; make one with estimate_eps_moments and "
                                 "save_eps_moments") from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{str(path)!r} is not a table written by save_eps_moments ({e})") from None
+        raise UsageError(f"{str(path)!r} is not a table written by save_eps_moments ({e})") from None
     if table.times.ndim != 1 or table.times.shape != table.values.shape or len(table.times) < 2:
-        raise ValueError(f"{str(path)!r}: times and values must be 1-D of the same length >= 2")
+        raise UsageError(f"{str(path)!r}: times and values must be 1-D of the same length >= 2")
     return table
 
 
@@ -98,5 +98,5 @@ def as_eps_moments(table) -> NoiseMoments:
         return table
     if isinstance(table, (str, Path)):
         return load_eps_moments(table)
-    raise ValueError(f"eps_moments must be a table from solvers.estimate_eps_moments or the path of its .json file, "
+    raise UsageError(f"eps_moments must be a table from solvers.estimate_eps_moments or the path of its .json file, "
                      f"got {type(table).__name__}")

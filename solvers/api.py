@@ -13,6 +13,7 @@ from .grids import resolve_grid
 from .options import check_options, solver_options
 from .random import SampleGenerators, fresh_generator
 from .registry import SOLVERS, deterministic, get_solver
+from scoresde.utils import UsageError
 
 Tensor = torch.Tensor
 
@@ -26,7 +27,7 @@ def check_calibratable(solver: str) -> None:
     """A ValueError unless a grid can be fitted for `solver` (it must be deterministic and use a fixed grid)."""
     if SOLVERS.canonical(solver) not in calibratable():
         get_solver(solver)      # an unknown name gets the registry's error, which lists every solver
-        raise ValueError(f"calibration fits the grid of a deterministic fixed-step solver, not {solver!r}: "
+        raise UsageError(f"calibration fits the grid of a deterministic fixed-step solver, not {solver!r}: "
                          f"calibrated grids are fitted for the deterministic solvers {', '.join(calibratable())}")
 
 
@@ -35,11 +36,11 @@ def check_steps(solver: str, steps) -> int | None:
     cls = get_solver(solver)
     if cls.adaptive:
         if steps is not None:
-            raise ValueError(f"{solver} is adaptive and takes no `steps`; set its accuracy with rtol and atol")
+            raise UsageError(f"{solver} is adaptive and takes no `steps`; set its accuracy with rtol and atol")
         return None
     steps = cls.default_steps if steps is None else steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got steps={steps!r}")
+        raise UsageError(f"steps must be an integer >= 1, got steps={steps!r}")
     return steps
 
 
@@ -57,7 +58,7 @@ def _build(sde: SDE, score_fn, solver: str, eps: float, options: dict) -> Solver
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be an sde_lib.SDE (e.g. sde_lib.get_sde('vpsde')), got {type(sde).__name__}")
     if not 0.0 < eps < sde.T:
-        raise ValueError(f"eps must be in (0, T) = (0, {sde.T}), got eps={eps}")
+        raise UsageError(f"eps must be in (0, T) = (0, {sde.T}), got eps={eps}")
     return cls(sde, CountingScore(score_fn, eps, sde.T), **check_options(solver, options))
 
 
@@ -93,7 +94,7 @@ def sample(sde: SDE, score_fn, shape, solver: str = "heun", *, steps: int | None
                 device = generator.device
             x_T = sde.prior_sampling(shape, generator=generator, device=device, dtype=dtype)
     if x_T.ndim < 1 or x_T.shape[0] < 1:
-        raise ValueError(f"samples must have shape (N, ...) with N >= 1, got {tuple(x_T.shape)}")
+        raise UsageError(f"samples must have shape (N, ...) with N >= 1, got {tuple(x_T.shape)}")
     if s.stochastic and generator is None:
         generator = fresh_generator(x_T.device)
     ts = _times(s, steps, sde, eps)
@@ -109,7 +110,7 @@ def encode(sde: SDE, score_fn, x: Tensor, solver: str = "rk45", *, steps: int | 
            progress: bool = False, **solver_options) -> SampleResult:
     """Map data x at t = eps to its latent at T along the probability-flow ODE (the inverse of `sample`)."""
     if SOLVERS.canonical(solver) not in deterministic():
-        raise ValueError(f"encode needs a deterministic (probability-flow ODE) solver, not {solver!r}; "
+        raise UsageError(f"encode needs a deterministic (probability-flow ODE) solver, not {solver!r}; "
                          f"use one of {', '.join(deterministic())}")
     check_steps(solver, steps)
     s = _build(sde, score_fn, solver, eps, solver_options)
@@ -166,13 +167,13 @@ def sampler(solver: str, steps: int | None = None, *, eps: float = 1e-3, grid=No
         steps = default_steps
     steps = check_steps(solver, steps)
     if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
-        raise ValueError(f"eps must be a positive number, got eps={eps!r}")
+        raise UsageError(f"eps must be a positive number, got eps={eps!r}")
     options = check_options(solver, options)
     check_option_values(solver, options)
     label = ""
     if grid not in (None, ""):
         if "grid" not in solver_options(solver):
-            raise ValueError(f"solver {solver!r} takes no grid (it is adaptive); drop the grid setting")
+            raise UsageError(f"solver {solver!r} takes no grid (it is adaptive); drop the grid setting")
         resolved = resolve_grid(grid, steps, steps_given=steps_given, label=grid_label)
         options["grid"], steps, label = resolved.grid, resolved.steps, resolved.label
     return Sampler(solver, steps, float(eps), options, label)

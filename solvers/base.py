@@ -10,6 +10,7 @@ from scoresde.sde_lib import SDE
 
 from .counting import CountingScore
 from .grids import as_times, check_grid_name, check_times, time_grid
+from scoresde.utils import UsageError
 
 Tensor = torch.Tensor
 
@@ -80,7 +81,7 @@ class FixedStepSolver(Solver):
             self.grid = "given"
             self.default_steps = len(self.times) - 1
         if not rho > 0:
-            raise ValueError(f"rho must be positive, got rho={rho}")
+            raise UsageError(f"rho must be positive, got rho={rho}")
         self.rho = float(rho)
 
     def timesteps(self, steps: int, eps: float) -> Tensor:

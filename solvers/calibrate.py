@@ -23,6 +23,7 @@ from .counting import CountingScore
 from .grids import check_grid_name, time_grid
 from .options import check_options
 from .registry import get_solver
+from scoresde.utils import UsageError
 
 Tensor = torch.Tensor
 
@@ -46,7 +47,7 @@ class _DifferentiableScore:
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         score = self.score_fn(x, t)
         if isinstance(score, Tensor) and not score.requires_grad:
-            raise ValueError("calibrate_grid differentiates the solver through score_fn: score_fn must be "
+            raise UsageError("calibrate_grid differentiates the solver through score_fn: score_fn must be "
                              "differentiable in x and t (no torch.no_grad() or .detach() inside it)")
         return score
 
@@ -77,10 +78,10 @@ def _fit(solver, name: str, x_T: Tensor, ref: Tensor, start: Tensor, iterations:
         try:
             error = (solver.integrate(x_T, times) - ref).double().pow(2).mean().sqrt()
             if not torch.isfinite(error):
-                raise ValueError("non-finite samples")
+                raise UsageError("non-finite samples")
         except ValueError as e:     # CountingScore's NaN/inf report, or the samples themselves
             if initial is None:
-                raise ValueError(f"{name} with {len(start) - 1} steps fails on the grid it starts from ({e}); "
+                raise UsageError(f"{name} with {len(start) - 1} steps fails on the grid it starts from ({e}); "
                                  "check the model, or calibrate with more steps") from None
             break                   # the fit stepped too far: keep the best grid so far
         value = error.item()
@@ -115,17 +116,17 @@ def calibrate_grid(sde: SDE, score_fn, shape, solver: str = "unipc", *, steps: i
     check_calibratable(solver)
     cls = get_solver(solver)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
-        raise ValueError(f"steps must be an integer >= 2 (one step has no grid to fit), got steps={steps!r}")
+        raise UsageError(f"steps must be an integer >= 2 (one step has no grid to fit), got steps={steps!r}")
     if not (isinstance(iterations, int) and iterations >= 1):
-        raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
+        raise UsageError(f"iterations must be a positive integer, got {iterations!r}")
     if not 0 <= min_spacing < 1:
-        raise ValueError(f"min_spacing must be in [0, 1) (a fraction of the mean step), got {min_spacing!r}")
+        raise UsageError(f"min_spacing must be in [0, 1) (a fraction of the mean step), got {min_spacing!r}")
     if isinstance(starts, str) or not starts:
-        raise ValueError(f"starts must be a non-empty tuple of grid names, got {starts!r}")
+        raise UsageError(f"starts must be a non-empty tuple of grid names, got {starts!r}")
     for name in starts:
         check_grid_name(name)
     if "grid" in solver_options:
-        raise ValueError("calibrate_grid chooses the grid itself; drop the grid option")
+        raise UsageError("calibrate_grid chooses the grid itself; drop the grid option")
     solver_options = check_options(solver, solver_options)
     if device is None and generator is not None:
         device = generator.device

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from scoresde.sde_lib import batch_time
+from scoresde.utils import UsageError
 
 Tensor = torch.Tensor
 
@@ -34,9 +35,9 @@ class CountingScore:
         self.nfe += 1
         if not isinstance(score, Tensor) or score.shape != x.shape:
             got = tuple(score.shape) if isinstance(score, Tensor) else type(score).__name__
-            raise ValueError(f"score_fn must return a tensor shaped like x {tuple(x.shape)}; got {got}")
+            raise UsageError(f"score_fn must return a tensor shaped like x {tuple(x.shape)}; got {got}")
         if not torch.isfinite(score).all():
-            raise ValueError(f"score_fn returned NaN or inf at t={float(t[0].detach()):.6g} "
+            raise UsageError(f"score_fn returned NaN or inf at t={float(t[0].detach()):.6g} "
                              f"(score evaluation {self.nfe}); "
                              f"check the model and the time range [eps, T] = [{self.t_min}, {self.t_max}]")
         return score

@@ -12,6 +12,7 @@ import torch
 
 from .base import FixedStepSolver, steps_of
 from .random import randn_like
+from scoresde.utils import UsageError
 
 Tensor = torch.Tensor
 
@@ -34,7 +35,7 @@ class EDM(FixedStepSolver):
                  s_noise: float = 1.0, **options):
         super().__init__(sde, score, **options)
         if not (s_churn >= 0 and s_noise >= 0 and 0 <= s_tmin <= s_tmax):
-            raise ValueError(f"edm needs s_churn >= 0, s_noise >= 0 and 0 <= s_tmin <= s_tmax, got s_churn={s_churn}, "
+            raise UsageError(f"edm needs s_churn >= 0, s_noise >= 0 and 0 <= s_tmin <= s_tmax, got s_churn={s_churn}, "
                              f"s_noise={s_noise}, s_tmin={s_tmin}, s_tmax={s_tmax}")
         self.s_churn, self.s_tmin, self.s_tmax, self.s_noise = float(s_churn), float(s_tmin), float(s_tmax), float(s_noise)
 

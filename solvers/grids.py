@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 
 from scoresde.sde_lib import SDE
-from scoresde.utils import Registry
+from scoresde.utils import MissingFileError, Registry, UsageError
 from scoresde.utils import atomic_write_text
 
 Tensor = torch.Tensor
@@ -57,10 +57,10 @@ def as_times(times) -> Tensor:
     try:
         t = torch.as_tensor(times, dtype=torch.float64).detach().cpu()
     except (TypeError, ValueError, RuntimeError):
-        raise ValueError(f"grid must be a grid name ({', '.join(GRIDS)}) or a 1-D sequence of times, "
+        raise UsageError(f"grid must be a grid name ({', '.join(GRIDS)}) or a 1-D sequence of times, "
                          f"got {type(times).__name__}") from None
     if t.ndim != 1 or len(t) < 2 or not torch.isfinite(t).all() or not (t[1:] < t[:-1]).all():
-        raise ValueError(f"a given grid must be a 1-D, finite, strictly decreasing sequence of at least 2 times "
+        raise UsageError(f"a given grid must be a 1-D, finite, strictly decreasing sequence of at least 2 times "
                          f"from T to eps, got {t.tolist()}")
     return t
 
@@ -68,10 +68,10 @@ def as_times(times) -> Tensor:
 def check_times(t: Tensor, sde: SDE, steps: int, eps: float) -> Tensor:
     """t if it has `steps` steps from T to eps (to round-off), else a ValueError saying what differs."""
     if len(t) != steps + 1:
-        raise ValueError(f"the given grid has {len(t) - 1} steps, but steps={steps} was asked for; "
+        raise UsageError(f"the given grid has {len(t) - 1} steps, but steps={steps} was asked for; "
                          f"leave steps unset to use the grid's")
     if abs(float(t[0]) - sde.T) > 1e-9 * sde.T or abs(float(t[-1]) - eps) > 1e-9 * sde.T:
-        raise ValueError(f"the given grid runs from {float(t[0])!r} to {float(t[-1])!r}, but sampling runs from "
+        raise UsageError(f"the given grid runs from {float(t[0])!r} to {float(t[-1])!r}, but sampling runs from "
                          f"T={sde.T!r} to eps={eps!r}; pass the eps the grid was made for")
     return _pin(t.clone(), sde.T, eps)
 
@@ -84,7 +84,7 @@ def time_grid(sde: SDE, steps: int, eps: float, grid: str = "uniform", rho: floa
     else:
         t = GRIDS[grid](sde, steps, eps)
     if not (t[1:] < t[:-1]).all():
-        raise ValueError(f"the {grid!r} grid with {steps} steps on [{eps}, {sde.T}] is not strictly decreasing; "
+        raise UsageError(f"the {grid!r} grid with {steps} steps on [{eps}, {sde.T}] is not strictly decreasing; "
                          f"use fewer steps or a larger eps")
     return t
 
@@ -106,10 +106,10 @@ def load_grid(path) -> Tensor:
             record = json.load(f)
         return as_times(record["times"])
     except FileNotFoundError:
-        raise FileNotFoundError(f"no grid file at {str(path)!r}; make one with calibrate_grid and save_grid") \
+        raise MissingFileError(f"no grid file at {str(path)!r}; make one with calibrate_grid and save_grid") \
             from None
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{str(path)!r} is not a grid file written by save_grid ({e})") from None
+        raise UsageError(f"{str(path)!r} is not a grid file written by save_grid ({e})") from None
 
 
 def grid_record(path) -> dict:
@@ -146,7 +146,7 @@ def resolve_grid(grid, steps: int | None, *, steps_given: bool = True, label: st
     if grid in GRIDS:
         return ResolvedGrid(grid, steps, grid)
     if not grid.endswith(".json"):
-        raise ValueError(f"unknown time grid {grid!r}; available: {', '.join(GRIDS)}, or the path of a "
+        raise UsageError(f"unknown time grid {grid!r}; available: {', '.join(GRIDS)}, or the path of a "
                          f".json grid file")
     times = load_grid(grid)
     return ResolvedGrid(times, steps if steps_given else len(times) - 1, label or f"grid-{Path(grid).stem}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from scoresde.utils import Registry
+from scoresde.utils import Registry, UsageError
 
 from .adaptive import METHODS, integrate_adaptive
 from .base import FixedStepSolver, Solver, steps_of
@@ -102,7 +102,7 @@ class DPMSolver(ODESolver):
     def __init__(self, sde, score, *, order: int = 3, lower_order_final: bool = True, **options):
         super().__init__(sde, score, **options)
         if order not in (1, 2, 3):
-            raise ValueError(f"{self.name} order must be 1, 2 or 3, got order={order!r}")
+            raise UsageError(f"{self.name} order must be 1, 2 or 3, got order={order!r}")
         self.order = order
         self.lower_order_final = bool(lower_order_final)
 
@@ -262,7 +262,7 @@ class RK45(Solver):
         super().__init__(sde, score)
         for name, value in (("rtol", rtol), ("atol", atol), ("first_step", first_step), ("max_steps", max_steps)):
             if not value > 0:
-                raise ValueError(f"rk45 {name} must be positive, got {name}={value}")
+                raise UsageError(f"rk45 {name} must be positive, got {name}={value}")
         self.rtol, self.atol = float(rtol), float(atol)
         self.first_step = float(first_step)
         self.method = METHODS.canonical(method)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 
 from .registry import get_solver
+from scoresde.utils import UsageError
 
 _BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
@@ -47,15 +48,15 @@ def _convert(solver: str, name: str, value, kind: type | None):
         text = value.strip()
         if kind is bool:
             if text.lower() not in _BOOLEANS:
-                raise ValueError(f"{problem} (true or false)")
+                raise UsageError(f"{problem} (true or false)")
             return _BOOLEANS[text.lower()]
         try:
             return kind(text)
         except ValueError:
-            raise ValueError(problem) from None
+            raise UsageError(problem) from None
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    raise ValueError(problem)
+    raise UsageError(problem)
 
 
 def check_options(solver: str, options: dict) -> dict:
@@ -68,7 +69,7 @@ def check_options(solver: str, options: dict) -> dict:
     checked = {}
     for name, value in options.items():
         if name not in params:
-            raise ValueError(f"unknown option {name!r} for solver {solver!r}; its options: "
+            raise UsageError(f"unknown option {name!r} for solver {solver!r}; its options: "
                              f"{', '.join(params) or 'none'}")
         checked[name] = _convert(solver, name, value, expected_type(params[name]))
     return checked
@@ -82,6 +83,6 @@ def parse_options(text: str) -> dict[str, str]:
             continue
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
-            raise ValueError(f"solver options are written name=value[,name=value...], got {item.strip()!r}")
+            raise UsageError(f"solver options are written name=value[,name=value...], got {item.strip()!r}")
         options[name.strip()] = value.strip()
     return options

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from scoresde.utils import derived_seed
+from scoresde.utils import UsageError, derived_seed
 
 Tensor = torch.Tensor
 
@@ -33,7 +33,7 @@ class SampleGenerators:
         key = (tuple(shape[1:]), dtype)
         if key != self._key or self._next == self.block:
             if key != self._key and self._key is not None:
-                raise ValueError(f"per-sample noise of shape {key[0]} and dtype {dtype} after {self._key}: one "
+                raise UsageError(f"per-sample noise of shape {key[0]} and dtype {dtype} after {self._key}: one "
                                  "SampleGenerators serves one shape and dtype (make one per sampling run)")
             self._key, self._next = key, 0
             self._buffer = torch.stack([torch.randn((self.block, *key[0]), generator=g, device=self.device,

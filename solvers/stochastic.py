@@ -13,6 +13,7 @@ from .base import FixedStepSolver, steps_of
 from .random import randn_like
 from .steps import (ANCESTRAL_VARIANCES, CORRECTORS, LANGEVIN_STEP_SIZES, PREDICTORS, ancestral_std,
                     ddim_coefficients, euler_maruyama_step)
+from scoresde.utils import UsageError
 
 Tensor = torch.Tensor
 
@@ -51,9 +52,9 @@ class PredictorCorrector(StochasticSolver):
         self.predictor = PREDICTORS[predictor]
         self.corrector = CORRECTORS[corrector]
         if not snr > 0:
-            raise ValueError(f"snr must be positive (0.16 for VE, 0.01-0.17 for VP), got snr={snr}")
+            raise UsageError(f"snr must be positive (0.16 for VE, 0.01-0.17 for VP), got snr={snr}")
         if not (isinstance(corrector_steps, int) and corrector_steps >= 0):
-            raise ValueError(f"corrector_steps must be a non-negative integer, got {corrector_steps!r}")
+            raise UsageError(f"corrector_steps must be a non-negative integer, got {corrector_steps!r}")
         self.snr = float(snr)
         self.corrector_steps = corrector_steps if self.corrector is not None else 0
 
@@ -84,7 +85,7 @@ class Ancestral(StochasticSolver):
         self.variance = ANCESTRAL_VARIANCES.canonical(variance)
         self.noise_std = ANCESTRAL_VARIANCES[variance]
         if self.variance == "analytic" and eps_moments is None:
-            raise ValueError("variance='analytic' needs eps_moments: a table from solvers.estimate_eps_moments or "
+            raise UsageError("variance='analytic' needs eps_moments: a table from solvers.estimate_eps_moments or "
                              "the path of the .json that save_eps_moments wrote")
         self.eps_moments = None if eps_moments is None else as_eps_moments(eps_moments)
 

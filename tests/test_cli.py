@@ -21,7 +21,8 @@ from scoresde.run import interrupts
 from scoresde.commands import sampling
 from scoresde import solvers
 from scoresde import training
-from scoresde.commands import evaluation
+from scoresde.commands import evaluation, modes
+from scoresde.utils import UsageError
 from helpers import ROOT, cli, main_py
 
 TINY = ["--config.model.nf=8", "--config.model.ch_mult=(1,)", "--config.training.batch_size=16",
@@ -587,3 +588,19 @@ def test_an_output_that_cannot_be_written_stops_before_any_sampling(vectors, tmp
 def test_rerunning_a_finished_training_says_it_is_complete(trained):
     result = cli("--mode", "train", "--workdir", trained, "--config.training.n_iters=4", *TINY)
     assert result.stdout.startswith(f"already complete at step 4 (training.n_iters); checkpoint {trained}")
+
+
+@pytest.mark.parametrize("error, one_line", [(UsageError("bad value; give another"), True),
+                                             (ValueError("operands could not be broadcast"), False),
+                                             (KeyError("a bug"), False)])
+def test_only_what_the_user_can_fix_is_one_line(vectors, monkeypatch, error, one_line):
+    # A ValueError from numpy or torch inside a mode is a bug: it keeps its traceback (here: it propagates out of
+    # the in-process entry point); a UsageError is printed as one line with exit status 1.
+    def fails(job):
+        raise error
+    monkeypatch.setitem(modes.RUNNERS, "eval", fails)
+    if one_line:
+        one_line_error(cli("--mode", "eval", "--workdir", vectors, check=False), "bad value; give another")
+    else:
+        with pytest.raises(type(error)):
+            cli("--mode", "eval", "--workdir", vectors, check=False)

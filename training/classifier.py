@@ -17,6 +17,7 @@ from scoresde.guidance import build_classifier, classifier_loss
 
 from scoresde.run import checkpoint as checkpoints
 from scoresde.run.builders import build_sde, get_device
+from scoresde.utils import UsageError
 
 CLASSIFIER_DIR = "classifier"  # under the run's workdir: <workdir>/classifier/checkpoints/checkpoint_<step>.pt
 
@@ -73,7 +74,7 @@ def train_classifier(config, workdir, device: torch.device | None = None) -> Cla
         net.train()
         loss_t = classifier_loss(net, sde, x.to(device), y.to(device), eps=config.training.eps)
         if not torch.isfinite(loss_t):
-            raise ValueError(f"the classifier loss is {loss_t.item()} at step {step + 1}; lower classifier.lr")
+            raise UsageError(f"the classifier loss is {loss_t.item()} at step {step + 1}; lower classifier.lr")
         optimizer.zero_grad(set_to_none=True)
         loss_t.backward()
         optimizer.step()

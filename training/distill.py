@@ -23,7 +23,7 @@ from absl import logging
 from scoresde import models
 from scoresde import solvers
 from scoresde.sde_lib import SDE, expand_as
-from scoresde.utils import Registry
+from scoresde.utils import Registry, UsageError
 from scoresde.utils import atomic_write_json
 from scoresde.solvers.steps import ddim_coefficients
 
@@ -92,7 +92,7 @@ def distillation_loss(student, teacher, sde: SDE, x: Tensor, teacher_times: Tens
     """
     steps = (len(teacher_times) - 1) // 2
     if len(teacher_times) != 2 * steps + 1 or steps < 1:
-        raise ValueError(f"the teacher grid needs an even number of steps, got {len(teacher_times) - 1}")
+        raise UsageError(f"the teacher grid needs an even number of steps, got {len(teacher_times) - 1}")
     i = torch.randint(steps, (x.shape[0],), generator=generator, device=x.device)
     times = teacher_times.to(x.device)
     t, mid, s = times[2 * i], times[2 * i + 1], times[2 * i + 2]
@@ -153,11 +153,11 @@ class Teacher(NamedTuple):
 def load_teacher(workdir, checkpoint=None, device=None) -> Teacher:
     """The EMA network of the run in `workdir` (its newest checkpoint, or `checkpoint`) as a teacher."""
     if checkpoint in (None, "") and ckpt.latest_checkpoint(workdir) is None:
-        raise ValueError(f"no teacher to distil: {ckpt.checkpoint_dir(workdir)} holds no checkpoint; train one first "
+        raise UsageError(f"no teacher to distil: {ckpt.checkpoint_dir(workdir)} holds no checkpoint; train one first "
                          f"(python main.py --mode train --workdir {workdir}) or pass the run's --workdir")
     run = load_run(workdir, checkpoint, device)
     if run.config.model.conditional:
-        raise ValueError(f"{run.path} is a class-conditional model; progressive distillation here is for "
+        raise UsageError(f"{run.path} is a class-conditional model; progressive distillation here is for "
                          "unconditional models")
     network = precision.autocast_network(run.network, run.config.precision, run.device)
     score_fn = models.get_score_fn(network, run.sde, run.precond)
@@ -171,21 +171,21 @@ def rounds(config) -> list[int]:
     d = config.distill
     for key, low in (("start_steps", 1), ("target_steps", 1), ("iterations", 1), ("warmup", 0)):
         if isinstance(d[key], bool) or not isinstance(d[key], int) or d[key] < low:
-            raise ValueError(f"distill.{key}={d[key]!r}: must be an integer >= {low}")
+            raise UsageError(f"distill.{key}={d[key]!r}: must be an integer >= {low}")
     ratio = d.start_steps // d.target_steps
     if d.start_steps % d.target_steps or ratio < 2 or ratio & (ratio - 1):
-        raise ValueError(f"distill.target_steps={d.target_steps} must be distill.start_steps={d.start_steps} divided "
+        raise UsageError(f"distill.target_steps={d.target_steps} must be distill.start_steps={d.start_steps} divided "
                          "by a power of 2 (each round halves the steps), e.g. 64 -> 32 -> 16 -> 8 -> 4")
     if d.teacher_solver.lower() != "ddim":
-        raise ValueError(f"distill.teacher_solver={d.teacher_solver!r}: the student's step is a DDIM step, so its "
+        raise UsageError(f"distill.teacher_solver={d.teacher_solver!r}: the student's step is a DDIM step, so its "
                          "target is two DDIM steps of the teacher; use 'ddim'")
     if d.parameterization not in STUDENT_PARAMETERIZATIONS:
-        raise ValueError(f"distill.parameterization={d.parameterization!r}: the student predicts v or x0 "
+        raise UsageError(f"distill.parameterization={d.parameterization!r}: the student predicts v or x0 "
                          f"({', '.join(STUDENT_PARAMETERIZATIONS)}), as Salimans & Ho (2022) recommend")
     WEIGHTINGS.canonical(d.weighting)
     solvers.grids.check_grid_name(d.grid)
     if not d.lr > 0 or not 0.0 <= d.ema_rate < 1.0:
-        raise ValueError(f"distill.lr={d.lr!r} must be positive and distill.ema_rate={d.ema_rate!r} in [0, 1)")
+        raise UsageError(f"distill.lr={d.lr!r} must be positive and distill.ema_rate={d.ema_rate!r} in [0, 1)")
     steps, out = d.start_steps, []
     while steps > d.target_steps:
         steps //= 2
@@ -230,7 +230,7 @@ def _check_same_teacher(workdir, teacher: Teacher) -> None:
     mix two targets. (Its config's distill section may change on resume, so this is checked here.)"""
     record = read_record(workdir)
     if record is not None and ckpt.latest_checkpoint(workdir) is not None and record["teacher_step"] != teacher.step:
-        raise ValueError(f"{workdir} was started from the teacher's step {record['teacher_step']}, not {teacher.step} "
+        raise UsageError(f"{workdir} was started from the teacher's step {record['teacher_step']}, not {teacher.step} "
                          f"({teacher.label}); resume with that checkpoint (--checkpoint) or delete {workdir}")
 
 
@@ -267,7 +267,7 @@ def check_sampler(workdir, sde: SDE, sampler: solvers.Sampler) -> None:
     got = sampler_times(sde, sampler) if sampler.solver == record["solver"] else None
     if got is None or got.shape != wanted.shape or (got - wanted).abs().max() > GRID_ATOL:
         grid = "" if record["grid"] == "uniform" else f" --grid {record['grid']}"
-        raise ValueError(f"{workdir} is a progressive-distillation student, valid only with the {record['solver']} "
+        raise UsageError(f"{workdir} is a progressive-distillation student, valid only with the {record['solver']} "
                          f"steps it was distilled for ({record['steps']} on the {record['grid']} grid, eps "
                          f"{record['eps']:g}), not with {sampler.describe()}; sample it with --solver "
                          f"{record['solver']} --steps {record['steps']}{grid}")

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from absl import logging
 from torch import nn
 
-from scoresde.utils import derived_seed
+from scoresde.utils import UsageError, derived_seed
 from scoresde.data.loader import InfiniteLoader
 
 from scoresde.run.builders import get_device
@@ -95,7 +95,7 @@ def setup(config) -> Context:
         return Context(0, 1, 0, device, False)
     backend = config.distributed.backend
     if backend not in BACKENDS:
-        raise ValueError(f"unknown distributed.backend {backend!r}; available: {', '.join(BACKENDS)}")
+        raise UsageError(f"unknown distributed.backend {backend!r}; available: {', '.join(BACKENDS)}")
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
@@ -103,7 +103,7 @@ def setup(config) -> Context:
     if backend == "auto":
         backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl" and device.type != "cuda":
-        raise ValueError("distributed.backend='nccl' needs CUDA; use 'gloo' (or 'auto') on CPU")
+        raise UsageError("distributed.backend='nccl' needs CUDA; use 'gloo' (or 'auto') on CPU")
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=config.distributed.timeout_minutes))
     rank = dist.get_rank()
@@ -121,7 +121,7 @@ def shutdown() -> None:
 def local_batch_size(batch_size: int, ctx: Context) -> int:
     """B / world_size, with an error when the global batch does not split evenly."""
     if batch_size % ctx.world_size:
-        raise ValueError(f"training.batch_size={batch_size} does not split over {ctx.world_size} processes; "
+        raise UsageError(f"training.batch_size={batch_size} does not split over {ctx.world_size} processes; "
                          f"use a multiple of {ctx.world_size} (it is the global batch)")
     return batch_size // ctx.world_size
 
