@@ -59,7 +59,8 @@ FLAG_SPECS = [  # name, type, help; every default is None: the config's value
     ("mask", str, "inpaint: .npy/.npz 0/1 mask (1 = observed); default the input's 'mask' or its NaNs."),
     ("inpaint_method", str, "inpaint: replacement | repaint (default config.inpainting.method)."),
     ("resample", int, "inpaint: RePaint steps per interval (default config.inpainting.resample)."),
-    ("from", str, "import: score_sde (a checkpoint_*.pth of score_sde_pytorch) | diffusers (a save_pretrained folder)."),
+    ("from", str, "import: score_sde (a checkpoint_*.pth of score_sde_pytorch) | diffusers "
+                  "(a save_pretrained folder)."),
     ("samples", str, "fid: score this .npz (key 'samples', data space, as --mode sample writes) instead of sampling."),
     ("inception_weights", str, "fid: local Inception weights file (default config.metrics.inception_weights)."),
     ("overwrite", bool, "calibrate: replace an existing calibrated grid or Analytic-DPM table (kept otherwise)."),

@@ -210,7 +210,8 @@ def calibrate(run, sampler: solvers.Sampler, *, pilot: int, iterations: int, see
             f"with --workdir {run.workdir} --solver {sampler.solver} --steps {sampler.steps} --grid calibrated")
 
 
-def calibrate_variance(run, *, times: int = 100, batches: int = 20, batch_size: int | None = None, seed: int = 0) -> str:
+def calibrate_variance(run, *, times: int = 100, batches: int = 20, batch_size: int | None = None,
+                       seed: int = 0) -> str:
     """Estimate E||eps_hat(x_t, t)||^2/D, the table of Analytic-DPM's variance (solvers.estimate_eps_moments), on
     `batches` batches of the run's training split at `times` log-SNR-spaced times from eps to T, and write it to
     <workdir>/variances/analytic.json (run.sampling.analytic_table_path); returns the line saying what was written."""
@@ -255,4 +256,5 @@ def inpaint_file(run, score_fn, input_path: str, mask_path: str | None, *, metho
         stem = fresh_stem(directory / f"{method}_{steps}_seed{seed}", (".npz", ".png"))
         written = write_samples(stem, out, info, "try more --steps", title=f"{method}, NFE {per_batch}",
                                 mask=mask.cpu().numpy())
-    return f"inpainted {len(out)} items with {method}: NFE {per_batch} per batch; wrote {' and '.join(map(str, written))}"
+    return (f"inpainted {len(out)} items with {method}: NFE {per_batch} per batch; "
+            f"wrote {' and '.join(map(str, written))}")

@@ -8,7 +8,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     config.seed = 42                    # seeds data order, parameter init, noise, snapshots
     config.device = "auto"              # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
     config.precision = "float32"        # float32 | bfloat16 | float16: autocast of the network in training and sampling
-                                        # (float16 adds a gradient scaler, CUDA only); the likelihood ODE stays float32/64
+                                        # (float16 adds a gradient scaler, CUDA only); the likelihood ODE stays
+                                        # float32/64
     config.compile = False              # torch.compile the network for training
     config.allow_tf32 = False           # TF32 matmuls/convolutions on Ampere+ GPUs (faster, not bit-reproducible)
     config.num_threads = 0              # CPU threads of torch; 0: one for networks under 2M parameters (their small
@@ -29,7 +30,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sde.power = 2.0                     # polynomial_flow: alpha_bar = 1 - t^power, beta_bar = t
 
     config.data = data = ml_collections.ConfigDict()
-    data.dataset = "digits"             # digits | moons | swissroll | circles | checkerboard | gmm8 | mnist | cifar10 | image_folder | array
+    data.dataset = "digits"             # digits | moons | swissroll | circles | checkerboard | gmm8 | mnist | cifar10
+                                        # | image_folder | array
     data.image_size = placeholder(int)  # pixels (height = width); None: the dataset's own (digits 8, mnist 28, ...)
     data.num_channels = placeholder(int)  # 1 (grey) or 3 (RGB); None: the dataset's own
     data.centered = True                # True: data scaled to [-1, 1]; False: [0, 1]
@@ -73,7 +75,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     training.eps = 1e-5                 # smallest t in the loss
     training.snapshot_samples = 64      # samples drawn for each snapshot (0: none)
     training.progress = True            # tqdm progress bar
-    training.p_uncond = 0.1             # conditional models: probability of training on the null label (classifier-free guidance)
+    training.p_uncond = 0.1             # conditional models: probability of training on the null label
+                                        # (classifier-free guidance)
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.optimizer = "Adam"            # Adam | AdamW

@@ -15,7 +15,8 @@ ACCEPTED = ("a .npy array, or a .npz with key 'x' (or a single array) and option
 
 
 def as_nchw(x: np.ndarray) -> np.ndarray:
-    """uint8 images (N, H, W), (N, H, W, C) or (N, C, H, W) with C in {1, 3} as (N, C, H, W); channels-last wins ties."""
+    """uint8 images (N, H, W), (N, H, W, C) or (N, C, H, W) with C in {1, 3} as (N, C, H, W); channels-last wins
+    ties."""
     if x.ndim == 3:
         return x[:, None]
     if x.ndim == 4 and x.shape[3] in (1, 3):

@@ -28,7 +28,8 @@ def read_idx(path: str) -> np.ndarray:
     with opener(path, "rb") as f:
         raw = f.read()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != _IDX_UBYTE:
-        raise UsageError(f"{path} is not an idx file of unsigned bytes (it must start with bytes 0x00 0x00 0x08 <ndim>)")
+        raise UsageError(f"{path} is not an idx file of unsigned bytes "
+                         "(it must start with bytes 0x00 0x00 0x08 <ndim>)")
     ndim = raw[3]
     dims = tuple(int(d) for d in np.frombuffer(raw, ">i4", count=ndim, offset=4))
     data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
@@ -60,7 +61,8 @@ def load_mnist(options) -> DataInfo:
 
 
 def load_cifar10(options) -> DataInfo:
-    """DataInfo for CIFAR-10 (50000 / 10000 RGB 32x32 images, 256 levels, labels 0..9), resized if image_size says so."""
+    """DataInfo for CIFAR-10 (50000 / 10000 RGB 32x32 images, 256 levels, labels 0..9), resized if image_size says
+    so."""
     batch_dir = os.path.join(_root(options, "cifar10", "cifar-10-batches-py/"), "cifar-10-batches-py")
     names = [name for files in CIFAR10_FILES.values() for name in files]
     missing = [n for n in names if not os.path.isfile(os.path.join(batch_dir, n))]

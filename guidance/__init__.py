@@ -8,5 +8,6 @@ from .scores import ClassifierFreeGuidance, ClassifierGuidance
 
 __all__ = [
     "ClassifierFreeGuidance", "ClassifierGuidance", "ClassifierLogits", "MLPClassifier", "ConvClassifier",
-    "build_classifier", "classifier_loss", "inpaint", "INPAINTERS", "io", "read_observation", "batch_labels", "check_labels", "parse_labels",
+    "build_classifier", "classifier_loss", "inpaint", "INPAINTERS", "io", "read_observation", "batch_labels",
+    "check_labels", "parse_labels",
 ]

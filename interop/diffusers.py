@@ -30,7 +30,8 @@ def _folders(folder: Path) -> tuple[Path, Path]:
         raise MissingFileError(f"{folder} holds no scheduler/scheduler_config.json (a diffusers DDPM pipeline "
                                 "saved with save_pretrained, e.g. google/ddpm-cifar10-32)")
     if not (unet / "config.json").is_file():
-        raise MissingFileError(f"{folder} holds no unet/config.json (a diffusers UNet2DModel saved with save_pretrained)")
+        raise MissingFileError(f"{folder} holds no unet/config.json (a diffusers UNet2DModel saved with "
+                               "save_pretrained)")
     return unet, scheduler
 
 

@@ -132,7 +132,8 @@ def _check_fits(found: dict, layout: _Layout, source, config_name: str) -> None:
     expected = {k: shape for k, shape, _ in layout.params}
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
-    shapes = [f"{k} {tuple(found[k])} vs {expected[k]}" for k in expected if k in found and tuple(found[k]) != expected[k]]
+    shapes = [f"{k} {tuple(found[k])} vs {expected[k]}" for k in expected
+              if k in found and tuple(found[k]) != expected[k]]
     if missing or unexpected or shapes:
         details = "; ".join(f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
                             for label, keys in (("missing", missing), ("unexpected", unexpected),
@@ -155,7 +156,8 @@ def load_score_sde_checkpoint(checkpoint) -> dict:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises several types for truncated or foreign files
-            raise CheckpointError(f"{path} is not readable as a score_sde checkpoint ({type(e).__name__}: {e})") from None
+            raise CheckpointError(f"{path} is not readable as a score_sde checkpoint "
+                                  f"({type(e).__name__}: {e})") from None
     if not (isinstance(state, dict) and isinstance(state.get("model"), dict)
             and isinstance(state.get("ema"), dict) and isinstance(state["ema"].get("shadow_params"), (list, tuple))):
         raise CheckpointError(f"{checkpoint if not isinstance(checkpoint, dict) else 'the checkpoint'} is not a "

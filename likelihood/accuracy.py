@@ -8,9 +8,9 @@ grid, or rtol and atol divided by 10 and 100), and the error of bits/dim at the 
 
 the triangle inequality with the last (most accurate) solve taken as exact. It bounds the mean absolute error
 per pilot point, hence the bias of the mean bits/dim as far as the pilot represents the test set (per-point errors
-can be heavy-tailed; docs/math.md, "The likelihood ODE and bits/dim"). Two differences rather than one: the errors of dopri5 and of fixed
-grids are not monotone in the setting near 1e-3 bits/dim (dopri5 at tol 1e-5 was 2x worse than at 1e-4 on a
-trained digits U-Net), so |b(s) - b(s')| alone may miss half of the error of s.
+can be heavy-tailed; docs/math.md, "The likelihood ODE and bits/dim"). Two differences rather than one: the errors
+of dopri5 and of fixed grids are not monotone in the setting near 1e-3 bits/dim (dopri5 at tol 1e-5 was 2x worse
+than at 1e-4 on a trained digits U-Net), so |b(s) - b(s')| alone may miss half of the error of s.
 """
 from __future__ import annotations
 

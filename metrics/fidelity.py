@@ -88,7 +88,7 @@ def inception_features(images: torch.Tensor, model, batch_size: int = 200,
     """(pool features (N, 2048), logits (N, 1008)) in float64 for data-space images (N, C, H, W)."""
     feats, logits = [], []
     for batch in torch.split(images, batch_size):
-        f, l = model(to_uint8_rgb(batch).to(device))
-        feats.append(f.cpu().double().numpy())
-        logits.append(l.cpu().double().numpy())
+        pool, logit = model(to_uint8_rgb(batch).to(device))
+        feats.append(pool.cpu().double().numpy())
+        logits.append(logit.cpu().double().numpy())
     return np.concatenate(feats), np.concatenate(logits)

@@ -1,4 +1,5 @@
-"""Score networks (MLP, DDPM++/NCSN++ U-Net), their preconditioning (parameterisations of the score), DSM losses and EMA."""
+"""Score networks (MLP, DDPM++/NCSN++ U-Net), their preconditioning (parameterisations of the score), DSM losses
+and EMA."""
 from .ema import EMAAverage, create_ema
 from .embeddings import ACTIVATIONS, EMBEDDINGS, GaussianFourierEmbedding, SinusoidalEmbedding
 from .losses import (

@@ -16,7 +16,8 @@ def require_diffusers():
     try:
         import diffusers
     except ImportError:
-        raise MissingDependencyError('diffusers models need the optional diffusers package: pip install -e ".[diffusers]"') from None
+        raise MissingDependencyError("diffusers models need the optional diffusers package: "
+                                     'pip install -e ".[diffusers]"') from None
     return diffusers
 
 

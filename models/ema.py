@@ -8,7 +8,8 @@ from scoresde.utils import UsageError
 
 
 class EMAAverage:
-    """multi_avg_fn for AveragedModel: ema <- d ema + (1 - d) w, d = min(decay, (1 + n)/(10 + n)) with warm-up, n = models averaged so far.
+    """multi_avg_fn for AveragedModel: ema <- d ema + (1 - d) w, d = min(decay, (1 + n)/(10 + n)) with warm-up,
+    n = models averaged so far.
 
     The warm-up (Song et al.'s TF ExponentialMovingAverage with num_updates) lets the average forget the random
     initialisation within the first few hundred steps instead of ~1/(1 - decay) steps.
@@ -35,7 +36,8 @@ class EMAAverage:
 
 
 def create_ema(model: nn.Module, decay: float = 0.9999, warmup: bool = True) -> AveragedModel:
-    """AveragedModel holding the EMA of `model` (parameters and buffers); call ema.update_parameters(model) after each step.
+    """AveragedModel holding the EMA of `model` (parameters and buffers); call ema.update_parameters(model) after
+    each step.
 
     The first update copies the weights; ema.module is the averaged network.
     """

@@ -94,7 +94,8 @@ class NoiseMSEWeighting(Weighting):
 
 
 class LikelihoodWeighting(Weighting):
-    """lambda = g^2 (w = g^2/beta_bar^2), t ~ U(eps, T): (T - eps)/2 E[loss] + const bounds -log p_theta(x_0) (Song et al. 2021b)."""
+    """lambda = g^2 (w = g^2/beta_bar^2), t ~ U(eps, T): (T - eps)/2 E[loss] + const bounds -log p_theta(x_0)
+    (Song et al. 2021b)."""
 
     def weight(self, sde: SDE, t: Tensor) -> Tensor:
         return sde.g2(t) / sde.beta_bar(t) ** 2
@@ -133,7 +134,8 @@ class ImportanceLikelihoodWeighting(Weighting):
 
 
 class EDMWeighting(Weighting):
-    """EDM (Karras et al. 2022): log sigma ~ N(p_mean, p_std^2), sigma = beta_bar/alpha_bar, loss lambda(sigma) ||D - x_0||^2.
+    """EDM (Karras et al. 2022): log sigma ~ N(p_mean, p_std^2), sigma = beta_bar/alpha_bar, loss
+    lambda(sigma) ||D - x_0||^2.
 
     lambda(sigma) = (sigma^2 + s_d^2)/(sigma s_d)^2 and ||D - x_0||^2 = sigma^2 beta_bar^2 ||s + eps/beta_bar||^2, so
     w = (sigma^2 + s_d^2)/s_d^2 with s_d = sigma_data. t comes from sde.t_of_log_snr(-log sigma), clamped to

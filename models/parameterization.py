@@ -1,4 +1,5 @@
-"""What the network predicts, and the score it implies: x_t = alpha_bar x_0 + beta_bar eps, score = -E[eps | x_t]/beta_bar.
+"""What the network predicts, and the score it implies: x_t = alpha_bar x_0 + beta_bar eps,
+score = -E[eps | x_t]/beta_bar.
 
 A `Precond` (EDM's preconditioning) says what the network is fed and maps its output F to score(x_t, t); training,
 sampling and likelihood all go through it, so there is one place where the network output is interpreted.
@@ -68,16 +69,19 @@ def _score_from_x0(net, x, a, b, sigma_data) -> Tensor:
 
 
 def _score_from_v(net, x, a, b, sigma_data) -> Tensor:
-    """v = alpha_bar eps - beta_bar x0, so eps_hat = (beta_bar x + alpha_bar v_hat)/(alpha_bar^2 + beta_bar^2), score = -eps_hat/beta_bar."""
+    """v = alpha_bar eps - beta_bar x0, so eps_hat = (beta_bar x + alpha_bar v_hat)/(alpha_bar^2 + beta_bar^2),
+    score = -eps_hat/beta_bar."""
     return -(b * x + a * net(x)) / ((a**2 + b**2) * b)
 
 
 def _score_from_edm(net, x, a, b, sigma_data) -> Tensor:
-    """EDM preconditioning in x_t: D = c_skip x/alpha_bar + c_out F(c_in x/alpha_bar), score = (alpha_bar D - x)/beta_bar^2.
+    """EDM preconditioning in x_t: D = c_skip x/alpha_bar + c_out F(c_in x/alpha_bar),
+    score = (alpha_bar D - x)/beta_bar^2.
 
-    With sigma = beta_bar/alpha_bar and s_d = sigma_data: c_skip = s_d^2/(sigma^2+s_d^2), c_out = sigma s_d/sqrt(sigma^2+s_d^2),
-    c_in = 1/sqrt(sigma^2+s_d^2). Substituting gives score = -x/(beta_bar^2 + alpha_bar^2 s_d^2)
-    + alpha_bar s_d F / (beta_bar sqrt(beta_bar^2 + alpha_bar^2 s_d^2)), which never forms 1 - c_skip by cancellation.
+    With sigma = beta_bar/alpha_bar and s_d = sigma_data: c_skip = s_d^2/(sigma^2+s_d^2),
+    c_out = sigma s_d/sqrt(sigma^2+s_d^2), c_in = 1/sqrt(sigma^2+s_d^2). Substituting gives
+    score = -x/(beta_bar^2 + alpha_bar^2 s_d^2) + alpha_bar s_d F / (beta_bar sqrt(beta_bar^2 + alpha_bar^2 s_d^2)),
+    which never forms 1 - c_skip by cancellation.
     """
     r2 = b**2 + (a * sigma_data) ** 2
     out = net(x / torch.sqrt(r2))
@@ -144,7 +148,8 @@ class Precond:
     """How a network is fed and how its output F becomes a score: EDM's preconditioning (Karras et al. 2022,
     Table 1), in x_hat = x_t/alpha_bar with noise level sigma = beta_bar/alpha_bar (docs/math.md, Preconditioning).
 
-    D(x_t) = c_skip x_hat + c_out F(c_in x_hat; c_noise) estimates E[x_0 | x_t], and score = (alpha_bar D - x_t)/beta_bar^2.
+    D(x_t) = c_skip x_hat + c_out F(c_in x_hat; c_noise) estimates E[x_0 | x_t], and
+    score = (alpha_bar D - x_t)/beta_bar^2.
     `parameterization` fixes c_in, c_skip and c_out; `noise_input` names c_noise, what the network receives as its
     noise level (NOISE_INPUTS); `sigma_data` is the data standard deviation of the edm parameterisation, and the
     one an EDM loss weighting must use. The score is computed by the algebraically equal closed forms above
@@ -197,7 +202,8 @@ class Precond:
 
 
 def network_attr(model: nn.Module, name: str):
-    """An attribute of the network itself, looking through wrappers (DataParallel/DDP/AveragedModel .module, torch.compile)."""
+    """An attribute of the network itself, looking through wrappers (DataParallel/DDP/AveragedModel .module,
+    torch.compile)."""
     while not hasattr(model, name):
         inner = [getattr(model, w) for w in ("module", "_orig_mod") if isinstance(getattr(model, w, None), nn.Module)]
         if not inner:
@@ -214,7 +220,8 @@ def as_labels(y, n: int, device) -> Tensor | None:
     if y.ndim == 0:
         return y.long().expand(n)
     if y.shape != (n,):
-        raise UsageError(f"class_labels must be an int or have shape ({n},) to match the batch; got shape {tuple(y.shape)}")
+        raise UsageError(f"class_labels must be an int or have shape ({n},) to match the batch; "
+                         f"got shape {tuple(y.shape)}")
     return y.long()
 
 

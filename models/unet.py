@@ -139,9 +139,11 @@ class UNet(nn.Module):
         ch_mult, attn_resolutions = tuple(ch_mult), tuple(attn_resolutions)
         _check_config(in_channels, image_size, ch, ch_mult, num_res_blocks, attn_resolutions, dropout)
         _check_ncsnpp_options(embedding, fir, resblock_updown, progressive_input, scale_by_sigma)
-        self.in_channels, self.image_size, self.embedding, self.num_classes = in_channels, image_size, embedding, num_classes
+        self.in_channels, self.image_size = in_channels, image_size
+        self.embedding, self.num_classes = embedding, num_classes
         self.noise_input = EMBEDDINGS[embedding].noise_input
-        self.center_input, self.scale_by_sigma, self.skip_rescale = bool(center_input), bool(scale_by_sigma), skip_rescale
+        self.center_input, self.scale_by_sigma = bool(center_input), bool(scale_by_sigma)
+        self.skip_rescale = skip_rescale
         temb_dim, embedding_dim = 4 * ch, embedding_dim or ch
         self.noise_embed = nn.Sequential(make_embedding(embedding, embedding_dim, embedding_scale),
                                          nn.Linear(embedding_dim, temb_dim), make_activation(activation),

@@ -12,8 +12,9 @@ from .workdir import WorkdirBusyError, WorkdirLock, check_directory, check_repla
 
 __all__ = [
     "Run", "load_run", "config_of_checkpoint", "use_trained_sections", "use_checkpoint_config", "build_model",
-    "build_optimizer", "build_sde", "get_device", "CHECKPOINT_DIR", "checkpoint_dir", "CheckpointError", "find_checkpoint", "latest_checkpoint",
-    "load_checkpoint", "EXIT_CODES", "StopRequested", "MetricsLogger", "Samples", "draw_samples",
-    "reference_points", "sampler_from_config", "MissingTable", "calibrated_grid_path", "analytic_table_path",
-    "report_calibrated_grid", "WorkdirBusyError", "WorkdirLock", "check_directory", "check_replaceable", "claiming_names",
+    "build_optimizer", "build_sde", "get_device", "CHECKPOINT_DIR", "checkpoint_dir", "CheckpointError",
+    "find_checkpoint", "latest_checkpoint", "load_checkpoint", "EXIT_CODES", "StopRequested", "MetricsLogger",
+    "Samples", "draw_samples", "reference_points", "sampler_from_config", "MissingTable", "calibrated_grid_path",
+    "analytic_table_path", "report_calibrated_grid", "WorkdirBusyError", "WorkdirLock", "check_directory",
+    "check_replaceable", "claiming_names",
 ]

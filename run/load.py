@@ -27,8 +27,8 @@ RELOCATABLE = ("data.path", "data.download")
 @dataclass
 class Run:
     """config: the run's config (trained sections from the checkpoint); network: the EMA network (eval mode, no
-    parameter gradients); score_fn(x, t): its score (through `precond`); data: the DataInfo (shape, scalers, test split); step and
-    path: of the checkpoint loaded."""
+    parameter gradients); score_fn(x, t): its score (through `precond`); data: the DataInfo (shape, scalers, test
+    split); step and path: of the checkpoint loaded."""
 
     config: ml_collections.ConfigDict
     sde: sde_lib.SDE

@@ -93,7 +93,8 @@ def _calibrated_grid(solver: str, steps: int | None, default_steps: int, workdir
     wanted = solvers.check_options(solver, options)
     if fitted != wanted:
         raise UsageError(f"the calibrated {solver} grid with {steps} steps was fitted with options "
-                         f"{fitted or 'none'}, not {wanted or 'none'}; sample with those, or calibrate again with these")
+                         f"{fitted or 'none'}, not {wanted or 'none'}; sample with those, or calibrate again "
+                         "with these")
     return str(path)
 
 

@@ -11,7 +11,8 @@ import os
 # In a source checkout the subpackages are folders beside this one (setuptools' package_dir maps them to
 # scoresde.<name> when installing); there, the checkout is searched too, so it runs without being installed.
 _checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if os.path.isfile(os.path.join(_checkout, "setup.cfg")) and os.path.isfile(os.path.join(_checkout, "sde_lib", "__init__.py")):
+if (os.path.isfile(os.path.join(_checkout, "setup.cfg"))
+        and os.path.isfile(os.path.join(_checkout, "sde_lib", "__init__.py"))):
     __path__.append(_checkout)
 
 __version__ = "0.1.0"

@@ -5,6 +5,6 @@ from .mixture import GaussianMixture
 from .registry import SDES, get_sde
 
 __all__ = [
-    "SDE", "ReverseSDE", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE", "RectifiedFlow", "PolynomialFlow", "ScheduleSDE", "GaussianMixture",
-    "SDES", "get_sde", "as_time", "batch_time", "expand_as",
+    "SDE", "ReverseSDE", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE", "RectifiedFlow", "PolynomialFlow", "ScheduleSDE",
+    "GaussianMixture", "SDES", "get_sde", "as_time", "batch_time", "expand_as",
 ]

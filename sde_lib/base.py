@@ -126,7 +126,8 @@ class SDE(abc.ABC):
         return 0.5 * (lo + hi)
 
     def transition(self, s, t) -> tuple[Tensor, Tensor]:
-        """p(x_t | x_s) = N(a x_s, v I) for s < t: (a, v) = (alpha_bar_t/alpha_bar_s, beta_bar_t^2 - a^2 beta_bar_s^2)."""
+        """p(x_t | x_s) = N(a x_s, v I) for s < t: (a, v) = (alpha_bar_t/alpha_bar_s,
+        beta_bar_t^2 - a^2 beta_bar_s^2)."""
         s, t = as_time(s), as_time(t)
         a = self.alpha_bar(t) / self.alpha_bar(s)
         return a, self.beta_bar(t) ** 2 - a**2 * self.beta_bar(s) ** 2
@@ -148,7 +149,8 @@ class SDE(abc.ABC):
         return _coefficient(self.alpha_bar(t), x0) * x0 + _coefficient(self.beta_bar(t), x0) * z
 
     def denoise(self, x: Tensor, score: Tensor, t) -> Tensor:
-        """Tweedie's E[x_0 | x_t = x] = (x + beta_bar(t)^2 score)/alpha_bar(t), for a scalar t or one per sample (N,)."""
+        """Tweedie's E[x_0 | x_t = x] = (x + beta_bar(t)^2 score)/alpha_bar(t), for a scalar t or one per sample
+        (N,)."""
         t = as_time(t)
         a, b = self.alpha_bar(t), self.beta_bar(t)
         return _coefficient(1.0 / a, x) * x + _coefficient(b**2 / a, x) * score

@@ -129,7 +129,8 @@ class VESDE(SDE):
 
 
 class CosineVPSDE(SDE):
-    """Nichol & Dhariwal's cosine schedule as a continuous VP SDE: alpha_bar = cos(u(t))/cos(u(0)), u = (t+s)/(1+s) pi/2.
+    """Nichol & Dhariwal's cosine schedule as a continuous VP SDE: alpha_bar = cos(u(t))/cos(u(0)),
+    u = (t+s)/(1+s) pi/2.
 
     The drift f = -tan(u) pi/(2(1+s)) blows up at t = 1, so the default horizon T = 0.9946 stops where
     alpha_bar(T) ~ 8e-3, comparable to the VP SDE's 6e-3 (the same choice as DPM-Solver's cosine schedule).

@@ -54,7 +54,8 @@ class GaussianMixture:
         return x.reshape(n, *self.event_shape)
 
     def _components(self, x: Tensor, alpha: Tensor, beta: Tensor):
-        """Per-component log N(x; alpha mu_k, alpha^2 Sigma_k + beta^2 I) and scores, for per-sample alpha, beta (N,)."""
+        """Per-component log N(x; alpha mu_k, alpha^2 Sigma_k + beta^2 I) and scores, for per-sample alpha, beta
+        (N,)."""
         x = x.reshape(x.shape[0], -1).to(torch.float64)
         u = self.eigvecs.to(x.device)
         var = alpha[:, None, None] ** 2 * self.eigvals.to(x.device) + beta[:, None, None] ** 2   # (N, K, D)

@@ -18,7 +18,8 @@ class CountingScore:
 
     def __init__(self, score_fn, t_min: float, t_max: float):
         if not callable(score_fn):
-            raise TypeError(f"score_fn must be a callable score_fn(x, t) -> tensor like x, got {type(score_fn).__name__}")
+            raise TypeError("score_fn must be a callable score_fn(x, t) -> tensor like x, "
+                            f"got {type(score_fn).__name__}")
         self.score_fn = score_fn
         self.t_min = float(t_min)
         self.t_max = float(t_max)

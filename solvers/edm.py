@@ -37,7 +37,8 @@ class EDM(FixedStepSolver):
         if not (s_churn >= 0 and s_noise >= 0 and 0 <= s_tmin <= s_tmax):
             raise UsageError(f"edm needs s_churn >= 0, s_noise >= 0 and 0 <= s_tmin <= s_tmax, got s_churn={s_churn}, "
                              f"s_noise={s_noise}, s_tmin={s_tmin}, s_tmax={s_tmax}")
-        self.s_churn, self.s_tmin, self.s_tmax, self.s_noise = float(s_churn), float(s_tmin), float(s_tmax), float(s_noise)
+        self.s_churn, self.s_tmin = float(s_churn), float(s_tmin)
+        self.s_tmax, self.s_noise = float(s_tmax), float(s_noise)
 
     def slope(self, y: Tensor, t: Tensor) -> Tensor:
         """dy/dsigma = eps_hat at (alpha_bar(t) y, t)."""

@@ -30,7 +30,8 @@ def uniform_log_snr(sde: SDE, steps: int, eps: float) -> Tensor:
 
 
 def edm_rho(sde: SDE, steps: int, eps: float, rho: float = 7.0) -> Tensor:
-    """EDM: sigma_i = (sigma_max^(1/rho) + i/steps (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, sigma = beta_bar/alpha_bar."""
+    """EDM: sigma_i = (sigma_max^(1/rho) + i/steps (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho,
+    sigma = beta_bar/alpha_bar."""
     sigma_max = torch.exp(-sde.log_snr(sde.T))
     sigma_min = torch.exp(-sde.log_snr(eps))
     ramp = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)

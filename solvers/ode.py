@@ -156,8 +156,9 @@ class DPMSolver(ODESolver):
 
 
 class UniPC(DPMSolver):
-    """UniPC (Zhao et al. 2023), data prediction in lambda: x_s = (beta_bar_s/beta_bar_t) x_t + alpha_bar_s (1 - e^-h) D_t
-    + alpha_bar_s B(h) sum_k rho_k (D_k - D_t)/r_k, r_k = (lambda_k - lambda_t)/h, B(h) = 1 - e^-h ("bh2") or h ("bh1").
+    """UniPC (Zhao et al. 2023), data prediction in lambda:
+    x_s = (beta_bar_s/beta_bar_t) x_t + alpha_bar_s (1 - e^-h) D_t + alpha_bar_s B(h) sum_k rho_k (D_k - D_t)/r_k,
+    r_k = (lambda_k - lambda_t)/h, B(h) = 1 - e^-h ("bh2") or h ("bh1").
 
     The predictor UniP uses the last `order` points of (lambda, D); the corrector UniC redoes the step once D at
     the new point is known, raising the order by one at no extra NFE (the new D, taken before the correction, is

@@ -104,7 +104,8 @@ CASES = [
     ("checkpoint-nan-sample", [*SAMPLE, "--workdir={nan}"], "checkpoint_2.pt has NaN or infinite weights"),
     # samples to score
     ("samples-missing", [*FID, "--samples={files}/none.npz"], "none.npz; expected samples in data space"),
-    ("samples-garbage", [*FID, "--samples={files}/garbage.npz"], "garbage.npz is not a NumPy file (no .npy header, not an .npz archive)"),
+    ("samples-garbage", [*FID, "--samples={files}/garbage.npz"],
+     "garbage.npz is not a NumPy file (no .npy header, not an .npz archive)"),
     ("samples-key", [*FID, "--samples={files}/wrongkey.npz"], "wrongkey.npz holds x; name the array 'samples'"),
     ("samples-dtype", [*FID, "--samples={files}/ints.npz"], "samples must be floats in data space"),
     ("samples-shape", [*FID, "--samples={files}/vectors.npz"], "digits samples are (N, 1, 8, 8), got shape (12, 2)"),
@@ -115,7 +116,8 @@ CASES = [
      "-1..2, not of this run's 0..1; score them with the --workdir of the run that drew them"),
     # observations to inpaint
     ("inpaint-no-input", INPAINT, "--mode inpaint needs --input=FILE"),
-    ("inpaint-garbage", [*INPAINT, "--input={files}/garbage.npy"], "garbage.npy is not a NumPy file (no .npy header, not an .npz archive); expected"),
+    ("inpaint-garbage", [*INPAINT, "--input={files}/garbage.npy"],
+     "garbage.npy is not a NumPy file (no .npy header, not an .npz archive); expected"),
     ("inpaint-shape", [*INPAINT, "--input={files}/oblong.npy"], "have shape (12, 1, 8, 6); this model's data are"),
     ("inpaint-mask-shape", [*INPAINT, "--input={files}/observed.npy", "--mask={files}/mask_oblong.npy"],
      "mask_oblong.npy"),
@@ -136,7 +138,8 @@ CASES = [
     ("accuracy", [*LIKELIHOOD, "--accuracy=0"], "--accuracy=0.0 must be a positive number"),
     ("repeats", [*LIKELIHOOD, "--dequant_repeats=0"], "--dequant_repeats=0 must be a positive integer"),
     ("divergence", [*LIKELIHOOD, "--divergence=exactly"], "unknown divergence 'exactly'; available: "),
-    ("bound", [*LIKELIHOOD, "--bound=vlb"], "bound must be ode (the probability-flow ODE likelihood) or elbo (the variational bound), got 'vlb'"),
+    ("bound", [*LIKELIHOOD, "--bound=vlb"],
+     "bound must be ode (the probability-flow ODE likelihood) or elbo (the variational bound), got 'vlb'"),
     ("bound-options", [*LIKELIHOOD, "--bound=elbo", "--rtol=1e-3"], "(rtol) do not apply to the variational bound"),
     # imported runs, which have no config of their own beyond the checkpoint's
     ("import-no-config", ["--mode=import", "--from=score_sde", "--checkpoint={files}/released.pth",

@@ -218,7 +218,8 @@ def test_a_plain_run_trains_as_a_one_rank_torchrun_run(tmp_path, monkeypatch):
         monkeypatch.setenv(name, value)
     _jobs(0, [("train", tmp_path / "one", 6)])
     monkeypatch.undo()
-    plain, one = ([r["loss"] for r in helpers.metrics_rows(tmp_path / name) if "loss" in r] for name in ("plain", "one"))
+    plain, one = ([r["loss"] for r in helpers.metrics_rows(tmp_path / name) if "loss" in r]
+                  for name in ("plain", "one"))
     # The same t and noise for every example of every step: the losses agree to float32 rounding, where another
     # draw of the noise changes the step-1 loss of this network by several percent.
     assert len(plain) == len(one) == 6

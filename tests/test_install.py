@@ -65,7 +65,8 @@ def test_install_is_one_namespace(tmp_path, editable):
                           env=CLEAN_ENV)
     assert done.returncode == 0, done.stderr[-3000:]
     ours = {p.name for p in site.iterdir() if "scoresde" in p.name.lower()}
-    others = {p.name for p in site.iterdir()} - ours - {"__pycache__", "_distutils_hack", "distutils-precedence.pth", "test-environment.pth"}
+    others = {p.name for p in site.iterdir()} - ours - {"__pycache__", "_distutils_hack", "distutils-precedence.pth",
+                                                        "test-environment.pth"}
     others = {n for n in others if not n.startswith(("pip", "setuptools", "pkg_resources", "_virtualenv"))}
     assert others == set(), f"the install put generic names into site-packages: {sorted(others)}"
     assert "scoresde" in ours if not editable else any(n.endswith("finder.py") for n in ours)

@@ -29,8 +29,9 @@ VARS = torch.tensor([0.04, 0.25, 0.1], dtype=torch.float64)
 
 
 def posterior_mean(x, a, b):
-    """E[x_0 | x_t = x] for x_t = a x_0 + b eps, from Bayes' rule on each component: x_t | k ~ N(a mu_k, (a^2 v_k + b^2) I)
-    gives responsibilities r_k, and E[x_0 | x_t, k] = mu_k + a v_k (x - a mu_k)/(a^2 v_k + b^2). a, b: shape (N, 1)."""
+    """E[x_0 | x_t = x] for x_t = a x_0 + b eps, from Bayes' rule on each component:
+    x_t | k ~ N(a mu_k, (a^2 v_k + b^2) I) gives responsibilities r_k, and
+    E[x_0 | x_t, k] = mu_k + a v_k (x - a mu_k)/(a^2 v_k + b^2). a, b: shape (N, 1)."""
     var = a[:, :, None] ** 2 * VARS + b[:, :, None] ** 2                            # (N, 1, K)
     diff = x[:, :, None] - a[:, :, None] * MEANS.T                                  # (N, D, K)
     log_r = torch.log(WEIGHTS) - 0.5 * (diff**2).sum(1) / var[:, 0] - torch.log(var[:, 0])   # D = 2: det^(-1/2) = 1/var
@@ -42,9 +43,9 @@ def posterior_mean(x, a, b):
 class ExactDenoiserNetwork(nn.Module):
     """The network output each parameterisation defines for the exact denoiser D = E[x_0 | x_t], fed noise input t.
 
-    eps_hat = (x - alpha_bar D)/beta_bar, x0_hat = D, v = alpha_bar eps_hat - beta_bar D, score = (alpha_bar D - x)/beta_bar^2
-    (Tweedie), and EDM's F = (D - c_skip x_hat)/c_out for the input c_in x_hat, x_hat = x/alpha_bar (Karras et al.
-    2022, Table 1, sigma = beta_bar/alpha_bar).
+    eps_hat = (x - alpha_bar D)/beta_bar, x0_hat = D, v = alpha_bar eps_hat - beta_bar D,
+    score = (alpha_bar D - x)/beta_bar^2 (Tweedie), and EDM's F = (D - c_skip x_hat)/c_out for the input c_in x_hat,
+    x_hat = x/alpha_bar (Karras et al. 2022, Table 1, sigma = beta_bar/alpha_bar).
     """
 
     def __init__(self, sde, parameterization, sigma_data):

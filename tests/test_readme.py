@@ -1,9 +1,9 @@
 """Every `python main.py ...` command and Python snippet of the README, run as written on a tiny run.
 
-A command or snippet line that needs a download (a released checkpoint, CIFAR-10 training) is left out by NEEDS_DOWNLOAD;
-everything else runs in a fresh folder where the files the README takes for granted (my_data.npz, photos/,
-ddpm-cifar10-32/, /datasets, obs.npz, mask.npy) are made tiny, and where the commands' own costs are cut by flags
-appended per mode (COST). A README change that breaks a command or a snippet fails here.
+A command or snippet line that needs a download (a released checkpoint, CIFAR-10 training) is left out by
+NEEDS_DOWNLOAD; everything else runs in a fresh folder where the files the README takes for granted (my_data.npz,
+photos/, ddpm-cifar10-32/, /datasets, obs.npz, mask.npy) are made tiny, and where the commands' own costs are cut by
+flags appended per mode (COST). A README change that breaks a command or a snippet fails here.
 """
 from __future__ import annotations
 
@@ -156,7 +156,8 @@ def test_the_readme_python_snippets_run_in_order(readme_folder, monkeypatch, tmp
     # observations with a mask.
     namespace = {
         "x0": torch.randn(16, 2), "t": torch.full((16,), 0.5), "lam": torch.tensor(0.0), "shape": (64, 2),
-        "score_fn": gaussian_score, "uncond_score": gaussian_score, "z": torch.randn(16, 2), "score": torch.randn(16, 2),
+        "score_fn": gaussian_score, "uncond_score": gaussian_score, "z": torch.randn(16, 2),
+        "score": torch.randn(16, 2),
         "classifier": Classifier(), "x_obs": torch.randn(4, 2), "mask": torch.tensor([[1.0, 0.0]] * 4),
     }
     # The snippets' own costs, cut as COST cuts the commands': 4 training steps, 5 calibration iterations, 1 repeat.

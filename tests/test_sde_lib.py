@@ -244,7 +244,8 @@ def test_schedule_sde_rejects_invalid_schedules(alpha_bar, beta_bar, match, t_ba
 def test_registry():
     assert isinstance(sde_lib.get_sde("vpsde"), VPSDE)
     assert isinstance(sde_lib.get_sde("VESDE", sigma_max=10.0), VESDE)
-    with pytest.raises(ValueError, match="unknown SDE 'ddpm'; available: vpsde, subvpsde, vesde, cosine, discrete_vp, rectified, polynomial_flow$"):
+    with pytest.raises(ValueError, match="unknown SDE 'ddpm'; available: vpsde, subvpsde, vesde, cosine, discrete_vp, "
+                                         "rectified, polynomial_flow$"):
         sde_lib.get_sde("ddpm")
     with pytest.raises(ValueError, match="bad arguments for SDE 'vpsde'"):
         sde_lib.get_sde("vpsde", sigma_max=1.0)

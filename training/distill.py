@@ -63,7 +63,8 @@ WEIGHTINGS = Registry("distillation weighting", {
 
 # --- the target ---------------------------------------------------------------------------------------------------
 def ddim_step(sde: SDE, score_fn, x: Tensor, t: Tensor, s: Tensor) -> Tensor:
-    """One deterministic DDIM step from per-sample times t to s (shape (N,)): alpha_bar_s x0_hat + beta_bar_s eps_hat."""
+    """One deterministic DDIM step from per-sample times t to s (shape (N,)): alpha_bar_s x0_hat
+    + beta_bar_s eps_hat."""
     c_x, c_score = ddim_coefficients(sde, t, s, torch.zeros_like(t))
     return expand_as(c_x, x) * x + expand_as(c_score, x) * score_fn(x, t)
 

@@ -24,8 +24,8 @@ from scoresde.run import checkpoint as ckpt
 from scoresde.training import distributed
 from scoresde.run import precision
 from scoresde.run import workdir as workdir_lib
-from scoresde.run.builders import (build_model, build_optimizer, build_precond, build_sde, build_weighting, learning_rate,
-                                   network_embedding, set_num_threads)
+from scoresde.run.builders import (build_model, build_optimizer, build_precond, build_sde, build_weighting,
+                                   learning_rate, network_embedding, set_num_threads)
 from scoresde.run.images import save_samples
 from scoresde.run.interrupts import StopRequested
 from scoresde.run.sampling import reference_points, sampler_from_config

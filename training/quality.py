@@ -1,4 +1,5 @@
-"""The sample-quality metric logged during training (FD-digits2, energy distance, or FID where it is available offline)."""
+"""The sample-quality metric logged during training (FD-digits2, energy distance, or FID where it is available
+offline)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,8 +19,9 @@ from scoresde.run.sampling import draw_samples
 
 class TrainingQuality:
     """The offline metric logged every training.fid_freq steps: FD-digits2 (with KID-digits2, precision and
-    recall) for digits, energy distance for vectors, FID for other images where torch-fidelity and the Inception weights are already here (training never
-    downloads); config.metrics.num_samples_training samples of the EMA network with the snapshot sampler.
+    recall) for digits, energy distance for vectors, FID for other images where torch-fidelity and the Inception
+    weights are already here (training never downloads); config.metrics.num_samples_training samples of the EMA
+    network with the snapshot sampler.
 
     Every evaluation uses the same per-sample seeds (config.seed), so the changes between steps are the model's,
     not the noise's.
