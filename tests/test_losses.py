@@ -256,11 +256,11 @@ def test_label_dropout_replaces_labels_by_the_null_label_at_the_given_rate():
 
 def test_bad_loss_arguments_name_the_valid_choices():
     net, x0 = models.MLP(2), torch.zeros(4, 2)
-    with pytest.raises(ValueError, match="unknown weighting 'nll'; available: eps, likelihood, likelihood_is, edm$"):
+    with pytest.raises(ValueError, match="unknown weighting 'nll'; available: eps, likelihood, likelihood_is, edm, flow$"):
         models.dsm_loss(net, VPSDE(), x0, weighting="nll")
     with pytest.raises(ValueError, match="unknown parameterization 'epsilon'; available: score, eps, x0, v, flow, edm$"):
         models.dsm_loss(net, VPSDE(), x0, precond="epsilon")
-    with pytest.raises(ValueError, match="unknown t_sampling 'sobol'; available: uniform, stratified, antithetic$"):
+    with pytest.raises(ValueError, match="unknown t_sampling 'sobol'; available: uniform, stratified, antithetic, logit_normal$"):
         models.dsm_loss(net, VPSDE(), x0, t_sampling="sobol")
     with pytest.raises(ValueError, match="unknown reduce 'sum'; available: mean, none$"):
         models.dsm_loss(net, VPSDE(), x0, reduce="sum")
@@ -278,7 +278,7 @@ def test_bad_loss_arguments_name_the_valid_choices():
         models.dsm_loss(net, VPSDE(), x0, precond="edm", weighting=models.EDMWeighting(sigma_data=0.7))
     with pytest.raises(UsageError, match="sigma_data must be a positive number"):
         models.Precond("edm", sigma_data=0.0)
-    assert set(models.WEIGHTINGS) == {"eps", "likelihood", "likelihood_is", "edm"}
+    assert set(models.WEIGHTINGS) == {"eps", "likelihood", "likelihood_is", "edm", "flow"}
     assert set(models.PARAMETERIZATIONS) == {"score", "eps", "x0", "v", "flow", "edm"}
 
 
