@@ -96,8 +96,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.options = ""               # any other solver options, "name=value,...", e.g. "order=2,variant=bh1"
     #                                     (solvers.solver_options(name) lists them)
     sampling.eps = 1e-3                 # smallest t the sampler reaches
-    sampling.shift = 1.0                # fixed-step solvers: offset the log-SNR of the grid's inner times by -log(shift)
-    #                                     (SD3's sigma' = shift sigma/(1 + (shift - 1) sigma)); 1: none
+    sampling.shift = 1.0                # fixed-step solvers: offset the log-SNR of the grid's inner times by
+    #                                     -log(shift) (SD3's sigma' = shift sigma/(1 + (shift - 1) sigma)); 1: none
     sampling.grid = ""                  # "" (the solver's default), uniform | logsnr | edm, "calibrated"
     #                                     (<workdir>/grids/<solver>_<steps>.json from --mode calibrate) or a .json path
     sampling.calibration_pilot = 64     # calibrate: pilot prior samples the grid is fitted on

@@ -101,8 +101,9 @@ def _score_from_v(net, x, c, sigma_data) -> Tensor:
 
 
 def _score_from_flow(net, x, c, sigma_data) -> Tensor:
-    """u = alpha_bar' x0 + beta_bar' eps and x = alpha_bar x0 + beta_bar eps give eps_hat = (alpha_bar u_hat - alpha_bar' x)
-    / (alpha_bar beta_bar' - alpha_bar' beta_bar), i.e. (u_hat - f x)/(beta_bar' - f beta_bar); score = -eps_hat/beta_bar.
+    """u = alpha_bar' x0 + beta_bar' eps and x = alpha_bar x0 + beta_bar eps give
+    eps_hat = (alpha_bar u_hat - alpha_bar' x)/(alpha_bar beta_bar' - alpha_bar' beta_bar), i.e.
+    (u_hat - f x)/(beta_bar' - f beta_bar); score = -eps_hat/beta_bar.
 
     The form multiplied through by alpha_bar stays finite at alpha_bar -> 0, where f = alpha_bar'/alpha_bar is not:
     for rectified flow the denominator is exactly 1 and eps_hat = (1 - t) u_hat + x.

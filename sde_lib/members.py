@@ -257,7 +257,7 @@ class PolynomialFlow(SDE):
         return 2.0 * t + 2.0 * self.power * t ** (self.power + 1.0) / (1.0 - t**self.power)
 
     def velocity_coefficients(self, t) -> tuple[Tensor, Tensor]:
-        """(alpha_bar', beta_bar') = (-k t^(k-1), 1): the velocity u = beta_bar' eps + alpha_bar' x_0 is finite at every t."""
+        """(alpha_bar', beta_bar') = (-k t^(k-1), 1): the path's velocity is finite at every t."""
         t = as_time(t)
         return -self.power * t ** (self.power - 1.0), torch.ones_like(t)
 

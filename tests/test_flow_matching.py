@@ -75,7 +75,7 @@ def velocity_error(sde, param, n=256, seed=0):
     out = net.inner(xt, t)
     if param == "flow":
         u_hat = out
-    else:                                             # the velocity the eps-prediction implies: x0_hat, eps_hat on the path
+    else:       # the velocity the eps-prediction implies: alpha_bar' x0_hat + beta_bar' eps_hat
         u_hat = da * (xt - b * out) / a + db * out
     return loss, (u_hat - target).square().sum(1)
 

@@ -256,11 +256,14 @@ def test_label_dropout_replaces_labels_by_the_null_label_at_the_given_rate():
 
 def test_bad_loss_arguments_name_the_valid_choices():
     net, x0 = models.MLP(2), torch.zeros(4, 2)
-    with pytest.raises(ValueError, match="unknown weighting 'nll'; available: eps, likelihood, likelihood_is, edm, flow$"):
+    with pytest.raises(ValueError,
+                       match="unknown weighting 'nll'; available: eps, likelihood, likelihood_is, edm, flow$"):
         models.dsm_loss(net, VPSDE(), x0, weighting="nll")
-    with pytest.raises(ValueError, match="unknown parameterization 'epsilon'; available: score, eps, x0, v, flow, edm$"):
+    with pytest.raises(ValueError,
+                       match="unknown parameterization 'epsilon'; available: score, eps, x0, v, flow, edm$"):
         models.dsm_loss(net, VPSDE(), x0, precond="epsilon")
-    with pytest.raises(ValueError, match="unknown t_sampling 'sobol'; available: uniform, stratified, antithetic, logit_normal$"):
+    with pytest.raises(ValueError,
+                       match="unknown t_sampling 'sobol'; available: uniform, stratified, antithetic, logit_normal$"):
         models.dsm_loss(net, VPSDE(), x0, t_sampling="sobol")
     with pytest.raises(ValueError, match="unknown reduce 'sum'; available: mean, none$"):
         models.dsm_loss(net, VPSDE(), x0, reduce="sum")

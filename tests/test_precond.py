@@ -43,7 +43,8 @@ class ExactDenoiserNetwork(nn.Module):
     """The network output each parameterisation defines for the exact denoiser D = E[x_0 | x_t], fed noise input t.
 
     eps_hat = (x - alpha_bar D)/beta_bar, x0_hat = D, v = alpha_bar eps_hat - beta_bar D, score = (alpha_bar D - x)/beta_bar^2
-    (Tweedie), the path velocity u = alpha_bar' D + beta_bar' eps_hat (derivatives by autograd of the schedule), and EDM's F = (D - c_skip x_hat)/c_out for the input c_in x_hat, x_hat = x/alpha_bar (Karras et al.
+    (Tweedie), the path velocity u = alpha_bar' D + beta_bar' eps_hat (derivatives by autograd of the schedule),
+    and EDM's F = (D - c_skip x_hat)/c_out for the input c_in x_hat, x_hat = x/alpha_bar (Karras et al.
     2022, Table 1, sigma = beta_bar/alpha_bar).
     """
 
