@@ -43,7 +43,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
 
     config.model = model = ml_collections.ConfigDict()
     model.name = "unet"                 # unet | mlp (vector data always uses mlp)
-    model.parameterization = "eps"      # eps | score | x0 | v | edm
+    model.parameterization = "eps"      # eps | score | x0 | v | flow (velocity u = alpha_bar' x0 + beta_bar' eps) | edm
     model.sigma_data = 0.5              # data standard deviation of the edm parameterisation and the edm weighting
     model.ema_rate = 0.995              # EMA decay per step (with warm-up (1+n)/(10+n)); CIFAR-10: 0.9999
     model.nf = 16                       # base channels of the UNet
@@ -70,8 +70,14 @@ def get_default_configs() -> ml_collections.ConfigDict:
     #                                     metrics.num_samples_training samples: FD-digits2, energy distance for vectors,
     #                                     FID with the `metrics` extra
     training.keep_checkpoints = 3       # newest checkpoints kept in <workdir>/checkpoints
-    training.weighting = "eps"          # eps (lambda = beta_bar^2) | likelihood (g^2) | likelihood_is | edm
-    training.t_sampling = "stratified"  # uniform | stratified | antithetic draws of t across the batch
+    training.weighting = "eps"          # eps (lambda = beta_bar^2) | likelihood (g^2) | likelihood_is | edm |
+    #                                     flow (||u_hat - u||^2, conditional flow matching: lambda = g^4/4)
+    training.t_sampling = "stratified"  # uniform | stratified | antithetic draws of t across the batch |
+    #                                     logit_normal (t = sigmoid(logit_mean + logit_std z), Esser et al. 2024)
+    training.logit_mean = 0.0           # logit_normal: mean of logit(t) (SD3: 0)
+    training.logit_std = 1.0            # logit_normal: standard deviation of logit(t) (SD3: 1)
+    training.coupling = "independent"   # independent | ot: pair each batch's data and noise by the exact minibatch
+    #                                     optimal-transport assignment (per rank under torchrun)
     training.eps = 1e-5                 # smallest t in the loss
     training.snapshot_samples = 64      # samples drawn for each snapshot (0: none)
     training.progress = True            # tqdm progress bar
@@ -93,6 +99,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.options = ""               # any other solver options, "name=value,...", e.g. "order=2,variant=bh1"
     #                                     (solvers.solver_options(name) lists them)
     sampling.eps = 1e-3                 # smallest t the sampler reaches
+    sampling.shift = 1.0                # fixed-step solvers: offset the log-SNR of the grid's inner times by
+    #                                     -log(shift) (SD3's sigma' = shift sigma/(1 + (shift - 1) sigma)); 1: none
     sampling.grid = ""                  # "" (the solver's default), uniform | logsnr | edm, "calibrated"
     #                                     (<workdir>/grids/<solver>_<steps>.json from --mode calibrate) or a .json path
     sampling.calibration_pilot = 64     # calibrate: pilot prior samples the grid is fitted on

@@ -18,7 +18,7 @@ NON_NEGATIVE_INTS = ("seed", "training.keep_checkpoints", "training.snapshot_sam
                      "eval.num_samples", "training.fid_freq", "num_threads")
 POSITIVE_FLOATS = ("optim.lr", "optim.eps", "eval.rtol", "eval.atol", "sampling.eps", "training.eps", "eval.eps",
                    "sde.beta_min", "sde.beta_max", "sde.sigma_min", "sde.sigma_max", "model.fourier_scale",
-                   "model.sigma_data")
+                   "model.sigma_data", "training.logit_std", "sampling.shift")
 # key: (low, high, low included, high included)
 INTERVALS = {
     "model.ema_rate": (0.0, 1.0, True, False), "model.dropout": (0.0, 1.0, True, False),

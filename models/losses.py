@@ -1,5 +1,7 @@
 """Denoising score matching: E_t w(t) ||beta_bar s_theta(x_t, t) + eps||^2, summed over dimensions.
 
+Conditional flow matching ||u_hat - u||^2 is the member w = (beta_bar' - f beta_bar)^2 (FlowMatchingWeighting).
+
 This is E_t lambda(t) E||s_theta(x_t, t) + eps/beta_bar||^2 with lambda = w beta_bar^2 (Song et al. 2021, eq. 7;
 notation of docs/math.md, section Notation). A weighting is an object holding its own hyper-parameters: it says how
 t is drawn on [eps, T] and what w(t) is. The importance-sampled one draws t from another density and carries the
@@ -10,6 +12,8 @@ from __future__ import annotations
 import inspect
 import math
 
+import numpy as np
+import scipy.optimize
 import torch
 from torch import nn
 
@@ -37,13 +41,52 @@ def _antithetic(n: int, generator, device) -> Tensor:
     return torch.cat([u, 1.0 - u])[:n]
 
 
-# Uniform variates u in [0, 1) for the batch; each weighting maps u to t by its inverse CDF, so the variance
-# reduction of stratified/antithetic u carries over to every weighting.
+class LogitNormal:
+    """u = sigmoid(mean + std z), z ~ N(0, 1), independently per example (Esser et al. 2024, SD3's "lognorm").
+
+    Weightings with uniform t (eps, likelihood, flow) map u to t = eps + u (T - eps), so t is logit-normal on
+    [eps, T]: the loss then weights time by that density, which with mean 0, std 1 concentrates on the middle of
+    the rectified path, where the velocity is hardest to predict (SD3's best setting).
+    """
+
+    uniform = False
+
+    def __init__(self, mean: float = 0.0, std: float = 1.0):
+        if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+            raise UsageError(f"the logit-normal t-sampling needs a finite mean and a positive std, got mean={mean!r}, "
+                             f"std={std!r}")
+        self.mean, self.std = float(mean), float(std)
+
+    def __call__(self, n: int, generator, device) -> Tensor:
+        z = torch.randn(n, dtype=torch.float64, generator=generator, device=device)
+        return torch.sigmoid(self.mean + self.std * z)
+
+    def __repr__(self) -> str:
+        return f"LogitNormal(mean={self.mean!r}, std={self.std!r})"
+
+
+# Variates u in [0, 1) for the batch; each weighting maps u to t by its inverse CDF. uniform, stratified and
+# antithetic draw u uniformly (the last two with less variance across the batch), so their weighted expectation is
+# the weighting's own; logit_normal draws u from another law, which changes the objective (LogitNormal).
 T_SAMPLINGS = Registry("t_sampling", {
     "uniform": _uniform,
     "stratified": _stratified,
     "antithetic": _antithetic,
+    "logit_normal": LogitNormal,
 })
+
+
+def get_t_sampling(t_sampling, **hyper):
+    """The draw (n, generator, device) -> u of a T_SAMPLINGS name (logit_normal built with `hyper`: mean, std), or
+    a draw as is."""
+    if not isinstance(t_sampling, str):
+        return t_sampling
+    draw = T_SAMPLINGS[t_sampling]
+    if isinstance(draw, type):
+        return draw(**hyper)
+    if hyper:
+        raise UsageError(f"t_sampling {t_sampling!r} takes no hyper-parameters, got {sorted(hyper)}")
+    return draw
 
 
 class Weighting:
@@ -133,6 +176,21 @@ class ImportanceLikelihoodWeighting(Weighting):
         return (2.0 * (lam_hi - lam_lo) / (sde.T - self.eps)).expand_as(t)
 
 
+class FlowMatchingWeighting(Weighting):
+    """Conditional flow matching: w = (beta_bar' - f beta_bar)^2, t ~ U(eps, T), so that the loss is ||u_hat - u||^2.
+
+    With the flow parameterisation u_hat = f x + (beta_bar' - f beta_bar) eps_hat (docs/math.md, Flow matching), and
+    the target u = alpha_bar' x0 + beta_bar' eps = f x + (beta_bar' - f beta_bar) eps, so u_hat - u is
+    (beta_bar' - f beta_bar)(eps_hat - eps) for any parameterisation: lambda = w beta_bar^2 = g^4/4. Computed as
+    ((alpha_bar beta_bar' - alpha_bar' beta_bar)/alpha_bar)^2, finite where f is not; 1/(1 - t)^2 for rectified flow.
+    """
+
+    def weight(self, sde: SDE, t: Tensor) -> Tensor:
+        da, db = sde.velocity_coefficients(t)
+        a = sde.alpha_bar(t)
+        return ((a * db - da * sde.beta_bar(t)) / a) ** 2
+
+
 class EDMWeighting(Weighting):
     """EDM (Karras et al. 2022): log sigma ~ N(p_mean, p_std^2), sigma = beta_bar/alpha_bar, loss
     lambda(sigma) ||D - x_0||^2.
@@ -164,6 +222,7 @@ WEIGHTINGS: Registry[type[Weighting]] = Registry("weighting", {
     "likelihood": LikelihoodWeighting,
     "likelihood_is": ImportanceLikelihoodWeighting,
     "edm": EDMWeighting,
+    "flow": FlowMatchingWeighting,
 })
 
 
@@ -214,9 +273,36 @@ def _weighting_for(weighting: str | Weighting, precond: Precond) -> Weighting:
     return weighting
 
 
+def ot_permutation(x0: Tensor, noise: Tensor) -> Tensor:
+    """The permutation p (a long tensor (N,)) minimising sum_i ||x0_i - noise_p(i)||^2: the exact optimal transport
+    plan between the two empirical measures (scipy's linear_sum_assignment, O(N^3) on the host)."""
+    a, b = x0.reshape(len(x0), -1).double(), noise.reshape(len(noise), -1).double()
+    # ||a_i||^2 + ||b_j||^2 - 2 a_i.b_j in float64: no (N, N, D) tensor of differences.
+    cost = a.square().sum(1)[:, None] + b.square().sum(1)[None, :] - 2.0 * a @ b.T
+    rows, cols = scipy.optimize.linear_sum_assignment(cost.cpu().numpy())
+    return torch.as_tensor(cols[np.argsort(rows)], device=x0.device)
+
+
+def _independent(x0: Tensor, noise: Tensor) -> Tensor:
+    return noise
+
+
+def _ot(x0: Tensor, noise: Tensor) -> Tensor:
+    return noise[ot_permutation(x0, noise)]
+
+
+# How each example's noise is paired with its data: as drawn, or re-paired within the batch by the exact minibatch
+# optimal-transport plan (Tong et al. 2023, OT-CFM; Pooladian et al. 2023), which straightens the learned paths.
+COUPLINGS = Registry("coupling", {
+    "independent": _independent,
+    "ot": _ot,
+})
+
+
 def dsm_loss(model: nn.Module, sde: SDE, x0: Tensor, *, precond: Precond | str = "eps",
              weighting: str | Weighting = "eps", t_sampling: str = "uniform", class_labels=None,
-             label_dropout: float = 0.0, generator: torch.Generator | None = None, reduce: str = "mean") -> Tensor:
+             label_dropout: float = 0.0, generator: torch.Generator | None = None, reduce: str = "mean",
+             coupling: str = "independent", coupling_rows: tuple[int, int] | None = None) -> Tensor:
     """w(t) ||beta_bar(t) s_theta(x_t, t) + eps||^2 summed over dimensions, x_t = alpha_bar x0 + beta_bar eps.
 
     precond: the Precond of the network (or a parameterisation name: Precond.for_network(model, name)).
@@ -224,10 +310,17 @@ def dsm_loss(model: nn.Module, sde: SDE, x0: Tensor, *, precond: Precond | str =
     name of one, built with its defaults and the preconditioning's sigma_data (get_weighting). Returns the batch
     mean (reduce="mean") or the per-sample losses of shape (N,) (reduce="none"). label_dropout replaces each class
     label by the null label `model.num_classes` with that probability (training for classifier-free guidance).
+    t_sampling: a T_SAMPLINGS name or a draw from get_t_sampling. coupling: a COUPLINGS name; "ot" pairs the rows
+    [coupling_rows[0], coupling_rows[1]) of x0 with the noise drawn for them by the exact minimising assignment
+    (default: the whole batch; a rank under torchrun pairs its own rows).
     """
     score_fn = ScoreFn(model, sde, precond)
     weighting = _weighting_for(weighting, score_fn.precond)
-    draw_u = T_SAMPLINGS[t_sampling]
+    draw_u = get_t_sampling(t_sampling)
+    if not getattr(draw_u, "uniform", True) and type(weighting).t_of_u is not Weighting.t_of_u:
+        raise UsageError(f"t_sampling {draw_u!r} draws t itself, but the weighting {weighting!r} has its own law of t "
+                         "(its weights assume uniform variates); use it with the eps, likelihood or flow weighting")
+    couple = COUPLINGS[coupling]
     reduction = REDUCTIONS[reduce]
     weighting.check(sde)
     n = x0.shape[0]
@@ -235,6 +328,8 @@ def dsm_loss(model: nn.Module, sde: SDE, x0: Tensor, *, precond: Precond | str =
     u = draw_u(n, generator, x0.device)
     t, w = weighting.sample(sde, u)
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    lo, hi = (0, n) if coupling_rows is None else coupling_rows
+    noise = torch.cat([noise[:lo], couple(x0[lo:hi], noise[lo:hi]), noise[hi:]])
     xt = sde.perturb(x0, noise, t)
     residual = expand_as(sde.beta_bar(t), x0) * score_fn.score(xt, t, labels) + noise
     losses = w.to(x0.dtype) * residual.reshape(n, -1).square().sum(1)

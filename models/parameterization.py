@@ -1,6 +1,9 @@
 """What the network predicts, and the score it implies: x_t = alpha_bar x_0 + beta_bar eps,
 score = -E[eps | x_t]/beta_bar.
 
+The network predicts eps, x0, v = alpha_bar eps - beta_bar x0, the score, EDM's F, or the path velocity
+u = alpha_bar' x0 + beta_bar' eps of flow matching ("flow"; u = eps - x0 for rectified flow).
+
 A `Precond` (EDM's preconditioning) says what the network is fed and maps its output F to score(x_t, t); training,
 sampling and likelihood all go through it, so there is one place where the network output is interpreted.
 """
@@ -23,13 +26,32 @@ MIN_BETA_BAR = 1e-6
 
 
 class Coefficients:
-    """alpha_bar, beta_bar (floored at MIN_BETA_BAR) and sigma = beta_bar/alpha_bar at t, in float64, shape (N,)."""
+    """alpha_bar, beta_bar (floored at MIN_BETA_BAR) and sigma = beta_bar/alpha_bar at t, in float64, shape (N,);
+    the derivatives alpha_bar', beta_bar' are computed on first use (only the flow parameterisation needs them)."""
 
     def __init__(self, sde: SDE, t: Tensor):
-        self.t = t
+        self.sde, self.t = sde, t
         self.alpha_bar = sde.alpha_bar(t)
         self.beta_bar = sde.beta_bar(t).clamp(min=MIN_BETA_BAR)
         self.sigma = self.beta_bar / self.alpha_bar
+
+    @functools.cached_property
+    def rates(self) -> tuple[Tensor, Tensor]:
+        """(alpha_bar', beta_bar') at t (SDE.velocity_coefficients)."""
+        return self.sde.velocity_coefficients(self.t)
+
+    @property
+    def d_alpha_bar(self) -> Tensor:
+        return self.rates[0]
+
+    @property
+    def d_beta_bar(self) -> Tensor:
+        return self.rates[1]
+
+    @property
+    def noise_rate(self) -> Tensor:
+        """alpha_bar beta_bar' - alpha_bar' beta_bar = alpha_bar^2 d sigma/dt, positive wherever noise is added."""
+        return self.alpha_bar * self.d_beta_bar - self.d_alpha_bar * self.beta_bar
 
 
 def _noise_t(c: Coefficients) -> Tensor:
@@ -53,28 +75,47 @@ NOISE_INPUTS = Registry("noise_input", {
 })
 
 
-def _score_from_score(net, x, a, b, sigma_data) -> Tensor:
+def _ab(c: Coefficients, x: Tensor) -> tuple[Tensor, Tensor]:
+    return expand_as(c.alpha_bar, x), expand_as(c.beta_bar, x)
+
+
+def _score_from_score(net, x, c, sigma_data) -> Tensor:
     """score = F (a network that scales its own output, as NCSN++'s scale_by_sigma, does so inside)."""
     return net(x)
 
 
-def _score_from_eps(net, x, a, b, sigma_data) -> Tensor:
+def _score_from_eps(net, x, c, sigma_data) -> Tensor:
     """score = -eps_hat / beta_bar."""
-    return -net(x) / b
+    return -net(x) / expand_as(c.beta_bar, x)
 
 
-def _score_from_x0(net, x, a, b, sigma_data) -> Tensor:
+def _score_from_x0(net, x, c, sigma_data) -> Tensor:
     """score = -(x - alpha_bar x0_hat) / beta_bar^2."""
+    a, b = _ab(c, x)
     return -(x - a * net(x)) / b**2
 
 
-def _score_from_v(net, x, a, b, sigma_data) -> Tensor:
+def _score_from_v(net, x, c, sigma_data) -> Tensor:
     """v = alpha_bar eps - beta_bar x0, so eps_hat = (beta_bar x + alpha_bar v_hat)/(alpha_bar^2 + beta_bar^2),
     score = -eps_hat/beta_bar."""
+    a, b = _ab(c, x)
     return -(b * x + a * net(x)) / ((a**2 + b**2) * b)
 
 
-def _score_from_edm(net, x, a, b, sigma_data) -> Tensor:
+def _score_from_flow(net, x, c, sigma_data) -> Tensor:
+    """u = alpha_bar' x0 + beta_bar' eps and x = alpha_bar x0 + beta_bar eps give
+    eps_hat = (alpha_bar u_hat - alpha_bar' x)/(alpha_bar beta_bar' - alpha_bar' beta_bar), i.e.
+    (u_hat - f x)/(beta_bar' - f beta_bar); score = -eps_hat/beta_bar.
+
+    The form multiplied through by alpha_bar stays finite at alpha_bar -> 0, where f = alpha_bar'/alpha_bar is not:
+    for rectified flow the denominator is exactly 1 and eps_hat = (1 - t) u_hat + x.
+    """
+    a, b = _ab(c, x)
+    da, rate = expand_as(c.d_alpha_bar, x), expand_as(c.noise_rate, x)
+    return -(a * net(x) - da * x) / (rate * b)
+
+
+def _score_from_edm(net, x, c, sigma_data) -> Tensor:
     """EDM preconditioning in x_t: D = c_skip x/alpha_bar + c_out F(c_in x/alpha_bar),
     score = (alpha_bar D - x)/beta_bar^2.
 
@@ -83,6 +124,7 @@ def _score_from_edm(net, x, a, b, sigma_data) -> Tensor:
     score = -x/(beta_bar^2 + alpha_bar^2 s_d^2) + alpha_bar s_d F / (beta_bar sqrt(beta_bar^2 + alpha_bar^2 s_d^2)),
     which never forms 1 - c_skip by cancellation.
     """
+    a, b = _ab(c, x)
     r2 = b**2 + (a * sigma_data) ** 2
     out = net(x / torch.sqrt(r2))
     return -x / r2 + a * sigma_data * out / (b * torch.sqrt(r2))
@@ -93,41 +135,53 @@ PARAMETERIZATIONS = Registry("parameterization", {
     "eps": _score_from_eps,
     "x0": _score_from_x0,
     "v": _score_from_v,
+    "flow": _score_from_flow,
     "edm": _score_from_edm,
 })
 
 
-def _coefficients_score(a, b, sigma_data):
+def _coefficients_score(c, sigma_data):
+    a, b = c.alpha_bar, c.beta_bar
     return a, torch.ones_like(a), b**2 / a
 
 
-def _coefficients_eps(a, b, sigma_data):
+def _coefficients_eps(c, sigma_data):
+    a, b = c.alpha_bar, c.beta_bar
     return a, torch.ones_like(a), -b / a
 
 
-def _coefficients_x0(a, b, sigma_data):
+def _coefficients_x0(c, sigma_data):
+    a = c.alpha_bar
     return a, torch.zeros_like(a), torch.ones_like(a)
 
 
-def _coefficients_v(a, b, sigma_data):
+def _coefficients_v(c, sigma_data):
+    a, b = c.alpha_bar, c.beta_bar
     return a, a**2 / (a**2 + b**2), -b / (a**2 + b**2)
 
 
-def _coefficients_edm(a, b, sigma_data):
-    sigma2 = (b / a) ** 2
+def _coefficients_flow(c, sigma_data):
+    a, b = c.alpha_bar, c.beta_bar
+    return a, a * c.d_beta_bar / c.noise_rate, -b / c.noise_rate
+
+
+def _coefficients_edm(c, sigma_data):
+    sigma2 = c.sigma**2
     return (1 / torch.sqrt(sigma2 + sigma_data**2), sigma_data**2 / (sigma2 + sigma_data**2),
             torch.sqrt(sigma2) * sigma_data / torch.sqrt(sigma2 + sigma_data**2))
 
 
-# (c_in, c_skip, c_out) of each parameterisation as functions of alpha_bar, beta_bar and sigma_data: the network
+# (c_in, c_skip, c_out) of each parameterisation as functions of the Coefficients and sigma_data: the network
 # sees x_t = alpha_bar x_hat (c_in = alpha_bar) except under edm, and x0_hat = c_skip x_hat + c_out F follows
 # from each definition (eps: x0 = x_hat - sigma eps; v: x0 = (alpha_bar x - beta_bar v)/(alpha_bar^2 + beta_bar^2);
-# score: Tweedie, x0 = (x + beta_bar^2 s)/alpha_bar).
+# flow: x0 = (beta_bar' x - beta_bar u)/(alpha_bar beta_bar' - alpha_bar' beta_bar); score: Tweedie,
+# x0 = (x + beta_bar^2 s)/alpha_bar).
 COEFFICIENTS = {
     "score": _coefficients_score,
     "eps": _coefficients_eps,
     "x0": _coefficients_x0,
     "v": _coefficients_v,
+    "flow": _coefficients_flow,
     "edm": _coefficients_edm,
 }
 
@@ -188,13 +242,12 @@ class Precond:
     def coefficients(self, sde: SDE, t: Tensor) -> PrecondCoefficients:
         """c_in, c_skip, c_out and c_noise at float64 times t of shape (N,) under `sde`."""
         c = Coefficients(sde, t)
-        return PrecondCoefficients(*COEFFICIENTS[self.parameterization](c.alpha_bar, c.beta_bar, self.sigma_data),
-                                   self.noise(c))
+        return PrecondCoefficients(*COEFFICIENTS[self.parameterization](c, self.sigma_data), self.noise(c))
 
     def score(self, network: nn.Module, x: Tensor, c: Coefficients, y: Tensor | None = None) -> Tensor:
         """The score at x (shape (N, ...)) implied by `network`'s output, for the coefficients c of x's times."""
         net = functools.partial(network, noise_input=self.noise(c).to(x.dtype), y=y)
-        return self._to_score(net, x, expand_as(c.alpha_bar, x), expand_as(c.beta_bar, x), self.sigma_data)
+        return self._to_score(net, x, c, self.sigma_data)
 
     def __repr__(self) -> str:
         return (f"Precond(parameterization={self.parameterization!r}, noise_input={self.noise_input!r}, "

@@ -105,6 +105,15 @@ def build_weighting(config, precond: models.Precond) -> models.Weighting:
     return models.get_weighting(name, **fields)
 
 
+def build_t_sampling(config):
+    """The draw of training times config.training.t_sampling names; logit_normal takes training.logit_mean and
+    training.logit_std (SD3's m and s)."""
+    t = config.training
+    if models.T_SAMPLINGS.canonical(t.t_sampling) == "logit_normal":
+        return models.get_t_sampling(t.t_sampling, mean=t.logit_mean, std=t.logit_std)
+    return models.get_t_sampling(t.t_sampling)
+
+
 def build_optimizer(config, params) -> torch.optim.Optimizer:
     """Adam/AdamW with config.optim's learning rate, betas, eps and weight decay."""
     o = config.optim

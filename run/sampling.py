@@ -34,6 +34,9 @@ def sampler_from_config(config, workdir=None, *, solver: str | None = None, step
     name = solvers.SOLVERS.canonical(solver or s.solver)
     takes = solvers.solver_options(name)
     merged = {k: s[k] for k in OPTION_FIELDS if k in takes}
+    # No shift (1) is left out of the options, so that it is not recorded in labels and calibrated grids' options.
+    if "shift" in takes and s.get("shift", 1.0) != 1.0:
+        merged["shift"] = s.shift
     merged.update(solvers.parse_options(s.get("options", "")))
     merged.update(options or {})
     if grid is None:

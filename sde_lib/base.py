@@ -104,6 +104,14 @@ class SDE(abc.ABC):
             return f, db2 - 2.0 * f * b2
         return self.f(t), self.g2(t)
 
+    def velocity_coefficients(self, t) -> tuple[Tensor, Tensor]:
+        """(d alpha_bar/dt, d beta_bar/dt): the path x_t = alpha_bar x_0 + beta_bar eps moves at
+        u = alpha_bar' x_0 + beta_bar' eps (the flow-matching target). By autograd, with
+        beta_bar' = (beta_bar^2)'/(2 beta_bar) taken at t >= 1e-12 T as in f and g^2 (beta_bar' is infinite at t = 0
+        for VP-type SDEs)."""
+        _, da, b2, db2 = self._derivatives(t)
+        return da, db2 / (2.0 * torch.sqrt(b2))
+
     def g(self, t) -> Tensor:
         """Diffusion coefficient g(t) = sqrt(g2(t))."""
         return torch.sqrt(torch.clamp(self.g2(t), min=0.0))

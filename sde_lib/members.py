@@ -258,6 +258,11 @@ class PolynomialFlow(SDE):
         t = as_time(t)
         return 2.0 * t + 2.0 * self.power * t ** (self.power + 1.0) / (1.0 - t**self.power)
 
+    def velocity_coefficients(self, t) -> tuple[Tensor, Tensor]:
+        """(alpha_bar', beta_bar') = (-k t^(k-1), 1): the path's velocity is finite at every t."""
+        t = as_time(t)
+        return -self.power * t ** (self.power - 1.0), torch.ones_like(t)
+
 
 class RectifiedFlow(PolynomialFlow):
     """Rectified flow (Liu et al. 2022), the conditional optimal-transport path of flow matching (Lipman et al.

@@ -1,6 +1,8 @@
 """What every sampler shares: the result type, the score and velocity, the time grid options, the step loop."""
 from __future__ import annotations
 
+import math
+
 from typing import NamedTuple
 
 import torch
@@ -66,11 +68,12 @@ class Solver:
 
 
 class FixedStepSolver(Solver):
-    """A solver on a time grid: `grid` names one of grids.GRIDS (with EDM's `rho`) or gives the times."""
+    """A solver on a time grid: `grid` names one of grids.GRIDS (with EDM's `rho`) or gives the times; `shift`
+    offsets the log-SNR of a named grid's inner times by -log(shift) (grids.shift_times; 1: none)."""
 
     default_grid = "uniform"
 
-    def __init__(self, sde: SDE, score: CountingScore, *, grid=None, rho: float = 7.0):
+    def __init__(self, sde: SDE, score: CountingScore, *, grid=None, rho: float = 7.0, shift: float = 1.0):
         super().__init__(sde, score)
         # grid: a name from grids.GRIDS, or the times themselves (then `steps` defaults to theirs).
         self.times = None
@@ -83,12 +86,18 @@ class FixedStepSolver(Solver):
         if not rho > 0:
             raise UsageError(f"rho must be positive, got rho={rho}")
         self.rho = float(rho)
+        if not (math.isfinite(shift) and shift > 0):
+            raise UsageError(f"shift must be a positive number (1: no shift), got shift={shift}")
+        if self.times is not None and shift != 1.0:
+            raise UsageError("shift moves the times of a named grid; a given or calibrated grid is used as it is, so "
+                             "drop the shift")
+        self.shift = float(shift)
 
     def timesteps(self, steps: int, eps: float) -> Tensor:
         """The grid T = t_0 > ... > t_steps = eps."""
         if self.times is not None:
             return check_times(self.times, self.sde, steps, eps)
-        return time_grid(self.sde, steps, eps, self.grid, self.rho)
+        return time_grid(self.sde, steps, eps, self.grid, self.rho, self.shift)
 
 
 def steps_of(ts: Tensor, progress: bool, desc: str):

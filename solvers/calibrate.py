@@ -125,8 +125,9 @@ def calibrate_grid(sde: SDE, score_fn, shape, solver: str = "unipc", *, steps: i
         raise UsageError(f"starts must be a non-empty tuple of grid names, got {starts!r}")
     for name in starts:
         check_grid_name(name)
-    if "grid" in solver_options:
-        raise UsageError("calibrate_grid chooses the grid itself; drop the grid option")
+    for option in ("grid", "shift"):
+        if option in solver_options:
+            raise UsageError(f"calibrate_grid chooses the grid itself; drop the {option} option")
     solver_options = check_options(solver, solver_options)
     if device is None and generator is not None:
         device = generator.device

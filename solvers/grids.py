@@ -1,4 +1,5 @@
-"""Time grids from T down to eps: uniform in t, uniform in log-SNR, and EDM's rho-schedule.
+"""Time grids from T down to eps: uniform in t, uniform in log-SNR, and EDM's rho-schedule, optionally shifted
+by a constant offset of the log-SNR (SD3's shift).
 
 Every fixed-step solver takes its grid from here. Grids are float64, strictly decreasing, and start and end
 exactly at T and eps (the log-SNR inversions are only accurate to round-off, so the endpoints are pinned).
@@ -6,6 +7,7 @@ exactly at T and eps (the log-SNR inversions are only accurate to round-off, so 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import NamedTuple
 
@@ -77,8 +79,28 @@ def check_times(t: Tensor, sde: SDE, steps: int, eps: float) -> Tensor:
     return _pin(t.clone(), sde.T, eps)
 
 
-def time_grid(sde: SDE, steps: int, eps: float, grid: str = "uniform", rho: float = 7.0) -> Tensor:
-    """The steps + 1 times T = t_0 > t_1 > ... > t_steps = eps of the named grid (float64)."""
+def shift_times(sde: SDE, t: Tensor, shift: float) -> Tensor:
+    """The grid t with its inner times moved to log-SNR lambda(t) - log(shift); t[0] = T and t[-1] = eps stay.
+
+    A constant offset of the log-SNR is SD3's shift sigma' = shift sigma/(1 + (shift - 1) sigma) of rectified flow
+    (sigma = t = 1/(1 + e^lambda)), written for every member through its own t_of_log_snr: shift > 1 spends more
+    steps at high noise. A ValueError if an inner time would leave (eps, T).
+    """
+    if shift == 1.0:
+        return t
+    inner = sde.t_of_log_snr(sde.log_snr(t[1:-1]) - math.log(shift))
+    moved = torch.cat([t[:1], inner, t[-1:]])
+    if not (moved[1:] < moved[:-1]).all():
+        raise UsageError(f"shift={shift} moves inner times of the grid past T={sde.T} or eps={float(t[-1])} (the "
+                         f"log-SNR offset is {-math.log(shift):.3g}, wider than the grid's outer steps); use a shift "
+                         "nearer 1, more steps, or the uniform grid, whose outer steps are widest in log-SNR")
+    return moved
+
+
+def time_grid(sde: SDE, steps: int, eps: float, grid: str = "uniform", rho: float = 7.0,
+              shift: float = 1.0) -> Tensor:
+    """The steps + 1 times T = t_0 > t_1 > ... > t_steps = eps of the named grid (float64), its inner times shifted
+    in log-SNR by -log(shift) (shift_times)."""
     grid = check_grid_name(grid)
     if grid == "edm":
         t = edm_rho(sde, steps, eps, rho)
@@ -87,7 +109,7 @@ def time_grid(sde: SDE, steps: int, eps: float, grid: str = "uniform", rho: floa
     if not (t[1:] < t[:-1]).all():
         raise UsageError(f"the {grid!r} grid with {steps} steps on [{eps}, {sde.T}] is not strictly decreasing; "
                          f"use fewer steps or a larger eps")
-    return t
+    return shift_times(sde, t, shift)
 
 
 def save_grid(path, calibration, *, solver: str, sde: SDE, fitted_on: dict | None = None, **solver_options) -> None:

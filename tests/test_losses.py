@@ -21,8 +21,17 @@ MU = torch.tensor([0.5, -1.0, 0.0, 2.0], dtype=torch.float64)
 S2 = 0.25
 DATA = GaussianMixture([1.0], MU[None], S2)
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE(sigma_max=20.0), "cosine": CosineVPSDE()}
-PARAMS = [("eps", {}), ("x0", {}), ("v", {}), ("score", {}), ("edm", {"sigma_data": 0.7})]
-PARAM_IDS = ["eps", "x0", "v", "score", "edm"]
+PARAMS = [("eps", {}), ("x0", {}), ("v", {}), ("score", {}), ("flow", {}), ("edm", {"sigma_data": 0.7})]
+PARAM_IDS = ["eps", "x0", "v", "score", "flow", "edm"]
+
+
+def path_rates(sde, t):
+    """(alpha_bar', beta_bar') at float64 times t by autograd of the schedule itself (t >= 1e-5 here, where both
+    are finite); 0 t keeps a graph for VE's constant alpha_bar."""
+    t = t.detach().clone().requires_grad_(True)
+    da, = torch.autograd.grad((sde.alpha_bar(t) + 0 * t).sum(), t)
+    db, = torch.autograd.grad(sde.beta_bar(t).sum(), t)
+    return da, db
 
 
 
@@ -30,7 +39,8 @@ class OptimalGaussian(nn.Module):
     """The Bayes-optimal network output for N(mu, s2 I) data, from the definitions of each parameterisation.
 
     It is fed noise_input = t. x0_hat = E[x_0 | x_t] (Tweedie: (x + beta_bar^2 score)/alpha_bar), eps_hat =
-    -beta_bar score, v = alpha_bar eps - beta_bar x_0, EDM: D(x/alpha_bar; sigma) = c_skip x/alpha_bar + c_out F.
+    -beta_bar score, v = alpha_bar eps - beta_bar x_0, flow: u = alpha_bar' x0_hat + beta_bar' eps_hat, EDM:
+    D(x/alpha_bar; sigma) = c_skip x/alpha_bar + c_out F.
     `shift` is added to the output (a perturbation away from the optimum).
     """
 
@@ -56,6 +66,9 @@ class OptimalGaussian(nn.Module):
             out = a * eps - b * x0
         elif self.parameterization == "score":
             out = score
+        elif self.parameterization == "flow":
+            da, db = path_rates(self.sde, t)
+            out = da[:, None] * x0 + db[:, None] * eps
         else:
             sigma, sd = b / a, self.sigma_data
             c_skip, c_out = sd**2 / (sigma**2 + sd**2), sigma * sd / torch.sqrt(sigma**2 + sd**2)
@@ -132,8 +145,9 @@ def _eps_sensitivity(sde, param, opts):
     def k(t):
         t = torch.as_tensor(t, dtype=torch.float64)
         a, b = sde.alpha_bar(t), sde.beta_bar(t)
+        da, db = path_rates(sde, t)
         return {"eps": torch.ones_like(t), "x0": a / b, "v": a / (a**2 + b**2),
-                "score": b,
+                "score": b, "flow": a / (a * db - da * b),
                 "edm": a * sd / torch.sqrt(b**2 + a**2 * sd**2)}[param].numpy()
     return k
 
@@ -142,6 +156,10 @@ def _eps_sensitivity(sde, param, opts):
 def test_perturbing_the_optimum_increases_the_loss_by_the_predicted_amount(param, opts):
     sde, eps = SDES["vp"], 1e-3
     c = torch.tensor([0.1, -0.2, 0.05, 0.1], dtype=torch.float64)
+    if param == "flow":
+        # VP's velocity is large (beta_bar' ~ t^(-1/2) near 0), so a shift of it moves eps_hat by less: a 3x
+        # larger one keeps the increase over 10 standard errors (8 with c itself).
+        c = 3 * c
     base = loss_samples(sde, 40000, 3, param, opts, eps=eps)
     shifted = loss_samples(sde, 40000, 3, param, opts, shift=c, eps=eps)
     k = _eps_sensitivity(sde, param, opts)
@@ -238,11 +256,14 @@ def test_label_dropout_replaces_labels_by_the_null_label_at_the_given_rate():
 
 def test_bad_loss_arguments_name_the_valid_choices():
     net, x0 = models.MLP(2), torch.zeros(4, 2)
-    with pytest.raises(ValueError, match="unknown weighting 'nll'; available: eps, likelihood, likelihood_is, edm$"):
+    with pytest.raises(ValueError,
+                       match="unknown weighting 'nll'; available: eps, likelihood, likelihood_is, edm, flow$"):
         models.dsm_loss(net, VPSDE(), x0, weighting="nll")
-    with pytest.raises(ValueError, match="unknown parameterization 'epsilon'; available: score, eps, x0, v, edm$"):
+    with pytest.raises(ValueError,
+                       match="unknown parameterization 'epsilon'; available: score, eps, x0, v, flow, edm$"):
         models.dsm_loss(net, VPSDE(), x0, precond="epsilon")
-    with pytest.raises(ValueError, match="unknown t_sampling 'sobol'; available: uniform, stratified, antithetic$"):
+    with pytest.raises(ValueError,
+                       match="unknown t_sampling 'sobol'; available: uniform, stratified, antithetic, logit_normal$"):
         models.dsm_loss(net, VPSDE(), x0, t_sampling="sobol")
     with pytest.raises(ValueError, match="unknown reduce 'sum'; available: mean, none$"):
         models.dsm_loss(net, VPSDE(), x0, reduce="sum")
@@ -260,8 +281,8 @@ def test_bad_loss_arguments_name_the_valid_choices():
         models.dsm_loss(net, VPSDE(), x0, precond="edm", weighting=models.EDMWeighting(sigma_data=0.7))
     with pytest.raises(UsageError, match="sigma_data must be a positive number"):
         models.Precond("edm", sigma_data=0.0)
-    assert set(models.WEIGHTINGS) == {"eps", "likelihood", "likelihood_is", "edm"}
-    assert set(models.PARAMETERIZATIONS) == {"score", "eps", "x0", "v", "edm"}
+    assert set(models.WEIGHTINGS) == {"eps", "likelihood", "likelihood_is", "edm", "flow"}
+    assert set(models.PARAMETERIZATIONS) == {"score", "eps", "x0", "v", "flow", "edm"}
 
 
 @pytest.mark.parametrize("name", ["vp", "subvp", "ve", "cosine"])

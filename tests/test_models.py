@@ -227,7 +227,7 @@ def test_score_fn_sees_through_wrappers_to_the_networks_embedding():
 
 def test_score_fn_errors_list_valid_names():
     net = models.MLP(2)
-    with pytest.raises(ValueError, match="unknown parameterization 'noise'; available: score, eps, x0, v, edm$"):
+    with pytest.raises(ValueError, match="unknown parameterization 'noise'; available: score, eps, x0, v, flow, edm$"):
         models.get_score_fn(net, VPSDE(), "noise")
     with pytest.raises(ValueError, match="unknown noise_input 'sigma'; available: t, log_sigma, edm$"):
         models.Precond(noise_input="sigma")

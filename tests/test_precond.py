@@ -19,8 +19,8 @@ from scoresde.utils import UsageError
 from helpers import tiny_config
 
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE(sigma_max=20.0)}
-PARAMS = [("eps", 0.5), ("x0", 0.5), ("v", 0.5), ("score", 0.5), ("edm", 0.5), ("edm", 0.7)]
-PARAM_IDS = ["eps", "x0", "v", "score", "edm", "edm_sd0.7"]
+PARAMS = [("eps", 0.5), ("x0", 0.5), ("v", 0.5), ("score", 0.5), ("flow", 0.5), ("edm", 0.5), ("edm", 0.7)]
+PARAM_IDS = ["eps", "x0", "v", "score", "flow", "edm", "edm_sd0.7"]
 
 # A 2-D mixture of isotropic Gaussians: component k is N(MEANS[k], VARS[k] I) with weight WEIGHTS[k].
 WEIGHTS = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
@@ -44,7 +44,8 @@ class ExactDenoiserNetwork(nn.Module):
     """The network output each parameterisation defines for the exact denoiser D = E[x_0 | x_t], fed noise input t.
 
     eps_hat = (x - alpha_bar D)/beta_bar, x0_hat = D, v = alpha_bar eps_hat - beta_bar D,
-    score = (alpha_bar D - x)/beta_bar^2 (Tweedie), and EDM's F = (D - c_skip x_hat)/c_out for the input c_in x_hat,
+    score = (alpha_bar D - x)/beta_bar^2 (Tweedie), the path velocity u = alpha_bar' D + beta_bar' eps_hat
+    (derivatives by autograd of the schedule), and EDM's F = (D - c_skip x_hat)/c_out for the input c_in x_hat,
     x_hat = x/alpha_bar (Karras et al. 2022, Table 1, sigma = beta_bar/alpha_bar).
     """
 
@@ -60,7 +61,11 @@ class ExactDenoiserNetwork(nn.Module):
             x = x * a * torch.sqrt(sigma**2 + sd**2)          # x_t from the network input c_in x_t/alpha_bar
         d = posterior_mean(x, a, b)
         eps = (x - a * d) / b
+        tt = t.clone().requires_grad_(True)
+        da, = torch.autograd.grad((self.sde.alpha_bar(tt) + 0 * tt).sum(), tt)
+        db, = torch.autograd.grad(self.sde.beta_bar(tt).sum(), tt)
         return {"eps": eps, "x0": d, "v": a * eps - b * d, "score": (a * d - x) / b**2,
+                "flow": da[:, None] * d + db[:, None] * eps,
                 "edm": (d - sd**2 / (sigma**2 + sd**2) * x / a) / (sigma * sd / torch.sqrt(sigma**2 + sd**2))
                 }[self.parameterization]
 

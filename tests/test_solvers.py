@@ -193,10 +193,11 @@ def test_cpu_coefficients_scale_cuda_batches(name):
 
 def test_options_are_collected_along_the_class_hierarchy():
     # Each class declares its own options and passes the rest on to its base class.
-    assert solvers.solver_options("unipc") == ["variant", "corrector", "order", "lower_order_final", "grid", "rho"]
+    assert solvers.solver_options("unipc") == ["variant", "corrector", "order", "lower_order_final", "grid", "rho",
+                                               "shift"]
     assert solvers.solver_options("pc") == ["predictor", "corrector", "snr", "corrector_steps", "step_size", "eta",
-                                            "grid", "rho"]
-    assert solvers.solver_options("sde_srk") == ["eta", "grid", "rho"]
+                                            "grid", "rho", "shift"]
+    assert solvers.solver_options("sde_srk") == ["eta", "grid", "rho", "shift"]
 
 
 def test_same_generator_same_samples():

@@ -98,7 +98,7 @@ def test_sampler_from_config_takes_the_sampling_section():
     s = runs.sampler_from_config(config, solver="rk45", options={"rtol": 1e-3})
     assert (s.steps, s.options, s.label) == (None, {"rtol": 1e-3}, "rk45_adaptive")
     # ... but an option given for a solver that does not take it is an error.
-    with pytest.raises(ValueError, match=r"^unknown option 'snr' for solver 'heun'; its options: grid, rho$"):
+    with pytest.raises(ValueError, match=r"^unknown option 'snr' for solver 'heun'; its options: grid, rho, shift$"):
         runs.sampler_from_config(config, solver="heun", options={"snr": 0.1})
 
 

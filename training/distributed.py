@@ -4,8 +4,10 @@ Training splits every global batch of B examples into contiguous slices of B / w
 DistributedDataParallel averages the gradients. The random t, noise and label dropout of the loss are drawn for
 the whole global batch from a generator seeded by (seed, step), identically on every rank, and each rank keeps
 the rows of its slice: example i of step k sees the same numbers for any world size, so 2 ranks x B/2 and
-1 rank x B give the same update (up to the order of floating-point sums). Sampling and likelihood evaluation
-give each rank a contiguous shard of the samples or test points and gather the results on rank 0.
+1 rank x B give the same update (up to the order of floating-point sums); the exception is training.coupling="ot",
+which pairs each rank's examples with their noise among themselves, so its pairs depend on the world size.
+Sampling and likelihood evaluation give each rank a contiguous shard of the samples or test points and gather the
+results on rank 0.
 """
 from __future__ import annotations
 

@@ -24,8 +24,8 @@ from scoresde.run import checkpoint as ckpt
 from scoresde.training import distributed
 from scoresde.run import precision
 from scoresde.run import workdir as workdir_lib
-from scoresde.run.builders import (build_model, build_optimizer, build_precond, build_sde, build_weighting,
-                                   learning_rate, network_embedding, set_num_threads)
+from scoresde.run.builders import (build_model, build_optimizer, build_precond, build_sde, build_t_sampling,
+                                   build_weighting, learning_rate, network_embedding, set_num_threads)
 from scoresde.run.images import save_samples
 from scoresde.run.interrupts import StopRequested
 from scoresde.run.sampling import reference_points, sampler_from_config
@@ -123,7 +123,8 @@ class Trainer:
         self.optimizer = build_optimizer(config, self.model.parameters())
         self.step = 0
         # Built and checked now, so that a bad name or setting stops the run before its first step.
-        models.T_SAMPLINGS.canonical(config.training.t_sampling)
+        self.t_sampling = build_t_sampling(config)
+        self.coupling = models.COUPLINGS.canonical(config.training.coupling)
         self.weighting = build_weighting(config, self.precond)
         self.sampler = sampler_from_config(config, self.workdir, snapshot=True)
         self.quality = TrainingQuality.from_config(config, self.data)
@@ -205,18 +206,22 @@ class Trainer:
             return path, None, e
 
     # --- one step -------------------------------------------------------------------------------
-    def loss(self, model, x, y, generator=None, reduce="mean") -> torch.Tensor:
+    def loss(self, model, x, y, generator=None, reduce="mean", rows=None) -> torch.Tensor:
+        """The training loss on batch x; rows: the rows of x this process holds, which it couples to noise alone
+        (training.coupling), None: all of them."""
         c = self.config
         return models.dsm_loss(model, self.sde, x, precond=self.precond, weighting=self.weighting,
-                               t_sampling=c.training.t_sampling, class_labels=y, generator=generator,
-                               label_dropout=c.training.p_uncond if y is not None else 0.0, reduce=reduce)
+                               t_sampling=self.t_sampling, class_labels=y, generator=generator,
+                               label_dropout=c.training.p_uncond if y is not None else 0.0, reduce=reduce,
+                               coupling=self.coupling, coupling_rows=rows)
 
     def sharded_loss(self, x, y) -> torch.Tensor:
         """This rank's mean loss over its rows of the global batch, with the global batch's random numbers."""
         net, n = self.network, self.config.training.batch_size
         gen = distributed.loss_generator(self.config.seed, self.step, self.device)
         y = None if y is None else distributed.pad_rows(y, net.lo, n)
-        losses = self.loss(net, distributed.pad_rows(x, net.lo, n), y, generator=gen, reduce="none")
+        losses = self.loss(net, distributed.pad_rows(x, net.lo, n), y, generator=gen, reduce="none",
+                           rows=(net.lo, net.hi))
         return losses[net.lo:net.hi].mean()
 
     def train_step(self, x, y) -> tuple[float, float]:
