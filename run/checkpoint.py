@@ -122,8 +122,8 @@ def find_checkpoint(workdir, checkpoint=None) -> Path:
         return p
     latest = latest_checkpoint(workdir)
     if latest is None:
-        raise CheckpointError(f"no checkpoint in {checkpoint_dir(workdir)}; train first "
-                              f"(python main.py --mode train --workdir {workdir}) or pass --workdir/--checkpoint")
+        raise CheckpointError(f"no checkpoint in {checkpoint_dir(workdir)}; train this run first, or name the run "
+                              "directory or the checkpoint file that holds one")
     return latest
 
 

@@ -96,7 +96,7 @@ def load_classifier(config, workdir, shape, num_classes, device) -> torch.nn.Mod
     path = checkpoints.latest_checkpoint(out)
     if path is None:
         raise checkpoints.CheckpointError(f"no classifier checkpoint in {checkpoints.checkpoint_dir(out)}; train "
-                                          f"one first (python main.py --mode train_classifier --workdir {workdir})")
+                                          "the run's guidance classifier first")
     net = build_classifier(config, shape, num_classes)
     checkpoints.load_module_state(net, checkpoints.load_checkpoint(path)["classifier"], "classifier", path)
     logging.info("loaded the classifier %s", path)

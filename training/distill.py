@@ -154,8 +154,8 @@ class Teacher(NamedTuple):
 def load_teacher(workdir, checkpoint=None, device=None) -> Teacher:
     """The EMA network of the run in `workdir` (its newest checkpoint, or `checkpoint`) as a teacher."""
     if checkpoint in (None, "") and ckpt.latest_checkpoint(workdir) is None:
-        raise UsageError(f"no teacher to distil: {ckpt.checkpoint_dir(workdir)} holds no checkpoint; train one first "
-                         f"(python main.py --mode train --workdir {workdir}) or pass the run's --workdir")
+        raise UsageError(f"no teacher to distil: {ckpt.checkpoint_dir(workdir)} holds no checkpoint; train this run "
+                         "first, or name the run directory that holds one")
     run = load_run(workdir, checkpoint, device)
     if run.config.model.conditional:
         raise UsageError(f"{run.path} is a class-conditional model; progressive distillation here is for "
