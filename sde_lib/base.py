@@ -13,7 +13,7 @@ import torch
 from scoresde.utils import UsageError
 
 Tensor = torch.Tensor
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
+ScoreCallable = Callable[[Tensor, Tensor], Tensor]     # score_fn(x, t) -> tensor like x
 
 
 def as_time(t, device=None) -> Tensor:
@@ -183,7 +183,7 @@ class SDE(abc.ABC):
         sq = (z.reshape(z.shape[0], -1).to(torch.float64) ** 2).sum(1)
         return (-0.5 * sq / s**2 - d * (math.log(s) + 0.5 * math.log(2 * math.pi))).to(z.dtype)
 
-    def reverse(self, score_fn: ScoreFn, eta: float = 1.0) -> "ReverseSDE":
+    def reverse(self, score_fn: ScoreCallable, eta: float = 1.0) -> "ReverseSDE":
         """The reverse-time process with noise scale eta*g(t): eta = 1 reverse SDE, eta = 0 probability-flow ODE."""
         return ReverseSDE(self, score_fn, eta)
 
@@ -216,7 +216,7 @@ class SDE(abc.ABC):
 class ReverseSDE:
     """dx = [f x - (1 + eta^2)/2 g^2 score] dt + eta g dw_bar, run backwards in t; same marginals as the forward SDE."""
 
-    def __init__(self, sde: SDE, score_fn: ScoreFn, eta: float = 1.0):
+    def __init__(self, sde: SDE, score_fn: ScoreCallable, eta: float = 1.0):
         if not 0.0 <= eta <= 1.0:
             raise UsageError(f"eta must be in [0, 1] (0: probability-flow ODE, 1: reverse SDE), got {eta}")
         self.forward_sde = sde
