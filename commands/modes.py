@@ -20,10 +20,10 @@ from scoresde import training
 from scoresde.run import interrupts
 from scoresde.run import quality as scoring
 from scoresde.training import distill as distillation
-
-from . import evaluation, importing, quality, sampling
 from scoresde.training import distributed
 from scoresde.utils import UsageError
+
+from . import evaluation, importing, quality, sampling
 
 SOLVER_FLAGS = ("snr", "corrector_steps", "eta", "rtol", "atol")
 
