@@ -25,8 +25,9 @@ probability-flow velocity dx/dt:
 So S = (T - eps) E int_eps^T ||v - (x_T - x_eps)/(T - eps)||^2 dt / D. On Euler's grid the sum of the step
 displacements is exactly x_eps - x_T, so the integral is the Riemann sum of the steps' velocities.
 
-Measured: about 10 min for the three trainings (2000 steps each) and about 12 min for the evaluation, on 2 CPU
-cores shared with other work (see the README's flow matching section for the run this table came from).
+Measured (README, "Flow matching against the VP-SDE on the digits"): the three trainings took 3.2, 4.7 and 3.6 min
+and this script's evaluation of them 14.3 min (rk45 at 2000 samples 1-3 min per run, bits/dim 1-4 min), on 2 CPU
+cores shared with a test suite.
 """
 from __future__ import annotations
 
