@@ -103,3 +103,34 @@ def test_ddim_is_euler_on_the_straight_path():
 @pytest.mark.parametrize("name", list(SOLVERS))
 def test_every_sampler_follows_the_mixture_under_rectified_flow(name):
     check_samples_follow_the_mixture(RectifiedFlow(), name, SOLVERS[name])
+
+
+def test_repaint_reaches_the_exact_conditional_under_rectified_flow():
+    # The 4-D mixture of the inpainting tests, two coordinates observed. Measured (seed 0): replacement W2 = 0.81
+    # with its means 0.61 short, RePaint with 10 resamplings W2 = 0.13, means within 0.11, as under VP and VE; the
+    # sample means' Monte-Carlo error is 0.013.
+    from test_guidance_inpaint import MISSING, N, OBSERVED, X_O, exact_conditional, gaussian_w2, run
+    mean, cov = exact_conditional()
+    w2 = {}
+    for method, kw in (("replacement", {}), ("repaint", {"resample": 10})):
+        out = run(RectifiedFlow(), method, **kw)
+        assert torch.equal(out.x[:, OBSERVED], X_O.expand(N, 2))
+        x = out.x[:, MISSING]
+        w2[method] = gaussian_w2(x.mean(0), torch.cov(x.T), mean, cov)
+    assert w2["repaint"] < w2["replacement"] / 3 and (x.mean(0) - mean).abs().max() < 0.15
+
+
+def test_a_calibrated_grid_beats_the_log_snr_grid_under_rectified_flow():
+    # Fitted on 256 pilot paths, judged on 1000 fresh ones against dopri5 at 1e-10. Measured at 6 unipc steps:
+    # pilot 0.59 -> 0.045, fresh paths 0.59 (log-SNR grid) -> 0.050; a factor 2 is asserted.
+    sde = RectifiedFlow()
+    score = MIX.score_fn(sde)
+    cal = solvers.calibrate_grid(sde, score, (256, 2), "unipc", steps=6, iterations=60, dtype=torch.float64,
+                                 generator=torch.Generator().manual_seed(3))
+    assert cal.times[0] == sde.T and cal.error < 0.5 * cal.initial_error
+    z = sde.prior_sampling((1000, 2), torch.Generator().manual_seed(4), dtype=torch.float64)
+    exact = solvers.sample(sde, score, None, "rk45", x_T=z, rtol=1e-10, atol=1e-10).x
+
+    def rmse(**kw):
+        return float((solvers.sample(sde, score, None, "unipc", x_T=z, **kw).x - exact).pow(2).mean().sqrt())
+    assert rmse(grid=cal.times) < 0.5 * rmse(steps=6, grid="logsnr")
