@@ -63,11 +63,8 @@ def check_likelihood_options(eval_config, bound: str = "ode", **options) -> None
             raise UsageError(f"options of the ODE likelihood ({', '.join(ode_only)}) do not apply to the variational "
                              "bound (--bound elbo)")
     else:
-        likelihood.DIVERGENCES.canonical(_or(options.get("divergence"), eval_config.divergence))
-
-
-def _or(value, default):
-    return default if value is None else value
+        divergence = options.get("divergence")
+        likelihood.DIVERGENCES.canonical(eval_config.divergence if divergence is None else divergence)
 
 
 def evaluate_likelihood(run, ctx, *, num_samples: int = 0, batch_size: int | None = None, bound: str = "ode",
