@@ -6,10 +6,9 @@ Every row draws the same per-sample seeds (sample i from (seed, i), as --mode fi
 rows are the solvers', not the noise's. FD-digits2 is against the 1500 training digits; the floor is the 297 test
 digits against them. The noise rows measure the FD's own sampling error with one sampler (unipc, 20 steps) on
 fresh seeds: the spread of FD over disjoint sets of --n samples, and the FD between two disjoint sets of test size
-(297), the number to set beside the floor. The 1000-step SDE rows use --n_long samples (default the test size, a
-few minutes each on 2 CPU cores). Calibrated rows fit the grid with solvers.calibrate_grid on --cal_pilot prior
+(297), the number to set beside the floor. The 1000-step SDE rows use --n_long samples (default 2000, like every
+other row; pc at 1000 steps is the slowest row). --rows draws only some groups of rows. Calibrated rows fit the grid with solvers.calibrate_grid on --cal_pilot prior
 paths for --cal_iterations Adam steps from the log-SNR grid; its one-off cost is in the table.
-The full run took 27 minutes on 2 shared CPU cores (the slowest row, pc at 1000 steps, 4 minutes).
 --quick: 500 samples, 5/10/20 steps, calibration at 10 steps only, SDE samplers at 100 steps (about 4 minutes).
 """
 from __future__ import annotations
@@ -39,6 +38,7 @@ def fd(x: torch.Tensor) -> metrics.EvalResult:
 
 def row(name, grid, steps, nfe, n, result, seconds, note=""):
     return (f"| {name} | {grid} | {steps} | {nfe:.0f} | {n} | {result.fd_digits2:.4f} | "
+            f"{1e3 * result.kid_digits2:.2f} ± {1e3 * result.kid_digits2_std:.2f} | "
             f"{result.is_digits2:.2f} ± {result.is_digits2_std:.2f} | {seconds:.0f} | {note} |")
 
 
@@ -47,7 +47,10 @@ def main():
     p.add_argument("--workdir", default="runs/vpsde")
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--n", type=int, default=2000, help="samples per row")
-    p.add_argument("--n_long", type=int, default=TEST_SIZE, help="samples of the 1000-step SDE rows")
+    p.add_argument("--n_long", type=int, default=2000, help="samples of the 1000-step SDE rows")
+    p.add_argument("--rows", default="ode,calibrated,sde",
+                   help="which groups of rows to draw (comma-separated: ode, calibrated, sde); the floor and noise "
+                        "rows are always drawn")
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--noise_sets", type=int, default=4, help="disjoint sets of --n samples for the noise rows")
@@ -68,8 +71,8 @@ def main():
         return out, fd(out.x)
 
     print(f"checkpoint {run.path} (step {run.step}); FD-digits2 of the samples against the 1500 training digits\n")
-    lines = ["| sampler | grid | steps | NFE | samples | FD-digits2 | IS-digits2 | seconds | note |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| sampler | grid | steps | NFE | samples | FD-digits2 | KID-digits2 ×10³ | IS-digits2 | seconds | note |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     held_out = digits_split("test")
     test = fd(held_out)
     lines.append(row("test digits (floor)", "", "", 0, len(held_out), test, 0, "held-out data, not samples"))
@@ -100,10 +103,13 @@ def main():
         lines.append(row(sampler.solver, grid, sampler.steps, out.nfe, n, result, time.perf_counter() - t0, note))
         print(lines[-1], flush=True)
 
-    for name in ODE:
+    rows = set(a.rows.split(","))
+    if rows - {"ode", "calibrated", "sde"}:
+        p.error(f"--rows takes ode, calibrated and sde, got {a.rows!r}")
+    for name in ODE if "ode" in rows else ():
         for steps in steps_list:
             timed_row(solvers.sampler(name, steps), a.n, "default")
-    for name in CALIBRATED:
+    for name in CALIBRATED if "calibrated" in rows else ():
         for steps in cal_steps:
             t0 = time.perf_counter()
             cal = solvers.calibrate_grid(run.sde, run.score_fn, (a.cal_pilot, *run.data.shape), name, steps=steps,
@@ -113,7 +119,7 @@ def main():
             cost = (f"fit: {cal.nfe} NFE, {time.perf_counter() - t0:.0f} s; pilot RMSE {cal.initial_error:.3f} -> "
                     f"{cal.error:.3f}")
             timed_row(solvers.sampler(name, steps, grid=cal.times), a.n, "calibrated", cost)
-    for name in SDE:
+    for name in SDE if "sde" in rows else ():
         for steps in sde_steps:
             timed_row(solvers.sampler(name, steps), a.n if steps < 1000 else a.n_long, "default")
     print("\n" + "\n".join(lines + [""] + noise))
