@@ -4,9 +4,10 @@ start and 64 steps against its students, and what the distillation cost.
 python benchmarks/distill.py [--teacher runs/vpsde] [--out /tmp/distill_bench] [--start 16] [--target 4]
                              [--iterations 600] [--lr 5e-4] [--warmup 50] [--n 2000]
 
-The teacher run is only read: its config.json and newest checkpoint are copied into --out, whose distill/<steps>/
-then holds the students (python main.py --mode distill on that copy, in process). A finished --out is not trained
-again, only evaluated. Every row draws the same per-sample seeds (sample i from (seed, i), as --mode sample does),
+The teacher run is only read: its config.json and newest checkpoint are copied into --out, whose
+distill/progressive/<steps>/ then holds the students (python main.py --mode distill on that copy, in process). A
+finished --out is not trained again, only evaluated.
+Every row draws the same per-sample seeds (sample i from (seed, i), as --mode sample does),
 so the rows differ by their sampler alone; "RMSE" is the pixel RMSE in data space [0, 1] to the teacher's 64-step
 DDIM sample from the same noise (how closely a few-step sampler follows the ODE's paths). FD-digits2 is against the
 1500 training digits; the floor is the 297 test digits against them.
@@ -27,7 +28,7 @@ from scoresde import metrics
 from scoresde import solvers
 from scoresde.metrics.digits import digits_split
 from scoresde.run import checkpoint as ckpt
-from scoresde.training import distill
+from scoresde.training import distill, progressive
 from scoresde.training import distributed
 
 
@@ -72,7 +73,7 @@ def main():
     wall, cpu = time.perf_counter(), time.process_time()
     result = distill.distill(config, out)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    rounds = distill.rounds(config)
+    rounds = progressive.rounds(config)
     if result.rounds:
         cost = (f"distillation {' -> '.join(map(str, [a.start, *rounds]))} steps, {a.iterations} updates per round "
                 f"(batch {config.training.batch_size}, lr {a.lr:g}): {wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU "
@@ -107,8 +108,8 @@ def main():
         row("teacher", steps, *draw(teacher, steps))
     row("teacher", 64, reference, ref_seconds)
     for steps in rounds:
-        row(f"student ({distill.student_dir(out, steps)})", steps,
-            *draw(runs.load_run(distill.student_dir(out, steps), device="cpu"), steps))
+        row(f"student ({progressive.student_dir(out, steps)})", steps,
+            *draw(runs.load_run(progressive.student_dir(out, steps), device="cpu"), steps))
     print("\n" + "\n".join(lines) + f"\n\n{a.n} samples per row; {cost}")
 
 

@@ -26,8 +26,9 @@ MODES = {
     "import": "a pretrained model (--from score_sde --config NAME | --from diffusers) as a run in --workdir",
     "fid": "sample quality (FID/KID/IS, FD-digits2 with precision/recall, energy distance) of --num_samples or of "
            "--samples FILE; writes metrics/*.json",
-    "distill": "progressive distillation of the run's EMA network, halving its DDIM steps each round down to "
-               "config.distill.target_steps; each student is a run in <workdir>/distill/<steps>",
+    "distill": "distil the run's EMA network into a few-step student by config.distill.method (progressive: "
+               "halving its DDIM steps each round down to config.distill.target_steps); each student is a run "
+               "in <workdir>/distill/<method>/",
 }
 
 FLAG_SPECS = [  # name, type, help; every default is None: the config's value

@@ -165,6 +165,7 @@ def likelihood(job: Job) -> int:
     options = dict(divergence=a.divergence, repeats=a.dequant_repeats, rtol=a.rtol, atol=a.atol, accuracy=a.accuracy)
     evaluation.check_likelihood_options(job.config.eval, _or(a.bound, "ode"), **options)
     run = job.load()
+    distillation.check_likelihood(run.workdir)
     runs.check_directory(run.workdir)       # before any work: a result is never computed and then lost
     with interrupts.StopRequested() as stop:
         r = evaluation.evaluate_likelihood(

@@ -147,14 +147,16 @@ def get_default_configs() -> ml_collections.ConfigDict:
     evaluate.eps = 1e-5                 # smallest t of the likelihood ODE
     evaluate.dequant_repeats = 1        # fresh uniform dequantisations of the test set (score_sde: 5)
 
-    config.distill = distill = ml_collections.ConfigDict()   # --mode distill (Salimans & Ho 2022, Algorithm 2)
-    distill.start_steps = 64            # DDIM steps of the teacher (the run's EMA network) in the first round
-    distill.target_steps = 4            # DDIM steps of the last student; start_steps/target_steps must be a power of 2
-    distill.iterations = 500            # student updates per round (each round halves the steps)
+    config.distill = distill = ml_collections.ConfigDict()   # --mode distill
+    distill.method = "progressive"      # progressive (Salimans & Ho 2022, Algorithm 2)
+    distill.iterations = 500            # student updates (per round of progressive distillation)
     distill.lr = 5e-4                   # student learning rate (Adam); on the digits 5e-4 beat 2e-4 and 1e-3
     #                                     (FD-digits2 of the first round's student)
-    distill.warmup = 50                 # linear learning-rate warm-up steps at the start of each round
+    distill.warmup = 50                 # linear learning-rate warm-up steps at the start of each student's training
     distill.ema_rate = 0.99             # EMA decay of the student (with the warm-up of model.ema_rate)
+    # progressive: each round halves the student's DDIM steps
+    distill.start_steps = 64            # DDIM steps of the teacher (the run's EMA network) in the first round
+    distill.target_steps = 4            # DDIM steps of the last student; start_steps/target_steps must be a power of 2
     distill.teacher_solver = "ddim"     # the two teacher steps one student step learns: DDIM (eta = 0), as the paper
     distill.grid = "uniform"            # time grid of the teacher's start_steps (uniform | logsnr | edm); each
     #                                     student takes every other time of its teacher's grid

@@ -12,7 +12,7 @@ from scoresde import sde_lib
 from scoresde import solvers
 from scoresde import training
 from scoresde.run import checkpoint as ckpt
-from scoresde.training import distill
+from scoresde.training import distill, progressive, students
 
 from helpers import cli, metrics_rows, tiny_config
 
@@ -38,7 +38,7 @@ def test_the_target_is_two_teacher_ddim_steps(sde):
     z = sde.alpha_bar(t)[:, None] * mixture.sample(4, gen) + sde.beta_bar(t)[:, None] * torch.randn(4, 2, generator=gen,
                                                                                                    dtype=torch.float64)
     by_hand = _euler_in_sigma(sde, teacher, _euler_in_sigma(sde, teacher, z, t, mid), mid, s)
-    target = distill.two_step_target(sde, teacher, z, t, mid, s)
+    target = progressive.two_step_target(sde, teacher, z, t, mid, s)
     # One DDIM step from (z, t) whose x0-prediction is the target, i.e. whose eps_hat is (z - alpha_bar_t x)/beta_bar_t.
     eps_hat = (z - sde.alpha_bar(t)[:, None] * target) / sde.beta_bar(t)[:, None]
     landed = sde.alpha_bar(s)[:, None] * target + sde.beta_bar(s)[:, None] * eps_hat
@@ -51,7 +51,7 @@ def test_the_target_is_two_teacher_ddim_steps(sde):
     point = sde_lib.GaussianMixture([1.0], [[0.5, -1.0]], 0.0)
     times = solvers.time_grid(sde, 8, 1e-3)
     x = point.sample(256, gen)
-    loss = distill.distillation_loss(point.score_fn(sde), point.score_fn(sde), sde, x, times, generator=gen)
+    loss = progressive.distillation_loss(point.score_fn(sde), point.score_fn(sde), sde, x, times, generator=gen)
     assert 0 <= float(loss) < 1e-20
 
 
@@ -75,10 +75,10 @@ def test_a_4_step_student_follows_the_exact_teachers_paths(tmp_path):
     config = _gmm8_config(iterations=500, start_steps=16, width=128)
     sde = runs.build_sde(config)
     mixture = data_lib.gmm8_mixture()
-    exact = distill.Teacher(mixture.score_fn(sde), None, None, "exact gmm8 score", 0)
+    exact = students.Teacher(mixture.score_fn(sde), None, None, "exact gmm8 score", 0)
     result = distill.distill(config, tmp_path, teacher=exact)
-    assert [n for n, _ in result.rounds] == [8, 4] and not result.interrupted
-    run = runs.load_run(distill.student_dir(tmp_path, 4), device="cpu")
+    assert [n for n, _ in result.stages] == ["8 steps", "4 steps"] and not result.interrupted
+    run = runs.load_run(progressive.student_dir(tmp_path, 4), device="cpu")
     sampling = run.config.sampling
     assert (sampling.solver, sampling.steps, run.config.model.parameterization) == ("ddim", 4, "v")
     assert len([r for r in metrics_rows(run.workdir) if "loss" in r]) == 5
@@ -128,20 +128,22 @@ def test_an_interrupted_round_resumes_bit_exactly(tmp_path):
     config.data.num_samples = 2000
     sde = runs.build_sde(config)
     score = data_lib.gmm8_mixture().score_fn(sde)
-    teacher = distill.Teacher(score, None, None, "exact", 0)
+    teacher = students.Teacher(score, None, None, "exact", 0)
     distill.distill(config, tmp_path / "a", teacher=teacher)
     # SIGTERM in the 7th update of the first round: it saves step 7 and stops; the same call again resumes there.
     stopped = distill.distill(config, tmp_path / "b", teacher=teacher._replace(score_fn=_SignalAt(score, 13)))
-    assert stopped.interrupted and stopped.steps == 8 and stopped.rounds[0][1].step == 7
+    assert stopped.interrupted and stopped.workdir == progressive.student_dir(tmp_path / "b", 8)
+    assert stopped.stages[0][1].step == 7
     assert "run the same command again to resume" in stopped.line()
     resumed = distill.distill(config, tmp_path / "b", teacher=teacher)
-    assert [(n, r.step) for n, r in resumed.rounds] == [(8, 12), (4, 12)]
+    assert [(n, r.step) for n, r in resumed.stages] == [("8 steps", 12), ("4 steps", 12)]
     for steps in (8, 4):
-        a, b = (ckpt.load_checkpoint(ckpt.latest_checkpoint(distill.student_dir(tmp_path / w, steps))) for w in "ab")
+        a, b = (ckpt.load_checkpoint(ckpt.latest_checkpoint(progressive.student_dir(tmp_path / w, steps)))
+                for w in "ab")
         for key in ("model", "ema"):
             # Bit for bit: the same operations on the same CPU with the same random numbers.
             assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), (steps, key)
-    assert distill.distill(config, tmp_path / "b", teacher=teacher).rounds == []      # finished rounds are kept
+    assert distill.distill(config, tmp_path / "b", teacher=teacher).stages == []      # finished rounds are kept
     # A started round resumes only from the teacher checkpoint it began with.
     assert distill.distill(config, tmp_path / "c", teacher=teacher._replace(score_fn=_SignalAt(score, 13))).interrupted
     with pytest.raises(ValueError, match="was started from the teacher's step 0, not 3"):
@@ -166,12 +168,12 @@ def test_main_py_distills_a_trained_run_into_students_that_sample(tmp_path):
     training.train(tiny_config(), tmp_path)      # a 20-step gmm8 teacher with an eps-prediction MLP
     r = cli("--mode", "distill", "--workdir", tmp_path, "--device=cpu", "--config.distill.start_steps=8",
             "--config.distill.target_steps=2", "--config.distill.iterations=5", "--config.training.progress=False")
-    student = distill.student_dir(tmp_path, 2)
+    student = progressive.student_dir(tmp_path, 2)
     assert r.stdout.strip().endswith(f"sample it with python main.py --mode sample --workdir {student} --solver ddim "
                                      "--steps 2")
     state = ckpt.load_checkpoint(ckpt.latest_checkpoint(student))
     config = runs.config_of_checkpoint(ckpt.latest_checkpoint(student), state)
-    assert (state["step"], distill.read_record(student)["teacher_step"], config.model.parameterization) == (5, 5, "v")
-    assert distill.read_record(student)["teacher"] == str(ckpt.latest_checkpoint(distill.student_dir(tmp_path, 4)))
+    assert (state["step"], students.read_record(student)["teacher_step"], config.model.parameterization) == (5, 5, "v")
+    assert students.read_record(student)["teacher"] == str(ckpt.latest_checkpoint(progressive.student_dir(tmp_path, 4)))
     assert "NFE 2 per batch" in cli("--mode", "sample", "--workdir", student, "--device=cpu", "--solver", "ddim",
                                     "--steps", 2, "--num_samples", 4).stdout

@@ -13,6 +13,7 @@ from torch import nn
 
 from scoresde import models, solvers, training
 from scoresde import run as runs
+from scoresde.training import progressive
 from scoresde.run import checkpoint as ckpt
 from scoresde.run.builders import build_t_sampling
 from scoresde.sde_lib import VESDE, CosineVPSDE, GaussianMixture, PolynomialFlow, RectifiedFlow, SubVPSDE, VPSDE
@@ -323,7 +324,7 @@ def test_progressive_distillation_of_a_rectified_run(tmp_path):
     cli(*RECTIFIED_TOY, "--mode", "train", "--workdir", tmp_path, "--config.training.n_iters=20")   # unconditional
     r = cli("--mode", "distill", "--workdir", tmp_path, "--device=cpu", "--config.distill.start_steps=8",
             "--config.distill.target_steps=2", "--config.distill.iterations=5", "--config.training.progress=False")
-    student = training.distill.student_dir(tmp_path, 2)
+    student = progressive.student_dir(tmp_path, 2)
     assert r.stdout.strip().endswith(f"--workdir {student} --solver ddim --steps 2")
     config = runs.config_of_checkpoint(ckpt.latest_checkpoint(student))
     assert (config.sde.name, config.model.parameterization) == ("rectified", "v")

@@ -1,329 +1,61 @@
-"""Progressive distillation (Salimans & Ho 2022, "Progressive Distillation for Fast Sampling of Diffusion Models",
-Algorithm 2): a student learns to take in one deterministic DDIM step what its teacher takes in two; each round
-halves the steps, and the student of one round is the teacher of the next.
+"""Distillation into few-step students: `distill` runs the method config.distill.method names, and
+`check_sampler`/`check_likelihood` refuse what a student was not trained for, whatever its method.
 
-The paper writes the target in (alpha, sigma) of VP/cosine. Here it is written through the marginals alpha_bar,
-beta_bar, where DDIM is the exact Euler step in (x/alpha_bar, beta_bar/alpha_bar) (docs/math.md, sections "DDIM as
-exponential Euler" and "Progressive distillation"), so every SDE of sde_lib is distilled the same way. Each round's
-student is an ordinary run (checkpoints, exact resume, SIGTERM, metrics.jsonl) in <workdir>/distill/<steps>/, with
-its grid in distill.json there: a student is only valid on the grid it was distilled for, and check_sampler refuses
-any other.
+Methods (each a module with METHOD, check_config(config), distill(config, workdir, ctx, teacher),
+check_sampler(record, workdir, sde, sampler) and IS_SCORE, whether its student's network is still a score, so that
+likelihoods mean something):
+progressive (Salimans & Ho 2022).
 """
 from __future__ import annotations
 
-import copy
-import json
-from pathlib import Path
-from typing import Callable, NamedTuple
-
 import ml_collections
-import torch
-from absl import logging
 
-from scoresde import models
 from scoresde import solvers
-from scoresde.sde_lib import SDE, expand_as
-from scoresde.utils import Registry, UsageError
-from scoresde.utils import atomic_write_json
-from scoresde.solvers.steps import ddim_coefficients
-
-from scoresde.run import checkpoint as ckpt
+from scoresde.sde_lib import SDE
 from scoresde.training import distributed
-from scoresde.run import precision
-from scoresde.run.builders import build_sde
-from scoresde.training.loop import Trainer
-from scoresde.run.load import TRAINED_SECTIONS, config_of_checkpoint, load_run
+from scoresde.training import progressive
+from scoresde.training import students
+from scoresde.training.students import DistillResult, Teacher, load_teacher, read_record
+from scoresde.utils import Registry, UsageError
 
-Tensor = torch.Tensor
+__all__ = ["METHODS", "DistillResult", "Teacher", "check_likelihood", "check_sampler", "distill", "load_teacher",
+           "read_record"]
 
-STUDENTS_DIR = "distill"
-RECORD = "distill.json"
-# The paper's choice: an x- or v-prediction student, since eps-prediction turns a small network error into a large
-# x-error at low SNR, where the few-step student takes its first, longest steps.
-STUDENT_PARAMETERIZATIONS = ("v", "x0")
-# A sampler's grid is a student's when their times agree to round-off: the named grids at n steps are every other
-# time of the same grid at 2n (docs/math.md, "Progressive distillation").
-GRID_ATOL = 1e-9
-
-
-def snr(sde: SDE, t: Tensor) -> Tensor:
-    """SNR(t) = (alpha_bar/beta_bar)^2 = e^(2 lambda): invariant under x -> x/alpha_bar, so the same for VP and VE."""
-    return (sde.alpha_bar(t) / sde.beta_bar(t).clamp(min=models.parameterization.MIN_BETA_BAR)) ** 2
-
-
-# w(SNR) of the loss w |x_tilde - x_hat|^2 (Salimans & Ho 2022): "truncated SNR" max(SNR, 1) is
-# max(|x - x_hat|^2, |eps - eps_hat|^2), since eps - eps_hat = (alpha_bar/beta_bar)(x_hat - x); "SNR+1" is the
-# v-objective |v - v_hat|^2 for VP (alpha_bar^2 + beta_bar^2 = 1). Both stay finite at SNR -> 0, where eps-weighting
-# (w = SNR) would ignore the first step from the prior, the one a few-step student depends on most.
-WEIGHTINGS = Registry("distillation weighting", {
-    "truncated_snr": lambda s: s.clamp(min=1.0),
-    "snr_plus_one": lambda s: s + 1.0,
-})
-
-
-# --- the target ---------------------------------------------------------------------------------------------------
-def ddim_step(sde: SDE, score_fn, x: Tensor, t: Tensor, s: Tensor) -> Tensor:
-    """One deterministic DDIM step from per-sample times t to s (shape (N,)): alpha_bar_s x0_hat
-    + beta_bar_s eps_hat."""
-    c_x, c_score = ddim_coefficients(sde, t, s, torch.zeros_like(t))
-    return expand_as(c_x, x) * x + expand_as(c_score, x) * score_fn(x, t)
-
-
-def two_step_target(sde: SDE, teacher, z: Tensor, t: Tensor, mid: Tensor, s: Tensor) -> Tensor:
-    """x_tilde: the x0-prediction whose one DDIM step from (z, t) to s lands where two teacher steps t -> mid -> s do.
-
-    With r = beta_bar_s/beta_bar_t, a DDIM step is z_s = alpha_bar_s x + r (z - alpha_bar_t x), so
-    x_tilde = (z_s - r z)/(alpha_bar_s - r alpha_bar_t); for VP this is the paper's
-    (z'' - (sigma''/sigma) z)/(alpha'' - (sigma''/sigma) alpha). The denominator is alpha_bar_s (1 - e^(lambda_t -
-    lambda_s)) > 0, since lambda grows towards the data.
-    """
-    z_s = ddim_step(sde, teacher, ddim_step(sde, teacher, z, t, mid), mid, s)
-    r = sde.beta_bar(s) / sde.beta_bar(t)
-    denominator = sde.alpha_bar(s) - r * sde.alpha_bar(t)
-    return expand_as(1.0 / denominator, z) * z_s - expand_as(r / denominator, z) * z
-
-
-def distillation_loss(student, teacher, sde: SDE, x: Tensor, teacher_times: Tensor, weighting: str = "truncated_snr",
-                      generator: torch.Generator | None = None, reduce: str = "mean") -> Tensor:
-    """w(SNR_t) |x_tilde - x0_hat|^2 (summed over dimensions) for data x, one student step per sample.
-
-    student, teacher: score functions (x, t) -> score. teacher_times: the teacher's grid T = t_0 > ... > t_2n = eps;
-    the student steps t_2i -> t_2i+2, and step i is drawn uniformly for each sample (Algorithm 2), as is the noise of
-    z_t = alpha_bar_t x + beta_bar_t eps. reduce: "mean" over the batch, or "none" for per-sample losses.
-    """
-    steps = (len(teacher_times) - 1) // 2
-    if len(teacher_times) != 2 * steps + 1 or steps < 1:
-        raise UsageError(f"the teacher grid needs an even number of steps, got {len(teacher_times) - 1}")
-    i = torch.randint(steps, (x.shape[0],), generator=generator, device=x.device)
-    times = teacher_times.to(x.device)
-    t, mid, s = times[2 * i], times[2 * i + 1], times[2 * i + 2]
-    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    z = sde.perturb(x, noise, t)
-    with torch.no_grad():
-        target = two_step_target(sde, teacher, z, t, mid, s)
-    # At least float32: under bfloat16 autocast the network's output would otherwise set the loss's precision.
-    dtype = torch.promote_types(x.dtype, torch.float32)
-    # The student's DDIM step in its data prediction x0_hat (Tweedie's formula).
-    error = (sde.denoise(z, student(z, t), t).to(dtype) - target.to(dtype)) ** 2
-    losses = WEIGHTINGS[weighting](snr(sde, t)).to(dtype) * error.flatten(1).sum(1)
-    return losses.mean() if reduce == "mean" else losses
-
-
-# --- one round: the student as a training run -----------------------------------------------------------------------
-class StudentTrainer(Trainer):
-    """A Trainer whose loss is distillation_loss against a fixed teacher on its grid `teacher_times`.
-
-    init: the state dict the student starts from (the teacher's EMA network, Algorithm 2's "init student from
-    teacher"); None starts from the config's random initialisation (a teacher without a network, e.g. an exact
-    score). Resuming, checkpoints, signals, metrics and snapshots are the Trainer's, so a round resumes bit-exactly.
-    """
-
-    def __init__(self, config: ml_collections.ConfigDict, workdir, teacher: Callable, teacher_times: Tensor,
-                 init: dict | None = None, ctx: distributed.Context | None = None):
-        super().__init__(config, workdir, ctx)
-        self.teacher = teacher
-        self.teacher_times = torch.as_tensor(teacher_times, dtype=torch.float64)
-        self.init = init
-
-    def resume(self):
-        path = super().resume()
-        if path is None and self.init is not None:
-            ckpt.load_module_state(self.model, self.init, "teacher network", "the teacher")
-            ckpt.load_module_state(self.ema.module, self.init, "teacher network", "the teacher")
-        return path
-
-    def loss(self, model, x, y, generator=None, reduce="mean") -> Tensor:
-        c = self.config
-        student = models.get_score_fn(model, self.sde, self.precond)
-        return distillation_loss(student, self.teacher, self.sde, x, self.teacher_times, c.distill.weighting,
-                                 generator=generator, reduce=reduce)
-
-
-class Teacher(NamedTuple):
-    """score_fn(x, t): the teacher's score; config: the config it was trained with (its sde, model and data sections
-    become the student's; None: those of the distillation's config); init: its network's state dict, which the
-    student starts from (None: a random start); label: where it came from; step: its checkpoint step."""
-
-    score_fn: Callable
-    config: ml_collections.ConfigDict | None
-    init: dict | None
-    label: str
-    step: int
-
-
-def load_teacher(workdir, checkpoint=None, device=None) -> Teacher:
-    """The EMA network of the run in `workdir` (its newest checkpoint, or `checkpoint`) as a teacher."""
-    if checkpoint in (None, "") and ckpt.latest_checkpoint(workdir) is None:
-        raise UsageError(f"no teacher to distil: {ckpt.checkpoint_dir(workdir)} holds no checkpoint; train this run "
-                         "first, or name the run directory that holds one")
-    run = load_run(workdir, checkpoint, device)
-    if run.config.model.conditional:
-        raise UsageError(f"{run.path} is a class-conditional model; progressive distillation here is for "
-                         "unconditional models")
-    network = precision.autocast_network(run.network, run.config.precision, run.device)
-    score_fn = models.get_score_fn(network, run.sde, run.precond)
-    init = {k: v.detach().clone() for k, v in run.network.state_dict().items()}
-    return Teacher(score_fn, run.config, init, str(run.path), run.step)
-
-
-# --- the rounds -----------------------------------------------------------------------------------------------------
-def rounds(config) -> list[int]:
-    """The students' steps, start_steps/2 down to target_steps, after checking config.distill (one clear line)."""
-    d = config.distill
-    for key, low in (("start_steps", 1), ("target_steps", 1), ("iterations", 1), ("warmup", 0)):
-        if isinstance(d[key], bool) or not isinstance(d[key], int) or d[key] < low:
-            raise UsageError(f"distill.{key}={d[key]!r}: must be an integer >= {low}")
-    ratio = d.start_steps // d.target_steps
-    if d.start_steps % d.target_steps or ratio < 2 or ratio & (ratio - 1):
-        raise UsageError(f"distill.target_steps={d.target_steps} must be distill.start_steps={d.start_steps} divided "
-                         "by a power of 2 (each round halves the steps), e.g. 64 -> 32 -> 16 -> 8 -> 4")
-    if d.teacher_solver.lower() != "ddim":
-        raise UsageError(f"distill.teacher_solver={d.teacher_solver!r}: the student's step is a DDIM step, so its "
-                         "target is two DDIM steps of the teacher; use 'ddim'")
-    if d.parameterization not in STUDENT_PARAMETERIZATIONS:
-        raise UsageError(f"distill.parameterization={d.parameterization!r}: the student predicts v or x0 "
-                         f"({', '.join(STUDENT_PARAMETERIZATIONS)}), as Salimans & Ho (2022) recommend")
-    WEIGHTINGS.canonical(d.weighting)
-    solvers.grids.check_grid_name(d.grid)
-    if not d.lr > 0 or not 0.0 <= d.ema_rate < 1.0:
-        raise UsageError(f"distill.lr={d.lr!r} must be positive and distill.ema_rate={d.ema_rate!r} in [0, 1)")
-    steps, out = d.start_steps, []
-    while steps > d.target_steps:
-        steps //= 2
-        out.append(steps)
-    return out
-
-
-def student_dir(workdir, steps: int) -> Path:
-    return Path(workdir) / STUDENTS_DIR / str(steps)
-
-
-def student_config(config: ml_collections.ConfigDict, teacher: Teacher, steps: int) -> ml_collections.ConfigDict:
-    """The config of the student with `steps` DDIM steps: the teacher's sde, model and data, distill's optimiser
-    and EMA, and sampling set to DDIM at `steps` on the distillation grid (what its snapshots use)."""
-    c, d = copy.deepcopy(config), config.distill
-    with c.unlocked():
-        if teacher.config is not None:
-            for section in TRAINED_SECTIONS:
-                for name, value in teacher.config[section].items():
-                    if name in c[section]:
-                        c[section][name] = tuple(value) if isinstance(value, list) else value
-        c.model.parameterization = d.parameterization
-        c.model.ema_rate = d.ema_rate
-        c.training.n_iters = d.iterations
-        c.optim.lr, c.optim.warmup = d.lr, d.warmup
-        c.sampling.solver, c.sampling.steps, c.sampling.grid, c.sampling.options = "ddim", steps, d.grid, ""
-        c.distill.target_steps = steps
-    return c
-
-
-def _complete(workdir) -> bool:
-    """Whether the run in workdir reached its training.n_iters (a finished round is not trained again)."""
-    path = ckpt.latest_checkpoint(workdir)
-    if path is None:
-        return False
-    state = ckpt.load_checkpoint(path)
-    return int(state["step"]) >= config_of_checkpoint(path, state).training.n_iters
-
-
-def _check_same_teacher(workdir, teacher: Teacher) -> None:
-    """A ValueError if a started round in workdir was distilled from another teacher checkpoint: resuming it would
-    mix two targets. (Its config's distill section may change on resume, so this is checked here.)"""
-    record = read_record(workdir)
-    if record is not None and ckpt.latest_checkpoint(workdir) is not None and record["teacher_step"] != teacher.step:
-        raise UsageError(f"{workdir} was started from the teacher's step {record['teacher_step']}, not {teacher.step} "
-                         f"({teacher.label}); resume with that checkpoint (--checkpoint) or delete {workdir}")
-
-
-def read_record(workdir) -> dict | None:
-    """The student record of a distilled run (solver, steps, times, ...), None for any other run."""
-    path = Path(workdir) / RECORD
-    if not path.is_file():
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def sampler_times(sde: SDE, sampler: solvers.Sampler) -> Tensor | None:
-    """The grid a fixed-step sampler will take (None for an adaptive one)."""
-    if sampler.steps is None:
-        return None
-    grid = sampler.options.get("grid")
-    if grid is not None and not isinstance(grid, str):
-        return solvers.grids.as_times(grid)
-    name = grid or solvers.get_solver(sampler.solver).default_grid
-    return solvers.time_grid(sde, sampler.steps, sampler.eps, name, sampler.options.get("rho", 7.0))
-
-
-def check_sampler(workdir, sde: SDE, sampler: solvers.Sampler) -> None:
-    """A ValueError if the run in workdir is a distilled student and `sampler` is not DDIM on its grid.
-
-    A student's network has learnt a map between its grid's times, not a score, so any other solver, step count or
-    grid gives wrong samples: refused rather than warned about.
-    """
-    record = read_record(workdir)
-    if record is None:
-        return
-    wanted = torch.tensor(record["times"], dtype=torch.float64)
-    got = sampler_times(sde, sampler) if sampler.solver == record["solver"] else None
-    if got is None or got.shape != wanted.shape or (got - wanted).abs().max() > GRID_ATOL:
-        grid = "" if record["grid"] == "uniform" else f" --grid {record['grid']}"
-        raise UsageError(f"{workdir} is a progressive-distillation student, valid only with the {record['solver']} "
-                         f"steps it was distilled for ({record['steps']} on the {record['grid']} grid, eps "
-                         f"{record['eps']:g}), not with {sampler.describe()}; sample it with --solver "
-                         f"{record['solver']} --steps {record['steps']}{grid}")
-
-
-class DistillResult(NamedTuple):
-    """rounds: (student steps, TrainResult) of the rounds trained by this call; workdir: the last student's run
-    directory reached; interrupted: a signal stopped a round (rerun to resume it)."""
-
-    rounds: list
-    workdir: Path
-    steps: int
-    interrupted: bool
-
-    def line(self) -> str:
-        done = ", ".join(f"{n} steps: {r.line()}" for n, r in self.rounds) or "every round was already complete"
-        if self.interrupted:
-            return f"stopped in the round of {self.steps} steps ({done}); run the same command again to resume"
-        return (f"student of {self.steps} DDIM steps in {self.workdir} ({done}); sample it with python main.py "
-                f"--mode sample --workdir {self.workdir} --solver ddim --steps {self.steps}")
+METHODS = Registry("distillation method", {m.METHOD: m for m in (progressive,)})
 
 
 def distill(config: ml_collections.ConfigDict, workdir, ctx: distributed.Context | None = None, *,
             checkpoint=None, teacher: Teacher | None = None) -> DistillResult:
-    """Distil the run in `workdir` round by round down to config.distill.target_steps DDIM steps.
-
-    Round k's student is trained in <workdir>/distill/<steps>/ from the EMA network of round k-1 (the run's own for
-    the first round, its checkpoint `checkpoint` or the newest), and becomes round k+1's teacher. A finished round
-    is skipped, an interrupted one resumes where it stopped. teacher: the first round's teacher instead of the
-    run's network (e.g. an exact score, with config's sde, model and data).
-    """
-    steps_of_rounds = rounds(config)
+    """Distil the run in `workdir` (its newest checkpoint, or `checkpoint`) by config.distill.method into students
+    under <workdir>/distill/<method>/. teacher: the teacher instead of the run's network (e.g. an exact score, with
+    config's sde, model and data). A finished student is kept, an interrupted one resumes where it stopped."""
+    method = METHODS[config.distill.method]
+    students.check_common(config)
+    method.check_config(config)
     ctx = distributed.setup(config) if ctx is None else ctx
-    workdir = Path(workdir)
     if teacher is None:
         teacher = load_teacher(workdir, checkpoint, ctx.device)
-    trained, steps, here = [], steps_of_rounds[0], workdir
-    for steps in steps_of_rounds:
-        here = student_dir(workdir, steps)
-        c = student_config(config, teacher, steps)
-        sde = build_sde(c)
-        teacher_times = solvers.time_grid(sde, 2 * steps, c.sampling.eps, c.distill.grid)
-        if not _complete(here):
-            _check_same_teacher(here, teacher)
-            if ctx.is_main:
-                here.mkdir(parents=True, exist_ok=True)
-                atomic_write_json(here / RECORD, {
-                    "solver": "ddim", "steps": steps, "grid": c.distill.grid, "eps": c.sampling.eps,
-                    "times": teacher_times[::2].tolist(), "teacher": teacher.label, "teacher_step": teacher.step,
-                    "teacher_steps": 2 * steps, "parameterization": c.model.parameterization,
-                    "weighting": c.distill.weighting, "sde": repr(sde)})
-            logging.info("distilling %s (%d DDIM steps) into %d steps in %s", teacher.label, 2 * steps, steps, here)
-            result = StudentTrainer(c, here, teacher.score_fn, teacher_times, teacher.init, ctx).run()
-            trained.append((steps, result))
-            if result.interrupted:
-                return DistillResult(trained, here, steps, True)
-        teacher = load_teacher(here, None, ctx.device)
-    return DistillResult(trained, here, steps, False)
+    return method.distill(config, workdir, ctx, teacher)
+
+
+def _method_of(record: dict):
+    # Records written before there was more than one method are progressive students.
+    return METHODS[record.get("method", progressive.METHOD)]
+
+
+def check_sampler(workdir, sde: SDE, sampler: solvers.Sampler) -> None:
+    """A ValueError if the run in workdir is a distilled student and `sampler` is not one it was trained for."""
+    record = read_record(workdir)
+    if record is not None:
+        _method_of(record).check_sampler(record, workdir, sde, sampler)
+
+
+def check_likelihood(workdir) -> None:
+    """A ValueError if the run in workdir is a student whose network is no longer a score: its ODE likelihood would
+    be a number with no meaning."""
+    record = read_record(workdir)
+    if record is not None and not _method_of(record).IS_SCORE:
+        method = record.get("method", progressive.METHOD)
+        raise UsageError(f"{workdir} is a {method} student: its network maps between the noise levels it was "
+                         f"distilled for and is not a score, so it has no likelihood; evaluate its teacher "
+                         f"({record['teacher']}) instead")
