@@ -2,8 +2,8 @@
 `check_sampler`/`check_likelihood` refuse what a student was not trained for, whatever its method.
 
 Methods (each a module with METHOD, check_config(config), distill(config, workdir, ctx, teacher),
-check_sampler(record, workdir, sde, sampler) and IS_SCORE, whether its student's network is still a score, so that
-likelihoods mean something):
+check_sampler(record, workdir, sde, sampler) and is_score(record), whether a student's network is still a score,
+so that likelihoods mean something):
 progressive (Salimans & Ho 2022).
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ def check_likelihood(workdir) -> None:
     """A ValueError if the run in workdir is a student whose network is no longer a score: its ODE likelihood would
     be a number with no meaning."""
     record = read_record(workdir)
-    if record is not None and not _method_of(record).IS_SCORE:
+    if record is not None and not _method_of(record).is_score(record):
         method = record.get("method", progressive.METHOD)
         raise UsageError(f"{workdir} is a {method} student: its network maps between the noise levels it was "
                          f"distilled for and is not a score, so it has no likelihood; evaluate its teacher "
