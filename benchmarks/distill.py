@@ -74,10 +74,10 @@ def main():
     result = distill.distill(config, out)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     rounds = progressive.rounds(config)
-    if result.rounds:
+    if result.stages:
         cost = (f"distillation {' -> '.join(map(str, [a.start, *rounds]))} steps, {a.iterations} updates per round "
                 f"(batch {config.training.batch_size}, lr {a.lr:g}): {wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU "
-                f"on {a.threads} threads, {wall / (a.iterations * len(result.rounds)):.2f} s per update")
+                f"on {a.threads} threads, {wall / (a.iterations * len(result.stages)):.2f} s per update")
     else:
         cost = f"distillation: every round was already complete in {out} (not timed)"
     print(cost, flush=True)
