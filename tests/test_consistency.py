@@ -105,16 +105,21 @@ def test_a_student_of_the_exact_score_approximates_the_ode_map(tmp_path):
     assert run.config.model.consistency_sigma_min == consistency.sigma_min(sde, EPS)
     assert students.read_record(result.workdir)["N"] == 18
 
-    # The consistency function on a grid of (x, t) against the exact map to eps.
+    # The consistency function on a grid of (x, t) against the exact map to eps. The baseline is the exact
+    # one-step denoiser E[x_0 | x_t], where a student from a teacher network starts: RMSE 3.74 at T and 1.44 at
+    # t = 0.5 on this grid (the map moves points by ~3.7, the mixture's radius). Measured for the student: 0.31
+    # and 0.45; the bounds, 0.56 and 0.58, leave 25% or more above them.
     grid = torch.stack(torch.meshgrid(torch.linspace(-4, 4, 9), torch.linspace(-4, 4, 9), indexing="ij"), -1)
     grid = grid.reshape(-1, 2).double()
     with torch.no_grad():
-        for t, bound in ((sde.T, 0.5), (0.5, 0.5)):
+        for t, fraction in ((sde.T, 0.15), (0.5, 0.4)):
             x = grid * float(sde.beta_bar(torch.tensor(t)))
             f = sde.denoise(x.float(), run.score_fn(x.float(), t), t)
             exact = _exact_ode(sde, score_fn, x, t, EPS) / sde.alpha_bar(torch.tensor(EPS, dtype=torch.float64))
-            print(f"t={t}: RMSE of f to the exact ODE map {_rmse(f, exact):.3f}")
-            assert _rmse(f, exact) < bound
+            denoiser = sde.denoise(x, score_fn(x, t), t)
+            print(f"t={t}: RMSE to the exact ODE map: student {_rmse(f, exact):.3f}, exact denoiser "
+                  f"{_rmse(denoiser, exact):.3f}")
+            assert _rmse(f, exact) < fraction * _rmse(denoiser, exact)
 
     z = torch.randn(2000, 2, generator=torch.Generator().manual_seed(1)).double()
     exact = solvers.sample(sde, score_fn, None, "rk45", x_T=z, rtol=1e-8, atol=1e-8).x
@@ -125,13 +130,16 @@ def test_a_student_of_the_exact_score_approximates_the_ode_map(tmp_path):
                                      generator=torch.Generator().manual_seed(2)).x for n in (1, 2)}
     errors = {n: {s: _rmse(x, exact) for s, x in teacher[n].items()} for n in (1, 2)}
     print("pathwise RMSE to the exact map:", errors, {n: _rmse(x, exact) for n, x in student.items()})
-    # The 1-step student against the teacher's 1-step maps: best of DDIM/Euler is 1.64, the student 0.31.
+    # The 1-step student against the teacher's 1-step maps: best of DDIM/Euler is 1.64, the student 0.35 (measured);
+    # the bound, half the teacher's, leaves more than twice the student's error.
     assert _rmse(student[1], exact) < 0.5 * min(errors[1].values())
     # Two steps re-noise with fresh noise, so their samples leave the path of z: compare them as distributions.
     reference = mixture.sample(2000, torch.Generator().manual_seed(3))
     distances = {"student": energy_distance(student[2], reference),
                  **{s: energy_distance(x, reference) for s, x in teacher[2].items()}}
     print("energy distance of 2-step samples to the data:", distances)
+    # Measured: student 0.031, teacher Euler 0.21 and DDIM 0.64 (energy distances of 2000 samples; two sets of
+    # the data differ by ~0.005), so half the teacher's best leaves a factor 3 for another seed's training.
     assert distances["student"] < 0.5 * min(distances["ddim"], distances["euler"])
 
 
