@@ -45,6 +45,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     model.name = "unet"                 # unet | mlp (vector data always uses mlp)
     model.parameterization = "eps"      # eps | score | x0 | v | flow (velocity u = alpha_bar' x0 + beta_bar' eps) | edm
     model.sigma_data = 0.5              # data standard deviation of the edm parameterisation and the edm weighting
+    model.consistency_sigma_min = placeholder(float)  # None, or a consistency model's sigma(eps), where its output
+    #                                     is its input (set by --mode distill with distill.method=consistency)
     model.ema_rate = 0.995              # EMA decay per step (with warm-up (1+n)/(10+n)); CIFAR-10: 0.9999
     model.nf = 16                       # base channels of the UNet
     model.ch_mult = (1, 2)              # channel multiplier per resolution
@@ -148,7 +150,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     evaluate.dequant_repeats = 1        # fresh uniform dequantisations of the test set (score_sde: 5)
 
     config.distill = distill = ml_collections.ConfigDict()   # --mode distill
-    distill.method = "progressive"      # progressive (Salimans & Ho 2022, Algorithm 2)
+    distill.method = "progressive"      # progressive (Salimans & Ho 2022, Algorithm 2) | consistency (Song et al.
+    #                                     2023, Algorithm 2)
     distill.iterations = 500            # student updates (per round of progressive distillation)
     distill.lr = 5e-4                   # student learning rate (Adam); on the digits 5e-4 beat 2e-4 and 1e-3
     #                                     (FD-digits2 of the first round's student)
@@ -162,6 +165,13 @@ def get_default_configs() -> ml_collections.ConfigDict:
     #                                     student takes every other time of its teacher's grid
     distill.parameterization = "v"      # student output: v | x0 (eps-prediction is ill-conditioned at few steps)
     distill.weighting = "truncated_snr"  # truncated_snr: max(SNR, 1) |x - x_hat|^2 | snr_plus_one: (SNR + 1) |...|^2
+    # consistency: one student f(x_t, t), the endpoint at eps of the teacher's ODE path through x_t
+    distill.consistency = consistency = ml_collections.ConfigDict()
+    consistency.N = 18                  # noise levels, EDM rho = 7 schedule from sigma(eps) to sigma(T) (CIFAR-10: 18)
+    consistency.teacher_solver = "heun"  # the teacher's one ODE step between neighbouring levels: heun | ddim
+    consistency.target_ema = 0.95       # EMA rate mu of the target network theta^- (CIFAR-10: 0.95)
+    consistency.huber_c = 0.0           # c of the pseudo-Huber distance (0: 0.00054 sqrt(dimension))
+    consistency.steps = 1               # consistency sampling steps of the student's snapshots and printed command
 
     config.metrics = quality = ml_collections.ConfigDict()
     quality.num_samples = 50000         # samples --mode fid scores (50k as in the papers)

@@ -189,6 +189,13 @@ COEFFICIENTS = {
 SIGMA_DATA = 0.5
 
 
+def consistency_weight(sigma: Tensor, sigma_min: float, sigma_data: float) -> Tensor:
+    """1 - c_skip of a consistency model (Song et al. 2023), (sigma - sigma_min)^2/((sigma - sigma_min)^2 + s_d^2):
+    exactly 0 at sigma = sigma_min, so that f(y, sigma_min) = y."""
+    d2 = (sigma - sigma_min) ** 2
+    return d2 / (d2 + sigma_data**2)
+
+
 class PrecondCoefficients(NamedTuple):
     """EDM's D(x_hat; sigma) = c_skip x_hat + c_out F(c_in x_hat; c_noise) at each time, float64 tensors (N,)."""
 
@@ -208,23 +215,36 @@ class Precond:
     noise level (NOISE_INPUTS); `sigma_data` is the data standard deviation of the edm parameterisation, and the
     one an EDM loss weighting must use. The score is computed by the algebraically equal closed forms above
     (PARAMETERIZATIONS), which avoid cancellations such as 1 - c_skip near t = 0.
+
+    sigma_min (None: none) makes it a consistency model (Song et al. 2023; docs/math.md, "Consistency
+    distillation"): f(y, sigma) = c_skip y + (1 - c_skip) D(y, sigma) with c_skip = s_d^2/((sigma - sigma_min)^2
+    + s_d^2), so f(y, sigma_min) = y exactly, and score = (1 - c_skip) (alpha_bar D - x_t)/beta_bar^2, so that
+    Tweedie's formula returns f. The paper's c_out F is (1 - c_skip) D here: F is the network's own denoiser, so a
+    student that starts from its teacher's weights starts as the teacher's one-step denoiser.
     """
 
-    def __init__(self, parameterization: str = "eps", noise_input: str = "t", sigma_data: float = SIGMA_DATA):
+    def __init__(self, parameterization: str = "eps", noise_input: str = "t", sigma_data: float = SIGMA_DATA,
+                 sigma_min: float | None = None):
         self.parameterization = PARAMETERIZATIONS.canonical(parameterization)
         self.noise_input = NOISE_INPUTS.canonical(noise_input)
         if not (isinstance(sigma_data, (int, float)) and not isinstance(sigma_data, bool) and sigma_data > 0):
             raise UsageError(f"sigma_data must be a positive number (the data standard deviation, {SIGMA_DATA} for "
                              f"images in [-1, 1]), got {sigma_data!r}")
         self.sigma_data = float(sigma_data)
+        if sigma_min is not None and not (isinstance(sigma_min, (int, float)) and not isinstance(sigma_min, bool)
+                                          and sigma_min > 0):
+            raise UsageError(f"sigma_min must be a positive number (a consistency model's sigma(eps)) or None, got "
+                             f"{sigma_min!r}")
+        self.sigma_min = None if sigma_min is None else float(sigma_min)
         self._to_score = PARAMETERIZATIONS[self.parameterization]
         self._noise = NOISE_INPUTS[self.noise_input]
 
     @classmethod
-    def for_network(cls, network: nn.Module, parameterization: str = "eps",
-                    sigma_data: float = SIGMA_DATA) -> Precond:
+    def for_network(cls, network: nn.Module, parameterization: str = "eps", sigma_data: float = SIGMA_DATA,
+                    sigma_min: float | None = None) -> Precond:
         """The preconditioning of `network`: it is fed the noise input its class declares (its `noise_input`
-        attribute, "t" when it declares none), and EDM's c_noise = log(sigma)/4 under the edm parameterisation."""
+        attribute, "t" when it declares none), and EDM's c_noise = log(sigma)/4 under the edm parameterisation;
+        sigma_min: a consistency model's boundary (None: none)."""
         if PARAMETERIZATIONS.canonical(parameterization) == "edm":
             noise_input = "edm"
         else:
@@ -233,7 +253,7 @@ class Precond:
             raise UsageError(f"the network divides its output by exp(noise input) (scale_by_sigma), which is sigma "
                              f"only when it is fed log sigma, but parameterization={parameterization!r} feeds it "
                              f"{noise_input}; use another parameterisation or a network without scale_by_sigma")
-        return cls(parameterization, noise_input, sigma_data)
+        return cls(parameterization, noise_input, sigma_data, sigma_min)
 
     def noise(self, c: Coefficients) -> Tensor:
         """c_noise, the network's noise input, at the times of `c` (float64, shape (N,))."""
@@ -242,16 +262,24 @@ class Precond:
     def coefficients(self, sde: SDE, t: Tensor) -> PrecondCoefficients:
         """c_in, c_skip, c_out and c_noise at float64 times t of shape (N,) under `sde`."""
         c = Coefficients(sde, t)
-        return PrecondCoefficients(*COEFFICIENTS[self.parameterization](c, self.sigma_data), self.noise(c))
+        c_in, c_skip, c_out = COEFFICIENTS[self.parameterization](c, self.sigma_data)
+        if self.sigma_min is not None:
+            w = consistency_weight(c.sigma, self.sigma_min, self.sigma_data)
+            c_skip, c_out = (1 - w) + w * c_skip, w * c_out
+        return PrecondCoefficients(c_in, c_skip, c_out, self.noise(c))
 
     def score(self, network: nn.Module, x: Tensor, c: Coefficients, y: Tensor | None = None) -> Tensor:
         """The score at x (shape (N, ...)) implied by `network`'s output, for the coefficients c of x's times."""
         net = functools.partial(network, noise_input=self.noise(c).to(x.dtype), y=y)
-        return self._to_score(net, x, c, self.sigma_data)
+        score = self._to_score(net, x, c, self.sigma_data)
+        if self.sigma_min is None:
+            return score
+        return expand_as(consistency_weight(c.sigma, self.sigma_min, self.sigma_data), x) * score
 
     def __repr__(self) -> str:
+        boundary = "" if self.sigma_min is None else f", sigma_min={self.sigma_min!r}"
         return (f"Precond(parameterization={self.parameterization!r}, noise_input={self.noise_input!r}, "
-                f"sigma_data={self.sigma_data!r})")
+                f"sigma_data={self.sigma_data!r}{boundary})")
 
 
 def network_attr(model: nn.Module, name: str):

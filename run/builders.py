@@ -86,10 +86,12 @@ def build_model(config, shape, num_classes=None) -> torch.nn.Module:
 
 
 def build_precond(config, network: torch.nn.Module) -> models.Precond:
-    """The run's preconditioning: config.model.parameterization and model.sigma_data (EDM's 0.5 in configs that
-    have none), with the noise input `network` (the unwrapped network of build_model) declares."""
+    """The run's preconditioning: config.model.parameterization, model.sigma_data (EDM's 0.5 in configs that
+    have none) and model.consistency_sigma_min (a consistency model's boundary; None in configs that have none),
+    with the noise input `network` (the unwrapped network of build_model) declares."""
     return models.Precond.for_network(network, config.model.parameterization,
-                                      config.model.get("sigma_data", models.SIGMA_DATA))
+                                      config.model.get("sigma_data", models.SIGMA_DATA),
+                                      config.model.get("consistency_sigma_min"))
 
 
 def build_weighting(config, precond: models.Precond) -> models.Weighting:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from scoresde.utils import Registry
 
 from .base import Solver
+from .consistency import Consistency
 from .dpm_sde import DPMSolverSDE
 from .edm import EDM
 from .library_sde import SDEEuler, SDEMidpoint, SDESRK
@@ -27,6 +28,8 @@ SOLVERS: Registry[type[Solver]] = Registry("solver", {
     "sde_euler": SDEEuler,
     "sde_srk": SDESRK,
     "sde_midpoint": SDEMidpoint,
+    # consistency models (Song et al. 2023, Algorithm 1): needs only the denoised estimate
+    "consistency": Consistency,
 })
 
 

@@ -4,7 +4,7 @@
 Methods (each a module with METHOD, check_config(config), distill(config, workdir, ctx, teacher),
 check_sampler(record, workdir, sde, sampler) and is_score(record), whether a student's network is still a score,
 so that likelihoods mean something):
-progressive (Salimans & Ho 2022).
+progressive (Salimans & Ho 2022), consistency (Song et al. 2023).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import ml_collections
 
 from scoresde import solvers
 from scoresde.sde_lib import SDE
+from scoresde.training import consistency
 from scoresde.training import distributed
 from scoresde.training import progressive
 from scoresde.training import students
@@ -21,7 +22,7 @@ from scoresde.utils import Registry, UsageError
 __all__ = ["METHODS", "DistillResult", "Teacher", "check_likelihood", "check_sampler", "distill", "load_teacher",
            "read_record"]
 
-METHODS = Registry("distillation method", {m.METHOD: m for m in (progressive,)})
+METHODS = Registry("distillation method", {m.METHOD: m for m in (progressive, consistency)})
 
 
 def distill(config: ml_collections.ConfigDict, workdir, ctx: distributed.Context | None = None, *,

@@ -1,0 +1,255 @@
+"""Consistency distillation (Song et al. 2023, "Consistency Models", Algorithm 2): a student f_theta(x_t, t) learns
+to map any point of the teacher's probability-flow ODE path to the path's endpoint at eps, so that one network call
+generates a sample (solvers/consistency.py, Algorithm 1, takes one or a few).
+
+On EDM's rho = 7 discretisation sigma_1 = sigma(eps) < ... < sigma_N = sigma(T) (sigma = beta_bar/alpha_bar, so
+every SDE of sde_lib is distilled the same way), each update draws n uniformly, x_(n+1) = alpha_bar x_0 + beta_bar z
+at t_(n+1), takes ONE step of the teacher's ODE back to t_n (Heun in sigma as EDM, or DDIM), and pulls
+f_theta(x_(n+1), t_(n+1)) towards f_(theta^-)(x_hat_n, t_n) in the pseudo-Huber distance (Song & Dhariwal 2023),
+theta^- an EMA of theta with rate mu (the target network). The boundary f(y, sigma_min) = y is built into the
+student's preconditioning (models.Precond's sigma_min; docs/math.md, "Consistency distillation"), so the chain of
+targets is anchored at the data end. The student is a run in <workdir>/distill/consistency/ (training.students),
+and check_sampler refuses every sampler but the consistency one.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import ml_collections
+import torch
+from absl import logging
+
+from scoresde import models
+from scoresde import solvers
+from scoresde.run import checkpoint as ckpt
+from scoresde.run import precision
+from scoresde.run.builders import build_sde
+from scoresde.sde_lib import SDE, expand_as
+from scoresde.training import distributed
+from scoresde.training import students
+from scoresde.training.loop import Trainer
+from scoresde.utils import Registry, UsageError
+
+Tensor = torch.Tensor
+
+METHOD = "consistency"
+# Song & Dhariwal (2023, "Improved Techniques for Training Consistency Models"): c = 0.00054 sqrt(d) for data of d
+# dimensions in [-1, 1]; LPIPS, the paper's CD metric, needs network weights that are not available offline.
+HUBER_C_PER_SQRT_DIM = 0.00054
+# A student trained from a teacher without a network (an exact score) starts from random weights; EDM's
+# preconditioning keeps both its input and its denoised output of unit scale at every noise level.
+RANDOM_START_PARAMETERIZATION = "edm"
+
+
+def sigma_of(sde: SDE, t: Tensor) -> Tensor:
+    """sigma(t) = beta_bar/alpha_bar, the noise level of y = x/alpha_bar."""
+    return sde.beta_bar(t) / sde.alpha_bar(t)
+
+
+def discretisation(sde: SDE, n: int, eps: float) -> Tensor:
+    """The times t_1 = eps < ... < t_N = T of EDM's rho = 7 schedule in sigma (Karras et al. 2022), float64."""
+    return solvers.time_grid(sde, n - 1, eps, "edm").flip(0)
+
+
+def sigma_min(sde: SDE, eps: float) -> float:
+    """sigma(eps) as the preconditioning computes it (models.parameterization.Coefficients), so that the boundary
+    weight is exactly 0 at t = eps."""
+    return float(models.parameterization.Coefficients(sde, torch.tensor([eps], dtype=torch.float64)).sigma[0])
+
+
+# --- the teacher's step -------------------------------------------------------------------------------------------
+def _ddim(sde, score_fn, x, t, s):
+    """Euler in y = x/alpha_bar along sigma, dy/dsigma = eps_hat = -beta_bar score: DDIM (docs/math.md, "DDIM as
+    exponential Euler")."""
+    y = x / expand_as(sde.alpha_bar(t), x)
+    slope = -expand_as(sde.beta_bar(t), x) * score_fn(x, t)
+    return y, slope, y + expand_as(sigma_of(sde, s) - sigma_of(sde, t), x) * slope
+
+
+def _ddim_step(sde, score_fn, x, t, s):
+    return expand_as(sde.alpha_bar(s), x) * _ddim(sde, score_fn, x, t, s)[2]
+
+
+def _heun_step(sde, score_fn, x, t, s):
+    y, slope, y_euler = _ddim(sde, score_fn, x, t, s)
+    a_s = expand_as(sde.alpha_bar(s), x)
+    slope_s = -expand_as(sde.beta_bar(s), x) * score_fn(a_s * y_euler, s)
+    return a_s * (y + expand_as(0.5 * (sigma_of(sde, s) - sigma_of(sde, t)), x) * (slope + slope_s))
+
+
+TEACHER_STEPS = Registry("teacher step", {"heun": _heun_step, "ddim": _ddim_step})
+
+
+def teacher_step(sde: SDE, score_fn, x: Tensor, t: Tensor, s: Tensor, solver: str = "heun") -> Tensor:
+    """x_hat_s: one step of the probability-flow ODE from x at per-sample times t to s (shape (N,)) with the score
+    score_fn: "ddim" (Euler in sigma on y, first order) or "heun" (its trapezoidal correction, EDM's step, second
+    order; 2 NFE)."""
+    return TEACHER_STEPS[solver](sde, score_fn, x, t, s)
+
+
+# --- the loss -----------------------------------------------------------------------------------------------------
+def pseudo_huber(a: Tensor, b: Tensor, c: float) -> Tensor:
+    """d(a, b) = sqrt(|a - b|^2 + c^2) - c per sample (Song & Dhariwal 2023): |a - b|^2/(2c) near 0 and |a - b|
+    far from it, so that large errors of the early, high-noise pairs do not dominate the gradient."""
+    return torch.sqrt(((a - b) ** 2).flatten(1).sum(1) + c**2) - c
+
+
+def huber_c(c: float, x: Tensor) -> float:
+    """The pseudo-Huber c: `c` itself, or for c = 0 Song & Dhariwal's 0.00054 sqrt(d), d the dimension of a datum."""
+    return c if c > 0 else HUBER_C_PER_SQRT_DIM * math.sqrt(x[0].numel())
+
+
+def consistency_loss(student, target, teacher, sde: SDE, x: Tensor, times: Tensor, solver: str = "heun",
+                     c: float = 0.0, generator: torch.Generator | None = None, reduce: str = "mean") -> Tensor:
+    """d(f_theta(x_(n+1), t_(n+1)), f_(theta^-)(x_hat_n, t_n)) for data x, with n uniform per sample.
+
+    student, target, teacher: score functions (x, t) -> score; f is their denoised estimate (x + beta_bar^2
+    score)/alpha_bar, so the distance is measured in y = x/alpha_bar, the data's scale. times: t_1 = eps < ... <
+    t_N = T. c: the pseudo-Huber c (0: Song & Dhariwal's). reduce: "mean" over the batch, or "none".
+    """
+    times = times.to(x.device)
+    n = torch.randint(len(times) - 1, (x.shape[0],), generator=generator, device=x.device)
+    t, s = times[n + 1], times[n]
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    x_t = sde.perturb(x, noise, t)
+    with torch.no_grad():
+        x_s = teacher_step(sde, teacher, x_t, t, s, solver)
+        aim = sde.denoise(x_s, target(x_s, s), s)
+    # At least float32: under bfloat16 autocast the network's output would otherwise set the loss's precision.
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    f = sde.denoise(x_t, student(x_t, t), t)
+    losses = pseudo_huber(f.to(dtype), aim.to(dtype), huber_c(c, x))
+    return losses.mean() if reduce == "mean" else losses
+
+
+# --- the student as a training run ----------------------------------------------------------------------------------
+class ConsistencyTrainer(Trainer):
+    """A Trainer whose loss is consistency_loss against a fixed teacher on the discretisation `times`, with the
+    target network theta^- <- mu theta^- + (1 - mu) theta after every update.
+
+    init: the state dict the student starts from (the teacher's EMA network, as Song et al. start from the
+    pretrained diffusion model); None starts from the config's random initialisation. The target network starts
+    as the student and is part of the checkpoint, so a run resumes bit-exactly.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir, teacher, times: Tensor, init: dict | None = None,
+                 ctx: distributed.Context | None = None):
+        super().__init__(config, workdir, ctx)
+        self.teacher = teacher
+        self.times = torch.as_tensor(times, dtype=torch.float64)
+        self.init = init
+        self.target = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.target_network = precision.autocast_network(self.target, config.precision, self.device)
+
+    def resume(self):
+        path = super().resume()
+        if path is None:
+            if self.init is not None:
+                ckpt.load_module_state(self.model, self.init, "teacher network", "the teacher")
+                ckpt.load_module_state(self.ema.module, self.init, "teacher network", "the teacher")
+            self.target.load_state_dict(self.model.state_dict())
+        return path
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "target": self.target.state_dict()}
+
+    def load_state_dict(self, state: dict, path) -> None:
+        super().load_state_dict(state, path)
+        ckpt.load_module_state(self.target, state["target"], "target network", path)
+
+    def train_step(self, x, y) -> tuple[float, float]:
+        out = super().train_step(x, y)
+        mu = self.config.distill.consistency.target_ema
+        with torch.no_grad():
+            for aim, p in zip(self.target.parameters(), self.model.parameters()):
+                aim.lerp_(p, 1.0 - mu)
+            for aim, b in zip(self.target.buffers(), self.model.buffers()):
+                aim.copy_(b)
+        return out
+
+    def loss(self, model, x, y, generator=None, reduce="mean", rows=None) -> Tensor:
+        d = self.config.distill.consistency
+        student = models.get_score_fn(model, self.sde, self.precond)
+        target = models.get_score_fn(self.target_network, self.sde, self.precond)
+        return consistency_loss(student, target, self.teacher, self.sde, x, self.times, d.teacher_solver,
+                                d.huber_c, generator=generator, reduce=reduce)
+
+
+# --- the method ---------------------------------------------------------------------------------------------------
+def is_score(record: dict) -> bool:
+    """False: the student's network is a consistency function (an ODE endpoint), not a score."""
+    return False
+
+
+def check_config(config) -> None:
+    """One clear line for a bad distill.consistency setting, before any work."""
+    d = config.distill.consistency
+    for key, low in (("N", 2), ("steps", 1)):
+        if isinstance(d[key], bool) or not isinstance(d[key], int) or d[key] < low:
+            raise UsageError(f"distill.consistency.{key}={d[key]!r}: must be an integer >= {low}")
+    TEACHER_STEPS.canonical(d.teacher_solver)
+    if not 0.0 <= d.target_ema < 1.0:
+        raise UsageError(f"distill.consistency.target_ema={d.target_ema!r}: the target network's EMA rate mu must "
+                         "be in [0, 1) (Song et al.: 0.95 for CIFAR-10)")
+    if not d.huber_c >= 0:
+        raise UsageError(f"distill.consistency.huber_c={d.huber_c!r}: must be >= 0 (0: 0.00054 sqrt(dimension))")
+
+
+def student_dir(workdir) -> Path:
+    """<workdir>/distill/consistency: the consistency student."""
+    return students.method_dir(workdir, METHOD)
+
+
+def student_config(config: ml_collections.ConfigDict, teacher: students.Teacher) -> ml_collections.ConfigDict:
+    """The student's config: the teacher's sde, model and data with the boundary sigma(eps) in its preconditioning,
+    the teacher's parameterisation when it starts from the teacher's weights, distill's optimiser and EMA, and
+    consistency sampling (what its snapshots use)."""
+    c, d = students.inherit(config, teacher), config.distill.consistency
+    with c.unlocked():
+        if teacher.init is None:
+            c.model.parameterization = RANDOM_START_PARAMETERIZATION
+        c.model.consistency_sigma_min = sigma_min(build_sde(c), c.sampling.eps)
+        c.sampling.solver, c.sampling.steps, c.sampling.grid, c.sampling.options = METHOD, d.steps, "", ""
+    return c
+
+
+def sample_flags(steps: int) -> str:
+    """The sampling flags of a consistency student taking `steps` steps."""
+    return f"--solver {METHOD} --steps {steps}"
+
+
+def check_sampler(record: dict, workdir, sde: SDE, sampler: solvers.Sampler) -> None:
+    """A ValueError unless `sampler` is consistency sampling: the student's network is a consistency function,
+    not a score, so every ODE or SDE solver would integrate something that is not the teacher's dynamics."""
+    if sampler.solver != METHOD:
+        raise UsageError(f"{workdir} is a consistency-distillation student: its network maps a noisy point to the end "
+                         f"of its ODE path and is not a score, so it is valid only with consistency sampling, not "
+                         f"with {sampler.describe()}; sample it with {sample_flags(1)} (or --steps 2 or 4)")
+
+
+def distill(config: ml_collections.ConfigDict, workdir, ctx: distributed.Context, teacher: students.Teacher
+            ) -> students.DistillResult:
+    """Distil the run in `workdir` into a consistency student in <workdir>/distill/consistency/ (kept if
+    finished, resumed if interrupted)."""
+    check_config(config)
+    here, c = student_dir(workdir), student_config(config, teacher)
+    d, sde = c.distill.consistency, build_sde(c)
+    times = discretisation(sde, d.N, c.sampling.eps)
+    trained = []
+    if not students.complete(here):
+        students.check_same_teacher(here, teacher)
+        if ctx.is_main:
+            students.write_record(
+                here, METHOD, teacher, N=d.N, times=times.tolist(), sigmas=sigma_of(sde, times).tolist(),
+                sigma_min=c.model.consistency_sigma_min, eps=c.sampling.eps, teacher_solver=d.teacher_solver,
+                target_ema=d.target_ema, huber_c=d.huber_c, parameterization=c.model.parameterization,
+                sde=repr(sde))
+        logging.info("distilling %s into a consistency student (%d noise levels, %s teacher steps) in %s",
+                     teacher.label, d.N, d.teacher_solver, here)
+        result = ConsistencyTrainer(c, here, teacher.score_fn, times, teacher.init, ctx).run()
+        trained.append(("consistency", result))
+        if result.interrupted:
+            return students.DistillResult(trained, here, "", "", True)
+    return students.DistillResult(trained, here, "consistency student", sample_flags(d.steps), False)
