@@ -41,6 +41,10 @@ HUBER_C_PER_SQRT_DIM = 0.00054
 # A student trained from a teacher without a network (an exact score) starts from random weights; EDM's
 # preconditioning keeps both its input and its denoised output of unit scale at every noise level.
 RANDOM_START_PARAMETERIZATION = "edm"
+# A student started from the teacher's weights reads its output as v, x0 or EDM's F, whichever the teacher was trained
+# for: f = c_skip y + (1 - c_skip) D, and an eps-prediction's D = y - sigma eps_hat turns an error of eps_hat into
+# sigma(T) times that error at the first step (sigma(T) = 150 for the VP-SDE), the one a one-step sampler takes.
+STUDENT_PARAMETERIZATIONS = ("v", "x0", "edm")
 
 
 def sigma_of(sde: SDE, t: Tensor) -> Tensor:
@@ -190,6 +194,10 @@ def check_config(config) -> None:
         if isinstance(d[key], bool) or not isinstance(d[key], int) or d[key] < low:
             raise UsageError(f"distill.consistency.{key}={d[key]!r}: must be an integer >= {low}")
     TEACHER_STEPS.canonical(d.teacher_solver)
+    if d.parameterization not in STUDENT_PARAMETERIZATIONS:
+        raise UsageError(f"distill.consistency.parameterization={d.parameterization!r}: the student predicts "
+                         f"{' | '.join(STUDENT_PARAMETERIZATIONS)}, whose output stays of the data's scale at every "
+                         "noise level")
     if not 0.0 <= d.target_ema < 1.0:
         raise UsageError(f"distill.consistency.target_ema={d.target_ema!r}: the target network's EMA rate mu must "
                          "be in [0, 1) (Song et al.: 0.95 for CIFAR-10)")
@@ -204,12 +212,11 @@ def student_dir(workdir) -> Path:
 
 def student_config(config: ml_collections.ConfigDict, teacher: students.Teacher) -> ml_collections.ConfigDict:
     """The student's config: the teacher's sde, model and data with the boundary sigma(eps) in its preconditioning,
-    the teacher's parameterisation when it starts from the teacher's weights, distill's optimiser and EMA, and
+    distill.consistency.parameterization (edm from a random start), distill's optimiser and EMA, and
     consistency sampling (what its snapshots use)."""
     c, d = students.inherit(config, teacher), config.distill.consistency
     with c.unlocked():
-        if teacher.init is None:
-            c.model.parameterization = RANDOM_START_PARAMETERIZATION
+        c.model.parameterization = RANDOM_START_PARAMETERIZATION if teacher.init is None else d.parameterization
         c.model.consistency_sigma_min = sigma_min(build_sde(c), c.sampling.eps)
         c.sampling.solver, c.sampling.steps, c.sampling.grid, c.sampling.options = METHOD, d.steps, "", ""
     return c
