@@ -148,7 +148,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     evaluate.dequant_repeats = 1        # fresh uniform dequantisations of the test set (score_sde: 5)
 
     config.distill = distill = ml_collections.ConfigDict()   # --mode distill
-    distill.method = "progressive"      # progressive (Salimans & Ho 2022, Algorithm 2) | reflow (Liu et al. 2023)
+    distill.method = "progressive"      # progressive (Salimans & Ho 2022, Algorithm 2) | reflow (Liu et al. 2022)
     distill.iterations = 500            # student updates (per round of progressive distillation)
     distill.lr = 5e-4                   # student learning rate (Adam); on the digits 5e-4 beat 2e-4 and 1e-3
     #                                     (FD-digits2 of the first round's student)
@@ -162,7 +162,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     #                                     student takes every other time of its teacher's grid
     distill.parameterization = "v"      # student output: v | x0 (eps-prediction is ill-conditioned at few steps)
     distill.weighting = "truncated_snr"  # truncated_snr: max(SNR, 1) |x - x_hat|^2 | snr_plus_one: (SNR + 1) |...|^2
-    # reflow (Liu et al. 2023): rectified-flow students trained on (noise, sample) pairs of the teacher's ODE
+    # reflow (Liu et al. 2022): rectified-flow students trained on (noise, sample) pairs of the teacher's ODE
     distill.reflow = reflow = ml_collections.ConfigDict()
     reflow.k = 2                        # the k-rectified flow: 2 reflows the teacher, 3 reflows the 2-rectified flow..
     reflow.pairs = 10000                # pairs drawn from each flow (a multiple of shard_size)

@@ -4,7 +4,7 @@
 Methods (each a module with METHOD, check_config(config), distill(config, workdir, ctx, teacher),
 check_sampler(record, workdir, sde, sampler) and is_score(record), whether a student's network is still a score,
 so that likelihoods mean something):
-progressive (Salimans & Ho 2022); reflow (Liu et al. 2023: k-rectified flows, and their one-step students).
+progressive (Salimans & Ho 2022); reflow (Liu et al. 2022: k-rectified flows, and their one-step students).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Reflow (Liu, Gong & Liu 2023, "Flow Straight and Fast: Learning to Generate and Transfer Data with Rectified
-Flow", ICLR): the teacher's probability-flow ODE couples each noise z with the sample x it lands on, and a
+"""Reflow (Liu, Gong & Liu 2022, "Flow Straight and Fast: Learning to Generate and Transfer Data with Rectified
+Flow"): the teacher's probability-flow ODE couples each noise z with the sample x it lands on, and a
 rectified-flow student fitted on the straight lines x_t = (1 - t) x + t z between the pairs learns a flow with the
 same marginals whose paths are straighter, so that a few Euler steps follow them (docs/math.md, "Reflow").
 
