@@ -74,6 +74,7 @@ def pairs_dir(student) -> Path:
 
 
 def _manifest(config, teacher: students.Teacher, sde: SDE, sampler: solvers.Sampler, shape, flow: int) -> dict:
+    """What the pairs are (PAIR_IDENTITY), as JSON reads it back."""
     r = config.distill.reflow
     return json.loads(json.dumps({
         "teacher": teacher.label, "teacher_step": teacher.step, "flow": flow, "sde": repr(sde),
@@ -98,6 +99,7 @@ def _check_manifest(directory: Path, wanted: dict) -> None:
 
 
 def shard_path(directory, i: int) -> Path:
+    """<pairs>/shard_<i>.npz: z, x and the NFE of shard i."""
     return Path(directory) / f"shard_{i:05d}.npz"
 
 
@@ -108,6 +110,7 @@ def shard_noise(seed: int, flow: int, i: int, shape) -> Tensor:
 
 
 def _write_shard(path: Path, z: Tensor, x: Tensor, nfe: int) -> None:
+    """Write one shard atomically: a crash leaves it whole or absent, never half-written."""
     def write(tmp):
         with open(tmp, "wb") as f:     # a file object: np.savez would add ".npz" to the temporary name
             np.savez(f, z=z.numpy(), x=x.numpy(), nfe=np.int64(nfe))
@@ -165,6 +168,7 @@ class PairDataset(torch.utils.data.Dataset):
         return self.items[i], 0
 
     def get_batch(self, idx):
+        """The items at indices idx, collated (data.loader fetches a batch in one call)."""
         return self.items[idx], torch.zeros(len(idx), dtype=torch.int64)
 
 
