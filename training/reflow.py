@@ -313,34 +313,32 @@ def distill(config: ml_collections.ConfigDict, workdir, ctx: distributed.Context
     student is kept, an interrupted one (pairs or training) resumes where it stopped."""
     check_config(config)
     r, workdir, trained = config.distill.reflow, Path(workdir), []
-    stages = [(k, student_dir(workdir, k)) for k in range(2, r.k + 1)]
+    stages = [(k, student_dir(workdir, k), False) for k in range(2, r.k + 1)]
     if r.one_step:
-        stages.append((r.k, one_step_dir(workdir, r.k)))
+        stages.append((r.k, one_step_dir(workdir, r.k), True))
     with interrupts.StopRequested() as stop:
-        for k, here in stages:
-            one_step = here.name.endswith("onestep")
+        for k, here, one_step in stages:
             c = student_config(config, teacher)
             fields = {"k": k, "one_step": one_step, "sde": repr(build_sde(c))}
-            times = None
-            with c.unlocked():
-                if one_step:
-                    sde = build_sde(c)
-                    times = one_step_times(sde, c.sampling.eps)
+            grid = None
+            if one_step:
+                grid = one_step_times(build_sde(c), c.sampling.eps)
+                with c.unlocked():
                     c.training.n_iters = r.one_step_iterations
                     c.sampling.solver, c.sampling.steps, c.sampling.grid, c.sampling.options = "euler", 1, "", ""
-                    fields.update(solver="euler", steps=1, eps=c.sampling.eps, times=times.tolist())
+                fields.update(solver="euler", steps=1, eps=c.sampling.eps, times=grid.tolist())
             if not students.complete(here):
-                # The one-step student and a reflow both start from the flow they are trained on.
+                # A one-step student, like a reflow of a flow, starts from the flow whose pairs it learns.
                 init = teacher.init if one_step or continues_flow(teacher) else None
                 logging.info("reflow of %s into %s", teacher.label, here)
-                result = _train(config, c, here, teacher, k if one_step else k - 1, ctx, stop, times, init, **fields)
+                result = _train(config, c, here, teacher, k if one_step else k - 1, ctx, stop, grid, init, **fields)
                 if result is not None:
                     trained.append((here.name, result))
                 if result is None or result.interrupted:
                     return students.DistillResult(trained, here, "", "", True)
             teacher = students.load_teacher(here, None, ctx.device)
-    k, here = stages[-1]
-    if here.name.endswith("onestep"):
+    k, here, one_step = stages[-1]
+    if one_step:
         return students.DistillResult(trained, here, f"one-step student of the {k}-rectified flow",
                                       "--solver euler --steps 1", False)
     return students.DistillResult(trained, here, f"{k}-rectified flow (any ODE sampler; likelihood too)",
