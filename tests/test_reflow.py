@@ -241,7 +241,8 @@ def test_main_py_reflows_a_trained_run_into_students_that_sample_and_score(tmp_p
             "--config.training.batch_size=50", "--config.training.progress=False")
     flow, one_step = reflow.student_dir(tmp_path, 2), reflow.one_step_dir(tmp_path, 2)
     assert r.stdout.strip().endswith(f"--workdir {one_step} --solver euler --steps 1")
-    assert students.read_record(flow)["pair_nfe"] == 4
+    # Pairs of 4 Euler steps; the student starts from the teacher's network although that predicted eps for VP.
+    assert (students.read_record(flow)["pair_nfe"], students.read_record(flow)["init"]) == (4, "teacher")
     assert "NFE 3 per batch" in cli("--mode", "sample", "--workdir", flow, "--device=cpu", "--solver", "euler",
                                     "--steps", 3, "--num_samples", 4).stdout
     assert "NFE 1 per batch" in cli("--mode", "sample", "--workdir", one_step, "--device=cpu", "--solver", "euler",
