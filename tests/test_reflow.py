@@ -250,7 +250,9 @@ def test_main_py_reflows_a_trained_run_into_students_that_sample_and_score(tmp_p
     refused = cli("--mode", "sample", "--workdir", one_step, "--device=cpu", "--solver", "heun", "--steps", 2,
                   check=False)
     assert refused.returncode == 1 and "sample it with --solver euler --steps 1" in refused.stderr
-    cli("--mode", "fid", "--workdir", flow, "--device=cpu", "--solver", "euler", "--steps", 2, "--num_samples", 200)
-    cli("--mode", "likelihood", "--workdir", flow, "--device=cpu", "--num_samples", 50)
-    refused = cli("--mode", "likelihood", "--workdir", one_step, "--device=cpu", "--num_samples", 50, check=False)
+    cli("--mode", "fid", "--workdir", flow, "--device=cpu", "--solver", "euler", "--steps", 2, "--num_samples", 64)
+    # A fixed-step likelihood ODE (no accuracy pilot): the student's likelihood runs, quickly.
+    cli("--mode", "likelihood", "--workdir", flow, "--device=cpu", "--num_samples", 8, "--config.eval.steps=12",
+        "--config.eval.accuracy=0")
+    refused = cli("--mode", "likelihood", "--workdir", one_step, "--device=cpu", "--num_samples", 8, check=False)
     assert refused.returncode == 1 and "is not a score" in refused.stderr
