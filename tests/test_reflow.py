@@ -83,6 +83,7 @@ def test_the_pairs_are_the_exact_teachers_ode_map(tmp_path, name):
     assert torch.equal(pairs.z, expected_z)
     manifest = json.loads((tmp_path / reflow.MANIFEST).read_text())
     assert manifest["prior_std"] == pytest.approx(sde.prior_std) and manifest["solver"] == "rk45"
+    assert (manifest["pairs"], manifest["nfe_per_pair"]) == (200, pairs.nfe)
     exact = _ode_map(sde, pairs.z[:50])
     error = float((pairs.x[:50].double() - exact).abs().max())
     scale = float(exact.abs().max())

@@ -134,13 +134,15 @@ def draw_pairs(config, teacher: students.Teacher, directory, flow: int, device, 
 
     Shard i holds shard_size pairs: noise z from (seed, flow, i), and the teacher's ODE solution from
     x_T = prior_std z (the teacher's prior: sigma_max for VE), drawn in one solver call and written atomically.
-    Complete shards are kept, so a rerun draws only the missing ones. flow: the index of the teacher's flow (1 for
+    Complete shards are kept, so a rerun draws only the missing ones; the manifest then records the pairs' number
+    and the teacher's evaluations per pair. flow: the index of the teacher's flow (1 for
     the run itself, k for the k-rectified flow). Returns None once `stop` has a signal (the shard in hand is
     finished and written first).
     """
     r, directory, taught = config.distill.reflow, Path(directory), students.inherit(config, teacher)
     sde, shape, sampler = build_sde(taught), data_lib.get_dataset(taught).shape, pair_sampler(config)
-    _check_manifest(directory, _manifest(config, teacher, sde, sampler, shape, flow))
+    manifest = _manifest(config, teacher, sde, sampler, shape, flow)
+    _check_manifest(directory, manifest)
     shards = r.pairs // r.shard_size
     missing = [i for i in range(shards) if not shard_path(directory, i).is_file()]
     if missing:
@@ -152,7 +154,11 @@ def draw_pairs(config, teacher: students.Teacher, directory, flow: int, device, 
         z = shard_noise(config.seed, flow, i, (r.shard_size, *shape))
         result = sampler.sample(sde, teacher.score_fn, None, x_T=(z * sde.prior_std).to(device))
         _write_shard(shard_path(directory, i), z, result.x.float().cpu(), result.nfe)
-    return None if stop.signal is not None and missing else load_pairs(directory, shards)
+    if stop.signal is not None and missing:
+        return None
+    pairs = load_pairs(directory, shards)
+    atomic_write_json(directory / MANIFEST, {**manifest, "pairs": len(pairs.x), "nfe_per_pair": pairs.nfe})
+    return pairs
 
 
 class PairDataset(torch.utils.data.Dataset):
