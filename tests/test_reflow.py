@@ -162,7 +162,6 @@ def _straightness(sde, score_fn, x_T, steps=200):
     return float(sum(((chord - v) ** 2).sum(1).mean() for v in vs) / steps * length ** 2)
 
 
-@pytest.mark.slow
 def test_a_2_rectified_flow_of_the_exact_teacher_is_straighter_and_better_in_few_euler_steps(tmp_path):
     config = _config(pairs=2000, shard_size=1000, iterations=600, width=128, options="rtol=1e-6,atol=1e-6")
     config.sde.name = "rectified"
