@@ -27,7 +27,8 @@ MODES = {
     "fid": "sample quality (FID/KID/IS, FD-digits2 with precision/recall, energy distance) of --num_samples or of "
            "--samples FILE; writes metrics/*.json",
     "distill": "distil the run's EMA network into a few-step student by config.distill.method (progressive: "
-               "halving its DDIM steps each round down to config.distill.target_steps); each student is a run "
+               "halving its DDIM steps each round down to config.distill.target_steps; reflow: rectified flows on "
+               "the teacher's ODE pairs, config.distill.reflow); each student is a run "
                "in <workdir>/distill/<method>/",
 }
 

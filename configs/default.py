@@ -150,8 +150,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     evaluate.dequant_repeats = 1        # fresh uniform dequantisations of the test set (score_sde: 5)
 
     config.distill = distill = ml_collections.ConfigDict()   # --mode distill
-    distill.method = "progressive"      # progressive (Salimans & Ho 2022, Algorithm 2) | consistency (Song et al.
-    #                                     2023, Algorithm 2)
+    distill.method = "progressive"      # progressive (Salimans & Ho 2022, Algorithm 2) | reflow (Liu et al. 2022) |
+    #                                     consistency (Song et al. 2023, Algorithm 2)
     distill.iterations = 500            # student updates (per round of progressive distillation)
     distill.lr = 5e-4                   # student learning rate (Adam); on the digits 5e-4 beat 2e-4 and 1e-3
     #                                     (FD-digits2 of the first round's student)
@@ -165,6 +165,17 @@ def get_default_configs() -> ml_collections.ConfigDict:
     #                                     student takes every other time of its teacher's grid
     distill.parameterization = "v"      # student output: v | x0 (eps-prediction is ill-conditioned at few steps)
     distill.weighting = "truncated_snr"  # truncated_snr: max(SNR, 1) |x - x_hat|^2 | snr_plus_one: (SNR + 1) |...|^2
+    # reflow (Liu et al. 2022): rectified-flow students trained on (noise, sample) pairs of the teacher's ODE
+    distill.reflow = reflow = ml_collections.ConfigDict()
+    reflow.k = 2                        # the k-rectified flow: 2 reflows the teacher, 3 reflows the 2-rectified flow..
+    reflow.pairs = 10000                # pairs drawn from each flow (a multiple of shard_size)
+    reflow.shard_size = 1000            # pairs per file of <student>/pairs/ and per solver call; a rerun redraws only
+    #                                     the shards that are missing
+    reflow.solver = "rk45"              # the teacher's probability-flow ODE solver (any deterministic one)
+    reflow.steps = 0                    # its steps (0: the solver's default; rk45 is adaptive and takes none)
+    reflow.options = "rtol=1e-5,atol=1e-5"  # its other options, "name=value,..."
+    reflow.one_step = False             # also distil the k-rectified flow into one Euler step (<k>-onestep)
+    reflow.one_step_iterations = 500    # updates of the one-step student
     # consistency: one student f(x_t, t), the endpoint at eps of the teacher's ODE path through x_t
     distill.consistency = consistency = ml_collections.ConfigDict()
     consistency.N = 18                  # noise levels, EDM rho = 7 schedule from sigma(eps) to sigma(T) (CIFAR-10: 18)

@@ -302,7 +302,8 @@ COUPLINGS = Registry("coupling", {
 def dsm_loss(model: nn.Module, sde: SDE, x0: Tensor, *, precond: Precond | str = "eps",
              weighting: str | Weighting = "eps", t_sampling: str = "uniform", class_labels=None,
              label_dropout: float = 0.0, generator: torch.Generator | None = None, reduce: str = "mean",
-             coupling: str = "independent", coupling_rows: tuple[int, int] | None = None) -> Tensor:
+             coupling: str = "independent", coupling_rows: tuple[int, int] | None = None,
+             noise: Tensor | None = None) -> Tensor:
     """w(t) ||beta_bar(t) s_theta(x_t, t) + eps||^2 summed over dimensions, x_t = alpha_bar x0 + beta_bar eps.
 
     precond: the Precond of the network (or a parameterisation name: Precond.for_network(model, name)).
@@ -312,7 +313,8 @@ def dsm_loss(model: nn.Module, sde: SDE, x0: Tensor, *, precond: Precond | str =
     label by the null label `model.num_classes` with that probability (training for classifier-free guidance).
     t_sampling: a T_SAMPLINGS name or a draw from get_t_sampling. coupling: a COUPLINGS name; "ot" pairs the rows
     [coupling_rows[0], coupling_rows[1]) of x0 with the noise drawn for them by the exact minimising assignment
-    (default: the whole batch; a rank under torchrun pairs its own rows).
+    (default: the whole batch; a rank under torchrun pairs its own rows). noise: the noise each x0 is paired with
+    (reflow's pairs, training.reflow) instead of fresh draws; it takes no coupling.
     """
     score_fn = ScoreFn(model, sde, precond)
     weighting = _weighting_for(weighting, score_fn.precond)
@@ -327,9 +329,12 @@ def dsm_loss(model: nn.Module, sde: SDE, x0: Tensor, *, precond: Precond | str =
     labels = _drop_labels(model, as_labels(class_labels, n, x0.device), label_dropout, generator)
     u = draw_u(n, generator, x0.device)
     t, w = weighting.sample(sde, u)
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    lo, hi = (0, n) if coupling_rows is None else coupling_rows
-    noise = torch.cat([noise[:lo], couple(x0[lo:hi], noise[lo:hi]), noise[hi:]])
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        lo, hi = (0, n) if coupling_rows is None else coupling_rows
+        noise = torch.cat([noise[:lo], couple(x0[lo:hi], noise[lo:hi]), noise[hi:]])
+    elif couple is not _independent:
+        raise UsageError(f"coupling {coupling!r} re-pairs drawn noise, but the noise was given; use 'independent'")
     xt = sde.perturb(x0, noise, t)
     residual = expand_as(sde.beta_bar(t), x0) * score_fn.score(xt, t, labels) + noise
     losses = w.to(x0.dtype) * residual.reshape(n, -1).square().sum(1)

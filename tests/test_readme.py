@@ -36,7 +36,11 @@ COST = {"train": TINY_TRAINING, "train_classifier": TINY_TRAINING,
         "sample": ["--num_samples=16"], "fid": ["--num_samples=16"],
         "likelihood": ["--num_samples=2", "--config.eval.steps=12", "--config.eval.accuracy=0"],
         "inpaint": ["--steps=4", "--resample=2"], "calibrate": ["--config.sampling.calibration_iterations=2"],
-        "distill": ["--config.distill.start_steps=8", "--config.distill.iterations=2", "--config.distill.warmup=1"]}
+        "distill": ["--config.distill.start_steps=8", "--config.distill.iterations=2", "--config.distill.warmup=1",
+                    "--config.distill.reflow.pairs=32", "--config.distill.reflow.shard_size=16",
+                    "--config.distill.reflow.solver=euler", "--config.distill.reflow.steps=2",
+                    "--config.distill.reflow.options=", "--config.distill.reflow.one_step_iterations=2",
+                    "--config.training.batch_size=16"]}
 
 
 def blocks(language: str) -> list[str]:

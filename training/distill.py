@@ -4,7 +4,8 @@
 Methods (each a module with METHOD, check_config(config), distill(config, workdir, ctx, teacher),
 check_sampler(record, workdir, sde, sampler) and is_score(record), whether a student's network is still a score,
 so that likelihoods mean something):
-progressive (Salimans & Ho 2022), consistency (Song et al. 2023).
+progressive (Salimans & Ho 2022); reflow (Liu et al. 2022: k-rectified flows, and their one-step students);
+consistency (Song et al. 2023).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from scoresde.sde_lib import SDE
 from scoresde.training import consistency
 from scoresde.training import distributed
 from scoresde.training import progressive
+from scoresde.training import reflow
 from scoresde.training import students
 from scoresde.training.students import DistillResult, Teacher, load_teacher, read_record
 from scoresde.utils import Registry, UsageError
@@ -22,7 +24,7 @@ from scoresde.utils import Registry, UsageError
 __all__ = ["METHODS", "DistillResult", "Teacher", "check_likelihood", "check_sampler", "distill", "load_teacher",
            "read_record"]
 
-METHODS = Registry("distillation method", {m.METHOD: m for m in (progressive, consistency)})
+METHODS = Registry("distillation method", {m.METHOD: m for m in (progressive, reflow, consistency)})
 
 
 def distill(config: ml_collections.ConfigDict, workdir, ctx: distributed.Context | None = None, *,

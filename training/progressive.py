@@ -23,7 +23,6 @@ from scoresde.sde_lib import SDE, expand_as
 from scoresde.utils import Registry, UsageError
 from scoresde.solvers.steps import ddim_coefficients
 
-from scoresde.run import checkpoint as ckpt
 from scoresde.training import distributed
 from scoresde.training import students
 from scoresde.run.builders import build_sde
@@ -121,9 +120,8 @@ class StudentTrainer(Trainer):
 
     def resume(self):
         path = super().resume()
-        if path is None and self.init is not None:
-            ckpt.load_module_state(self.model, self.init, "teacher network", "the teacher")
-            ckpt.load_module_state(self.ema.module, self.init, "teacher network", "the teacher")
+        if path is None:
+            students.start_from(self, self.init)
         return path
 
     def loss(self, model, x, y, generator=None, reduce="mean") -> Tensor:

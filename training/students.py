@@ -54,6 +54,13 @@ def load_teacher(workdir, checkpoint=None, device=None) -> Teacher:
     return Teacher(score_fn, run.config, init, str(run.path), run.step)
 
 
+def start_from(trainer, init: dict | None) -> None:
+    """Load `init` (a teacher's network) into a fresh student's network and EMA; None keeps the random start."""
+    if init is not None:
+        ckpt.load_module_state(trainer.model, init, "teacher network", "the teacher")
+        ckpt.load_module_state(trainer.ema.module, init, "teacher network", "the teacher")
+
+
 def method_dir(workdir, method: str) -> Path:
     """<workdir>/distill/<method>: where the students of one method live."""
     return Path(workdir) / STUDENTS_DIR / method
