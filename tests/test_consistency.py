@@ -206,8 +206,8 @@ def test_main_py_distills_a_trained_run_into_a_consistency_student(tmp_path):
                                      "consistency --steps 1")
     state = ckpt.load_checkpoint(ckpt.latest_checkpoint(student))
     config = runs.config_of_checkpoint(ckpt.latest_checkpoint(student), state)
-    # It starts from the teacher's weights, so it keeps the teacher's parameterisation.
-    assert (state["step"], config.model.parameterization) == (5, "eps")
+    # It starts from the teacher's eps-network's weights and reads them as v (distill.consistency.parameterization).
+    assert (state["step"], config.model.parameterization) == (5, "v")
     assert students.read_record(student)["teacher_step"] == 20
     for steps in (1, 2, 4):
         ok = cli("--mode", "sample", "--workdir", student, "--device=cpu", "--solver", "consistency", "--steps", steps,
