@@ -107,6 +107,8 @@ def diffusers_sampler(run, scheduler_cls, nfe: int, eps: float):
 def k_sampling():
     """k_diffusion.sampling, or None. Its package __init__ imports the training stack (torchvision, skimage, ...),
     which sampling.py does not need: only k_diffusion.utils.append_dims, so utils is given just that."""
+    if "k_diffusion.sampling" in sys.modules:
+        return sys.modules["k_diffusion.sampling"]
     spec = importlib.util.find_spec("k_diffusion")
     if spec is None:
         return None

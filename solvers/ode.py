@@ -125,8 +125,11 @@ class DPMSolver(ODESolver):
         return next(order for most, order in cls.default_orders if steps <= most)
 
     def top_order(self, steps: int) -> int:
-        """The order of the multistep method on a grid of `steps` steps: the given one, else the default."""
-        return self.order if self.order is not None else self.order_for(steps)
+        """The order of the multistep method on a grid of `steps` steps: the given one; else the default grid's
+        (order_for), or 3 on a grid given by name or times (DPM-Solver++(3M), UniPC-3)."""
+        if self.order is not None:
+            return self.order
+        return self.order_for(steps) if self.grid is None else 3
 
     def step_order(self, i: int, lam: Tensor, available: int) -> int:
         """The order of step i on the log-SNR grid lam with `available` points of history, at most the method's
