@@ -7,8 +7,9 @@ rows are the solvers', not the noise's. FD-digits2 is against the 1500 training 
 digits against them. The noise rows measure the FD's own sampling error with one sampler (unipc, 20 steps) on
 fresh seeds: the spread of FD over disjoint sets of --n samples, and the FD between two disjoint sets of test size
 (297), the number to set beside the floor. The 1000-step SDE rows use --n_long samples (default 2000, like every
-other row; pc at 1000 steps is the slowest row). --rows draws only some groups of rows. Calibrated rows fit the grid with solvers.calibrate_grid on --cal_pilot prior
-paths for --cal_iterations Adam steps from the log-SNR grid; its one-off cost is in the table.
+other row; pc at 1000 steps is the slowest row). --rows draws only some groups of rows. Calibrated rows fit the
+grid with solvers.calibrate_grid on --cal_pilot prior paths for --cal_iterations Adam steps from the log-SNR grid;
+its one-off cost is in the table.
 --quick: 500 samples, 5/10/20 steps, calibration at 10 steps only, SDE samplers at 100 steps (about 4 minutes).
 """
 from __future__ import annotations
