@@ -7,10 +7,11 @@ from .counting import CountingScore
 from .grids import GRIDS, grid_options, grid_record, load_grid, resolve_grid, save_grid, time_grid
 from .options import check_options, parse_options, solver_options
 from .random import SampleGenerators
-from .registry import SOLVERS, available, deterministic, get_solver
+from .registry import SOLVERS, available, default_grid, deterministic, get_solver
 
 __all__ = ["sample", "encode", "sampler", "Sampler", "available", "get_solver", "solver_options", "check_options",
            "parse_options", "check_steps", "SampleResult", "Solver", "CountingScore", "SOLVERS", "GRIDS",
+           "default_grid",
            "time_grid", "resolve_grid", "grid_options", "grid_record", "calibrate_grid", "Calibration", "save_grid",
            "load_grid", "calibratable", "check_calibratable", "deterministic", "SampleGenerators",
            "NoiseMoments", "estimate_eps_moments", "save_eps_moments", "load_eps_moments"]

@@ -69,16 +69,25 @@ class Solver:
 
 class FixedStepSolver(Solver):
     """A solver on a time grid: `grid` names one of grids.GRIDS (with EDM's `rho`) or gives the times; `shift`
-    offsets the log-SNR of a named grid's inner times by -log(shift) (grids.shift_times; 1: none)."""
+    offsets the log-SNR of a named grid's inner times by -log(shift) (grids.shift_times; 1: none).
 
-    default_grid = "uniform"
+    Without a grid the solver takes its default for the number of steps: default_grids holds (most steps, grid)
+    pairs in increasing order, the first that covers `steps` applying (solvers.default_grid).
+    """
+
+    default_grids: tuple[tuple[float, str], ...] = ((math.inf, "uniform"),)
+
+    @classmethod
+    def grid_for(cls, steps: int) -> str:
+        """The default grid at `steps` steps."""
+        return next(grid for most, grid in cls.default_grids if steps <= most)
 
     def __init__(self, sde: SDE, score: CountingScore, *, grid=None, rho: float = 7.0, shift: float = 1.0):
         super().__init__(sde, score)
         # grid: a name from grids.GRIDS, or the times themselves (then `steps` defaults to theirs).
         self.times = None
         if grid is None or isinstance(grid, str):
-            self.grid = check_grid_name(grid if grid is not None else self.default_grid)
+            self.grid = None if grid is None else check_grid_name(grid)     # None: grid_for(steps)
         else:
             self.times = as_times(grid)
             self.grid = "given"
@@ -97,7 +106,8 @@ class FixedStepSolver(Solver):
         """The grid T = t_0 > ... > t_steps = eps."""
         if self.times is not None:
             return check_times(self.times, self.sde, steps, eps)
-        return time_grid(self.sde, steps, eps, self.grid, self.rho, self.shift)
+        grid = self.grid if self.grid is not None else self.grid_for(steps)
+        return time_grid(self.sde, steps, eps, grid, self.rho, self.shift)
 
 
 def steps_of(ts: Tensor, progress: bool, desc: str):

@@ -14,6 +14,8 @@ deviation on [-1, 1] images; Song et al.'s 2-step CIFAR-10 choice, found by sear
 """
 from __future__ import annotations
 
+import math
+
 from .base import FixedStepSolver, steps_of
 from .random import randn_like
 
@@ -23,7 +25,7 @@ class Consistency(FixedStepSolver):
     x = f(alpha_bar(t_i) x + beta_bar(t_i) z, t_i) for i = 1 .. n - 1, with z from the sampler's generator."""
 
     stochastic = True
-    default_grid = "logsnr"
+    default_grids = ((math.inf, "logsnr"),)
     default_steps = 1
 
     def integrate(self, x, ts, *, generator=None, denoise=True, progress=False):

@@ -14,6 +14,8 @@ are second order; their eta is our nu (the two agree at 0 and 1).
 """
 from __future__ import annotations
 
+import math
+
 from .ode import DPMSolver
 
 
@@ -24,6 +26,10 @@ class DPMSolverSDE(DPMSolver):
 
     name = "dpm_solver_sde"
     stochastic = True
+    # The ODE solver's few-step defaults were measured on its ODE paths; the SDE keeps DPM-Solver++'s log-SNR grid
+    # and third order.
+    default_grids = ((math.inf, "logsnr"),)
+    default_orders = ((math.inf, 3),)
     default_steps = 50
 
     def __init__(self, sde, score, *, eta: float = 1.0, **options):

@@ -28,7 +28,7 @@ class EDM(FixedStepSolver):
     """
 
     stochastic = True
-    default_grid = "edm"
+    default_grids = ((math.inf, "edm"),)
     default_steps = 18
 
     def __init__(self, sde, score, *, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,

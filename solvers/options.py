@@ -35,6 +35,7 @@ def solver_options(solver: str) -> list[str]:
 def expected_type(p: inspect.Parameter) -> type | None:
     """int, float, bool or str from the annotation (or the default's type); None for anything else (e.g. grid)."""
     annotation = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
+    annotation = annotation.removesuffix(" | None")     # e.g. order: int | None (None: the default per steps)
     if annotation in _TYPES:
         return _TYPES[annotation]
     return type(p.default) if type(p.default) in _TYPES.values() else None

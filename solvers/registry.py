@@ -1,7 +1,7 @@
 """Name -> solver class; the names are the CLI's --solver values."""
 from __future__ import annotations
 
-from scoresde.utils import Registry
+from scoresde.utils import Registry, UsageError
 
 from .base import Solver
 from .consistency import Consistency
@@ -41,6 +41,14 @@ def available() -> list[str]:
 def get_solver(name: str) -> type[Solver]:
     """The solver class registered under `name`; a ValueError lists the names otherwise."""
     return SOLVERS[name]
+
+
+def default_grid(name: str, steps: int) -> str:
+    """The grid solver `name` takes at `steps` steps when none is given (its class's default_grids table)."""
+    cls = get_solver(name)
+    if cls.adaptive:
+        raise UsageError(f"{name} is adaptive and takes no grid")
+    return cls.grid_for(steps)
 
 
 def deterministic() -> list[str]:

@@ -133,7 +133,7 @@ def sampler_times(sde: SDE, sampler: solvers.Sampler) -> Tensor | None:
     grid = sampler.options.get("grid")
     if grid is not None and not isinstance(grid, str):
         return solvers.grids.as_times(grid)
-    name = grid or solvers.get_solver(sampler.solver).default_grid
+    name = grid or solvers.default_grid(sampler.solver, sampler.steps)
     return solvers.time_grid(sde, sampler.steps, sampler.eps, name, sampler.options.get("rho", 7.0))
 
 
