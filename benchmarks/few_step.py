@@ -114,6 +114,8 @@ def main():
     p.add_argument("--n", type=int, default=2000, help="samples per row")
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", default="", help="preset whose training and distill settings the students take "
+                   "(default: the one named after the teacher's SDE)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     a = p.parse_args()
     if a.threads:
@@ -135,7 +137,9 @@ def main():
     else:
         copy_teacher(Path(a.teacher), out)
         run = runs.load_run(out, device="cpu")
-        base, teacher = run.config, students.load_teacher(out, device="cpu")
+        # The distill settings come from the current preset of the teacher's SDE; the teacher's own sde, model and
+        # data sections become the students' (training.students.inherit).
+        base, teacher = configs.load_config(a.config or run.config.sde.name), students.load_teacher(out, device="cpu")
         teacher_sde, teacher_score, data = run.sde, run.score_fn, run.data
         converged = dict(rtol=1e-5, atol=1e-5)
     base.device = "cpu"
