@@ -134,7 +134,9 @@ def calibrate_grid(sde: SDE, score_fn, shape, solver: str = "unipc", *, steps: i
     x_T = sde.prior_sampling(shape, generator=generator, device=device, dtype=dtype)
     ref = sample(sde, score_fn, None, "rk45", x_T=x_T, eps=eps, rtol=reference_tol, atol=reference_tol)
     score = CountingScore(_DifferentiableScore(score_fn), eps, sde.T)
-    fitter = cls(sde, score, **solver_options)     # integrate() takes the grid it is given
+    # integrate() takes the grid it is given. Built on a named grid, the fitter is in the mode sampling on the fitted
+    # times will be in (a given grid: e.g. third order for the multistep solvers, not their few-step default).
+    fitter = cls(sde, score, grid=starts[0], **solver_options)
     min_width = min_spacing * (sde.T - eps) / steps
     best, initial = (math.inf, None), None
     with tqdm(total=iterations * len(starts), desc=f"calibrating {solver} grid", disable=not progress,

@@ -72,6 +72,19 @@ def test_calibrated_grid_beats_uniform_log_snr_on_fresh_paths():
     assert fitted < 0.5 * uniform
 
 
+@pytest.mark.parametrize("solver", ["dpm_solver", "unipc", "heun"])
+def test_sampling_on_the_fitted_grid_has_the_error_the_fit_reports(solver):
+    # The fit's error is the pathwise RMSE of the solver on its pilot paths; sampling those paths on the fitted
+    # times must give the same number, so the fit and the sampler use the same method (for the multistep solvers,
+    # the order of a given grid, not their few-step default on a grid of their own). float64: equal to round-off.
+    steps = 5
+    cal = solvers.calibrate_grid(VP, MIX.score_fn(VP), (64, 2), solver, steps=steps, iterations=10,
+                                 dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    x_T = prior(64, 3)
+    ref = solvers.sample(VP, MIX.score_fn(VP), None, "rk45", x_T=x_T, rtol=1e-7, atol=1e-7).x
+    assert rmse(solver, x_T, ref, grid=cal.times) == pytest.approx(cal.error, rel=1e-9)
+
+
 def test_save_and_load_grid(tmp_path):
     cal = solvers.Calibration(solvers.time_grid(VP, 5, 1e-3, "edm"), 0.01, 0.05, 123)
     path = tmp_path / "grids" / "unipc5.json"
