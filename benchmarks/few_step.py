@@ -166,8 +166,8 @@ def main():
             1.0 if a.mixture else float(ode.x[0].numel()) ** 0.5)
 
     metric = "energy distance" if a.mixture else "FD-digits2 | KID-digits2 ×10³"
-    lines = [f"| generator | steps | NFE | {metric} | path RMSE | teacher NFE | student updates | "
-             "distillation min |", "|---|---|---|---|---|---|---|---|"]
+    header = f"| generator | steps | NFE | {metric} | path RMSE | teacher NFE | student updates | distillation min |"
+    lines = [header, "|---" * (header.count("|") - 1) + "|"]
 
     def add(label, steps, nfe, x, cost=("", "", "")):
         quality = " | ".join(v for v in score(x) if v)

@@ -1,4 +1,4 @@
-"""Training: the loop (resumable, signal-safe), progressive distillation, the guidance classifier, torchrun."""
+"""Training: the loop (resumable, signal-safe), few-step distillation, the guidance classifier, torchrun."""
 from .classifier import ClassifierResult, load_classifier, train_classifier
 from .loop import Trainer, TrainingDivergedError, TrainResult, train
 
