@@ -37,6 +37,7 @@ import torch
 
 from scoresde import metrics, solvers
 from scoresde import run as runs
+from scoresde.utils import atomic_write
 
 NFES = (5, 8, 10, 20)
 SWEEP_NFES = (5, 8, 9, 10, 12, 15, 20)
@@ -68,7 +69,7 @@ def reference(run, x_T: torch.Tensor, eps: float, cache: Path, batch: int) -> to
                          atol=1e-7).x for i in range(0, len(x_T), batch)]
     x = torch.cat(xs)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"x_T": x_T, "eps": eps, "x": x}, cache)
+    atomic_write(cache, lambda tmp: torch.save({"x_T": x_T, "eps": eps, "x": x}, tmp))
     print(f"reference: rk45 at 1e-7 on {len(x_T)} paths in {time.perf_counter() - t0:.0f} s, cached in {cache}")
     return x
 
@@ -207,7 +208,7 @@ def main():
         return
 
     import diffusers
-    rows = [(f"scoresde {name}", "0.1.0", "default", lambda nfe, name=name: ours(run, name, nfe, eps))
+    rows = [(f"scoresde {name}", version("scoresde"), "default", lambda nfe, name=name: ours(run, name, nfe, eps))
             for name in OURS]
     for cls in (diffusers.UniPCMultistepScheduler, diffusers.DPMSolverMultistepScheduler):
         rows.append((f"diffusers {cls.__name__}", diffusers.__version__, "linspace t",

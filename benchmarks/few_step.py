@@ -40,6 +40,7 @@ from scoresde import solvers
 from scoresde.metrics.digits import digits_split
 from scoresde.run import checkpoint as ckpt
 from scoresde.training import distill, distributed, students
+from scoresde.utils import atomic_write
 
 STEPS = (1, 2, 4)
 TEACHER_NFE = (1, 2, 4, 8)
@@ -66,14 +67,14 @@ def copy_teacher(teacher: Path, out: Path) -> None:
     if newest is None:
         raise SystemExit(f"no checkpoint in {teacher}; train it first (python main.py --mode train --config ...)")
     ckpt.checkpoint_dir(out).mkdir(parents=True, exist_ok=True)
-    shutil.copy2(teacher / "config.json", out / "config.json")
-    shutil.copy2(newest, ckpt.checkpoint_dir(out) / newest.name)
+    # Atomically: a copy stopped half-way must not pass for the teacher on the next run.
+    atomic_write(out / "config.json", lambda tmp: shutil.copyfile(teacher / "config.json", tmp))
+    atomic_write(ckpt.checkpoint_dir(out) / newest.name, lambda tmp: shutil.copyfile(newest, tmp))
 
 
-def method_configs(base, updates: int) -> dict:
-    """Each method's config on the budget of `updates` student updates."""
+def method_configs(c, updates: int) -> dict:
+    """Each method's config, from the config `c`, on the budget of `updates` student updates."""
     out = {}
-    c = configs.load_config(base) if isinstance(base, str) else base
     progressive = _copy(c, method="progressive", start_steps=16, target_steps=1, iterations=updates // 4)
     out["progressive"] = progressive
     reflow = _copy(c, method="reflow", iterations=3 * updates // 4)
@@ -86,8 +87,7 @@ def method_configs(base, updates: int) -> dict:
 
 
 def _copy(config, **distill_settings):
-    c = configs.load_config("vpsde") if config is None else config
-    c = c.copy_and_resolve_references()
+    c = config.copy_and_resolve_references()
     for k, v in distill_settings.items():
         c.distill[k] = v
     return c

@@ -28,8 +28,8 @@ MODES = {
            "--samples FILE; writes metrics/*.json",
     "distill": "distil the run's EMA network into a few-step student by config.distill.method (progressive: "
                "halving its DDIM steps each round down to config.distill.target_steps; reflow: rectified flows on "
-               "the teacher's ODE pairs, config.distill.reflow); each student is a run "
-               "in <workdir>/distill/<method>/",
+               "the teacher's ODE pairs, config.distill.reflow; consistency: one consistency model, "
+               "config.distill.consistency); each student is a run in <workdir>/distill/<method>/",
 }
 
 FLAG_SPECS = [  # name, type, help; every default is None: the config's value

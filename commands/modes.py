@@ -144,6 +144,7 @@ def _keep(path: Path, overwrite: bool, what: str) -> None:
 
 
 def calibrate(job: Job) -> None:
+    distillation.check_score(job.workdir, "calibration")
     given = {**solvers.parse_options(job.config.sampling.options), **solvers.parse_options(job.a.solver_options)}
     if str(given.get("variance", "")).lower() == "analytic":       # Analytic-DPM's table, not a grid
         _keep(runs.analytic_table_path(job.workdir), job.a.overwrite, "Analytic-DPM table")
@@ -165,7 +166,7 @@ def likelihood(job: Job) -> int:
     options = dict(divergence=a.divergence, repeats=a.dequant_repeats, rtol=a.rtol, atol=a.atol, accuracy=a.accuracy)
     evaluation.check_likelihood_options(job.config.eval, _or(a.bound, "ode"), **options)
     run = job.load()
-    distillation.check_likelihood(run.workdir)
+    distillation.check_score(run.workdir, "a likelihood")
     runs.check_directory(run.workdir)       # before any work: a result is never computed and then lost
     with interrupts.StopRequested() as stop:
         r = evaluation.evaluate_likelihood(
@@ -204,6 +205,7 @@ def inpaint(job: Job) -> None:
     a, c = job.a, job.config
     if not a.input:
         raise UsageError(f"--mode inpaint needs --input=FILE: {guidance.io.ACCEPTED}")
+    distillation.check_score(job.workdir, "inpainting")
     method = guidance.INPAINTERS.canonical(_or(a.inpaint_method, c.inpainting.method))
     steps = _or(a.steps, c.inpainting.steps)
     run = job.load()

@@ -220,7 +220,7 @@ class Precond:
     distillation"): f(y, sigma) = c_skip y + (1 - c_skip) D(y, sigma) with c_skip = s_d^2/((sigma - sigma_min)^2
     + s_d^2), so f(y, sigma_min) = y exactly, and score = (1 - c_skip) (alpha_bar D - x_t)/beta_bar^2, so that
     Tweedie's formula returns f. The paper's c_out F is (1 - c_skip) D here: F is the network's own denoiser, so a
-    student that starts from its teacher's weights starts as the teacher's one-step denoiser.
+    student that starts from the weights of a teacher of the same parameterisation starts as its one-step denoiser.
     """
 
     def __init__(self, parameterization: str = "eps", noise_input: str = "t", sigma_data: float = SIGMA_DATA,

@@ -5,6 +5,7 @@ import io
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,16 @@ def cli(*args, check=True) -> Result:
     if check and code != 0:
         raise AssertionError(f"main.py {' '.join(map(str, args))} failed ({code}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+class SignalAt:
+    """A score function that sends this process SIGTERM at its n-th call (a signal mid-training, at a known step)."""
+
+    def __init__(self, score_fn, n):
+        self.score_fn, self.n, self.calls = score_fn, n, 0
+
+    def __call__(self, x, t):
+        self.calls += 1
+        if self.calls == self.n:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return self.score_fn(x, t)

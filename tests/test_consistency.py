@@ -16,9 +16,8 @@ from scoresde.metrics.vectors import energy_distance
 from scoresde.run import checkpoint as ckpt
 from scoresde.training import consistency, distill, students
 
-from helpers import cli, tiny_config
+from helpers import cli, tiny_config, SignalAt
 from oracles import MIX
-from test_distill import _SignalAt
 
 EPS = 1e-3
 
@@ -156,7 +155,7 @@ def test_an_interrupted_student_resumes_bit_exactly(tmp_path):
     teacher = students.Teacher(score, None, None, "exact", 0)
     distill.distill(config, tmp_path / "a", teacher=teacher)
     # Heun takes 2 teacher calls per update: SIGTERM at the 13th is in the 7th, which saves step 7 and stops.
-    stopped = distill.distill(config, tmp_path / "b", teacher=teacher._replace(score_fn=_SignalAt(score, 13)))
+    stopped = distill.distill(config, tmp_path / "b", teacher=teacher._replace(score_fn=SignalAt(score, 13)))
     assert stopped.interrupted and stopped.stages[0][1].step == 7
     resumed = distill.distill(config, tmp_path / "b", teacher=teacher)
     assert [(n, r.step) for n, r in resumed.stages] == [("consistency", 12)]
@@ -180,8 +179,21 @@ def test_other_samplers_and_likelihoods_are_refused(tmp_path):
     for other in (solvers.sampler("ddim", 1), solvers.sampler("edm", 18), solvers.sampler("euler_maruyama", 100)):
         with pytest.raises(ValueError, match="valid only with consistency sampling.*--solver consistency --steps 1"):
             distill.check_sampler(here, sde, other)
-    with pytest.raises(ValueError, match="is a consistency student.*has no likelihood"):
-        distill.check_likelihood(here)
+    with pytest.raises(ValueError, match="is a consistency student.*cannot be used for a likelihood"):
+        distill.check_score(here, "a likelihood")
+    # Its boundary is at sigma(eps): another eps is another function.
+    with pytest.raises(ValueError, match="student for eps 0.001 .* not eps 0.01"):
+        distill.check_sampler(here, sde, solvers.sampler("consistency", 1, eps=1e-2))
+    # It cannot teach: its network is not a score.
+    with pytest.raises(ValueError, match="is a consistency student.*cannot be used for teaching a student"):
+        distill.distill(config, here)
+    # Resuming a stopped student with another objective is refused rather than mixed into the same run.
+    config.distill.iterations = 8
+    stopped = students.Teacher(SignalAt(MIX.score_fn(sde), 5), None, None, "exact", 0)
+    assert distill.distill(config, tmp_path / "b", teacher=stopped).interrupted
+    config.distill.consistency.N = 10
+    with pytest.raises(ValueError, match=r"was started with other distill settings \(N, times, sigmas differ"):
+        distill.distill(config, tmp_path / "b", teacher=students.Teacher(MIX.score_fn(sde), None, None, "exact", 0))
 
 
 @pytest.mark.parametrize("setting, message", [

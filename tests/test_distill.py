@@ -1,7 +1,5 @@
 """Progressive distillation (training.distill, Salimans & Ho 2022): the two-step target against DDIM by hand, a
 4-step student of the exact gmm8 score against the teacher's many-step paths, exact resume after SIGTERM, errors."""
-import os
-import signal
 
 import pytest
 import torch
@@ -14,7 +12,7 @@ from scoresde import training
 from scoresde.run import checkpoint as ckpt
 from scoresde.training import distill, progressive, students
 
-from helpers import cli, metrics_rows, tiny_config
+from helpers import cli, metrics_rows, tiny_config, SignalAt
 
 SDES = [sde_lib.VPSDE(), sde_lib.SubVPSDE(), sde_lib.VESDE(), sde_lib.CosineVPSDE()]
 
@@ -100,7 +98,7 @@ def test_a_4_step_student_follows_the_exact_teachers_paths(tmp_path):
     # The student refuses any grid but its own, on the command line too.
     distill.check_sampler(run.workdir, sde, solvers.sampler("ddim", 4))
     for other in (solvers.sampler("ddim", 8), solvers.sampler("dpm_solver", 4),
-                  solvers.sampler("ddim", 4, grid="logsnr")):
+                  solvers.sampler("ddim", 4, grid="logsnr"), solvers.sampler("ddim", 4, shift=2.0)):
         with pytest.raises(ValueError, match="valid only with the ddim steps it was distilled for"):
             distill.check_sampler(run.workdir, sde, other)
     ok = cli("--mode", "sample", "--workdir", run.workdir, "--solver", "ddim", "--steps", 4, "--num_samples", 8)
@@ -108,19 +106,6 @@ def test_a_4_step_student_follows_the_exact_teachers_paths(tmp_path):
     refused = cli("--mode", "sample", "--workdir", run.workdir, "--solver", "ddim", "--steps", 8, check=False)
     assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
     assert "sample it with --solver ddim --steps 4" in refused.stderr
-
-
-class _SignalAt:
-    """The exact score that sends this process SIGTERM at its n-th call (two per distillation update)."""
-
-    def __init__(self, score_fn, n):
-        self.score_fn, self.n, self.calls = score_fn, n, 0
-
-    def __call__(self, x, t):
-        self.calls += 1
-        if self.calls == self.n:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return self.score_fn(x, t)
 
 
 def test_an_interrupted_round_resumes_bit_exactly(tmp_path):
@@ -131,7 +116,7 @@ def test_an_interrupted_round_resumes_bit_exactly(tmp_path):
     teacher = students.Teacher(score, None, None, "exact", 0)
     distill.distill(config, tmp_path / "a", teacher=teacher)
     # SIGTERM in the 7th update of the first round: it saves step 7 and stops; the same call again resumes there.
-    stopped = distill.distill(config, tmp_path / "b", teacher=teacher._replace(score_fn=_SignalAt(score, 13)))
+    stopped = distill.distill(config, tmp_path / "b", teacher=teacher._replace(score_fn=SignalAt(score, 13)))
     assert stopped.interrupted and stopped.workdir == progressive.student_dir(tmp_path / "b", 8)
     assert stopped.stages[0][1].step == 7
     assert "run the same command again to resume" in stopped.line()
@@ -145,7 +130,7 @@ def test_an_interrupted_round_resumes_bit_exactly(tmp_path):
             assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), (steps, key)
     assert distill.distill(config, tmp_path / "b", teacher=teacher).stages == []      # finished rounds are kept
     # A started round resumes only from the teacher checkpoint it began with.
-    assert distill.distill(config, tmp_path / "c", teacher=teacher._replace(score_fn=_SignalAt(score, 13))).interrupted
+    assert distill.distill(config, tmp_path / "c", teacher=teacher._replace(score_fn=SignalAt(score, 13))).interrupted
     with pytest.raises(ValueError, match="was started from the teacher's step 0, not 3"):
         distill.distill(config, tmp_path / "c", teacher=teacher._replace(step=3))
 

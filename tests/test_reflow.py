@@ -17,7 +17,7 @@ from scoresde import training
 from scoresde.run import checkpoint as ckpt
 from scoresde.training import distill, reflow, students
 
-from helpers import cli, tiny_config
+from helpers import cli, tiny_config, SignalAt
 from oracles import MIX
 
 
@@ -36,19 +36,6 @@ def _config(pairs=400, shard_size=100, iterations=10, width=32, **reflow_setting
 def _exact(config, score_fn=None):
     sde = runs.build_sde(config)
     return students.Teacher(score_fn or MIX.score_fn(sde), None, None, "exact MIX score", 0)
-
-
-class _SignalAt:
-    """A score function that sends this process SIGTERM at its n-th call."""
-
-    def __init__(self, score_fn, n):
-        self.score_fn, self.n, self.calls = score_fn, n, 0
-
-    def __call__(self, x, t):
-        self.calls += 1
-        if self.calls == self.n:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return self.score_fn(x, t)
 
 
 def _shards(directory):
@@ -100,7 +87,7 @@ def test_pair_drawing_stopped_by_sigterm_resumes_with_identical_shards(tmp_path)
     exact = _exact(config)
     distill.distill(config, tmp_path / "a", teacher=exact)
     # Heun at 8 steps makes 15 calls per shard: SIGTERM in the second shard, which is finished, then it stops.
-    stopped = distill.distill(config, tmp_path / "b", teacher=exact._replace(score_fn=_SignalAt(exact.score_fn, 20)))
+    stopped = distill.distill(config, tmp_path / "b", teacher=exact._replace(score_fn=SignalAt(exact.score_fn, 20)))
     pairs_b = reflow.pairs_dir(reflow.student_dir(tmp_path / "b", 2))
     assert stopped.interrupted and stopped.stages == [] and "run the same command again" in stopped.line()
     assert sorted(_shards(pairs_b)) == ["shard_00000.npz", "shard_00001.npz"]
@@ -207,14 +194,14 @@ def test_the_one_step_student_takes_only_its_one_euler_step(tmp_path):
     # The 2-rectified flow is a flow: any ODE sampler, and a likelihood.
     for sampler in (solvers.sampler("euler", 1), solvers.sampler("heun", 7), solvers.sampler("rk45")):
         distill.check_sampler(flow, sde, sampler)
-    distill.check_likelihood(flow)
+    distill.check_score(flow, "a likelihood")
     distill.check_sampler(one_step, sde, solvers.sampler("euler", 1))
     for other in (solvers.sampler("euler", 2), solvers.sampler("heun", 1), solvers.sampler("rk45")):
         with pytest.raises(ValueError, match="valid only with one Euler step .* sample it with --solver euler "
                                              "--steps 1$"):
             distill.check_sampler(one_step, sde, other)
     with pytest.raises(ValueError, match="is a reflow student: .* is not a score"):
-        distill.check_likelihood(one_step)
+        distill.check_score(one_step, "a likelihood")
 
 
 def test_a_3_rectified_flow_reflows_the_2_rectified_one(tmp_path, monkeypatch):

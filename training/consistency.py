@@ -21,6 +21,7 @@ import ml_collections
 import torch
 from absl import logging
 
+from scoresde import data as data_lib
 from scoresde import models
 from scoresde import solvers
 from scoresde.run import checkpoint as ckpt
@@ -41,9 +42,10 @@ HUBER_C_PER_SQRT_DIM = 0.00054
 # A student trained from a teacher without a network (an exact score) starts from random weights; EDM's
 # preconditioning keeps both its input and its denoised output of unit scale at every noise level.
 RANDOM_START_PARAMETERIZATION = "edm"
-# A student started from the teacher's weights reads its output as v, x0 or EDM's F, whichever the teacher was trained
-# for: f = c_skip y + (1 - c_skip) D, and an eps-prediction's D = y - sigma eps_hat turns an error of eps_hat into
-# sigma(T) times that error at the first step (sigma(T) = 150 for the VP-SDE), the one a one-step sampler takes.
+# A student started from the teacher's weights reads its output as distill.consistency.parameterization, never eps,
+# whatever the teacher predicted: f = c_skip y + (1 - c_skip) D, and an eps-prediction's D = y - sigma eps_hat turns
+# an error of eps_hat into sigma(T) times that error at the first step (sigma(T) = 150 for the VP-SDE), the one a
+# one-step sampler takes.
 STUDENT_PARAMETERIZATIONS = ("v", "x0", "edm")
 
 
@@ -150,9 +152,7 @@ class ConsistencyTrainer(Trainer):
     def resume(self):
         path = super().resume()
         if path is None:
-            if self.init is not None:
-                ckpt.load_module_state(self.model, self.init, "teacher network", "the teacher")
-                ckpt.load_module_state(self.ema.module, self.init, "teacher network", "the teacher")
+            students.start_from(self, self.init)
             self.target.load_state_dict(self.model.state_dict())
         return path
 
@@ -234,6 +234,10 @@ def check_sampler(record: dict, workdir, sde: SDE, sampler: solvers.Sampler) -> 
         raise UsageError(f"{workdir} is a consistency-distillation student: its network maps a noisy point to the end "
                          f"of its ODE path and is not a score, so it is valid only with consistency sampling, not "
                          f"with {sampler.describe()}; sample it with {sample_flags(1)} (or --steps 2 or 4)")
+    if abs(sampler.eps - record["eps"]) > 1e-12:
+        raise UsageError(f"{workdir} is a consistency-distillation student for eps {record['eps']:g} (its boundary "
+                         f"f(y, sigma(eps)) = y), not eps {sampler.eps:g}; sample it with {sample_flags(1)} and that "
+                         f"eps")
 
 
 def distill(config: ml_collections.ConfigDict, workdir, ctx: distributed.Context, teacher: students.Teacher
@@ -246,13 +250,12 @@ def distill(config: ml_collections.ConfigDict, workdir, ctx: distributed.Context
     times = discretisation(sde, d.N, c.sampling.eps)
     trained = []
     if not students.complete(here):
-        students.check_same_teacher(here, teacher)
-        if ctx.is_main:
-            students.write_record(
-                here, METHOD, teacher, N=d.N, times=times.tolist(), sigmas=sigma_of(sde, times).tolist(),
-                sigma_min=c.model.consistency_sigma_min, eps=c.sampling.eps, teacher_solver=d.teacher_solver,
-                target_ema=d.target_ema, huber_c=d.huber_c, parameterization=c.model.parameterization,
-                sde=repr(sde))
+        dimension = math.prod(data_lib.get_dataset(c).shape)
+        students.claim_record(
+            here, METHOD, teacher, ctx.is_main, N=d.N, times=times.tolist(), sigmas=sigma_of(sde, times).tolist(),
+            sigma_min=c.model.consistency_sigma_min, eps=c.sampling.eps, teacher_solver=d.teacher_solver,
+            target_ema=d.target_ema, huber_c=d.huber_c or HUBER_C_PER_SQRT_DIM * math.sqrt(dimension),
+            parameterization=c.model.parameterization, sde=repr(sde))
         logging.info("distilling %s into a consistency student (%d noise levels, %s teacher steps) in %s",
                      teacher.label, d.N, d.teacher_solver, here)
         result = ConsistencyTrainer(c, here, teacher.score_fn, times, teacher.init, ctx).run()

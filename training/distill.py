@@ -1,5 +1,5 @@
 """Distillation into few-step students: `distill` runs the method config.distill.method names, and
-`check_sampler`/`check_likelihood` refuse what a student was not trained for, whatever its method.
+`check_sampler`/`check_score` refuse what a student was not trained for, whatever its method.
 
 Methods (each a module with METHOD, check_config(config), distill(config, workdir, ctx, teacher),
 check_sampler(record, workdir, sde, sampler) and is_score(record), whether a student's network is still a score,
@@ -21,7 +21,7 @@ from scoresde.training import students
 from scoresde.training.students import DistillResult, Teacher, load_teacher, read_record
 from scoresde.utils import Registry, UsageError
 
-__all__ = ["METHODS", "DistillResult", "Teacher", "check_likelihood", "check_sampler", "distill", "load_teacher",
+__all__ = ["METHODS", "DistillResult", "Teacher", "check_sampler", "check_score", "distill", "load_teacher",
            "read_record"]
 
 METHODS = Registry("distillation method", {m.METHOD: m for m in (progressive, reflow, consistency)})
@@ -37,6 +37,7 @@ def distill(config: ml_collections.ConfigDict, workdir, ctx: distributed.Context
     method.check_config(config)
     ctx = distributed.setup(config) if ctx is None else ctx
     if teacher is None:
+        check_score(workdir, "teaching a student")
         teacher = load_teacher(workdir, checkpoint, ctx.device)
     return method.distill(config, workdir, ctx, teacher)
 
@@ -53,12 +54,12 @@ def check_sampler(workdir, sde: SDE, sampler: solvers.Sampler) -> None:
         _method_of(record).check_sampler(record, workdir, sde, sampler)
 
 
-def check_likelihood(workdir) -> None:
-    """A ValueError if the run in workdir is a student whose network is no longer a score: its ODE likelihood would
-    be a number with no meaning."""
+def check_score(workdir, use: str) -> None:
+    """A ValueError if the run in workdir is a student whose network is no longer a score, so that `use` (its
+    likelihood, a calibrated grid, inpainting, teaching another student) would mean nothing."""
     record = read_record(workdir)
     if record is not None and not _method_of(record).is_score(record):
         method = record.get("method", progressive.METHOD)
         raise UsageError(f"{workdir} is a {method} student: its network maps between the noise levels it was "
-                         f"distilled for and is not a score, so it has no likelihood; evaluate its teacher "
+                         f"distilled for and is not a score, so it cannot be used for {use}; use its teacher "
                          f"({record['teacher']}) instead")

@@ -124,7 +124,7 @@ class StudentTrainer(Trainer):
             students.start_from(self, self.init)
         return path
 
-    def loss(self, model, x, y, generator=None, reduce="mean") -> Tensor:
+    def loss(self, model, x, y, generator=None, reduce="mean", rows=None) -> Tensor:
         c = self.config
         student = models.get_score_fn(model, self.sde, self.precond)
         return distillation_loss(student, self.teacher, self.sde, x, self.teacher_times, c.distill.weighting,
@@ -194,11 +194,9 @@ def check_sampler(record: dict, workdir, sde: SDE, sampler: solvers.Sampler) -> 
     wanted = torch.tensor(record["times"], dtype=torch.float64)
     got = students.sampler_times(sde, sampler) if sampler.solver == record["solver"] else None
     if got is None or got.shape != wanted.shape or (got - wanted).abs().max() > GRID_ATOL:
-        grid = "" if record["grid"] == "uniform" else f" --grid {record['grid']}"
         raise UsageError(f"{workdir} is a progressive-distillation student, valid only with the {record['solver']} "
                          f"steps it was distilled for ({record['steps']} on the {record['grid']} grid, eps "
-                         f"{record['eps']:g}), not with {sampler.describe()}; sample it with --solver "
-                         f"{record['solver']} --steps {record['steps']}{grid}")
+                         f"{record['eps']:g}), not with {sampler.describe()}; sample it with {sample_flags(record)}")
 
 
 def sample_flags(record: dict) -> str:
@@ -217,19 +215,17 @@ def distill(config: ml_collections.ConfigDict, workdir, ctx: distributed.Context
     """
     steps_of_rounds = rounds(config)
     workdir = Path(workdir)
-    trained, steps, here = [], steps_of_rounds[0], workdir
+    trained = []
     for steps in steps_of_rounds:
         here = student_dir(workdir, steps)
         c = student_config(config, teacher, steps)
         sde = build_sde(c)
         teacher_times = solvers.time_grid(sde, 2 * steps, c.sampling.eps, c.distill.grid)
         if not students.complete(here):
-            students.check_same_teacher(here, teacher)
-            if ctx.is_main:
-                students.write_record(
-                    here, METHOD, teacher, solver="ddim", steps=steps, grid=c.distill.grid, eps=c.sampling.eps,
-                    times=teacher_times[::2].tolist(), teacher_steps=2 * steps,
-                    parameterization=c.model.parameterization, weighting=c.distill.weighting, sde=repr(sde))
+            students.claim_record(
+                here, METHOD, teacher, ctx.is_main, solver="ddim", steps=steps, grid=c.distill.grid,
+                eps=c.sampling.eps, times=teacher_times[::2].tolist(), teacher_steps=2 * steps,
+                parameterization=c.model.parameterization, weighting=c.distill.weighting, sde=repr(sde))
             logging.info("distilling %s (%d DDIM steps) into %d steps in %s", teacher.label, 2 * steps, steps, here)
             result = StudentTrainer(c, here, teacher.score_fn, teacher_times, teacher.init, ctx).run()
             trained.append((f"{steps} steps", result))

@@ -295,7 +295,6 @@ def _train(config, c, here: Path, teacher: students.Teacher, flow: int, ctx, sto
     quantity there: on the digits VP teacher its features beat a random start after 800 updates (FD-digits2 of
     1- and 2-step Euler 0.027 and 0.019, against 0.047 and 0.030). An exact teacher has no network: a random start.
     """
-    students.check_same_teacher(here, teacher)
     pairs = None
     if ctx.is_main:
         pairs = draw_pairs(config, teacher, pairs_dir(here), flow, ctx.device, stop)
@@ -303,10 +302,9 @@ def _train(config, c, here: Path, teacher: students.Teacher, flow: int, ctx, sto
     pairs = ctx.broadcast(pairs)
     if pairs is None:
         return None
-    if ctx.is_main:
-        students.write_record(here, METHOD, teacher, pairs=len(pairs.x), pair_nfe=pairs.nfe,
-                              pair_sampler=pair_sampler(config).describe(),
-                              init="teacher" if teacher.init is not None else "random", **fields)
+    students.claim_record(here, METHOD, teacher, ctx.is_main, pairs=len(pairs.x), pair_nfe=pairs.nfe,
+                          pair_sampler=pair_sampler(config).describe(),
+                          init="teacher" if teacher.init is not None else "random", **fields)
     return ReflowTrainer(c, here, pairs, teacher.init, ctx, grid).run()
 
 

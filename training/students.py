@@ -76,6 +76,8 @@ def inherit(config: ml_collections.ConfigDict, teacher: Teacher) -> ml_collectio
                 for name, value in teacher.config[section].items():
                     if name in c[section]:
                         c[section][name] = tuple(value) if isinstance(value, list) else value
+            # A consistency student's boundary belongs to it, not to the students taught by it.
+            c.model.consistency_sigma_min = None
         c.model.ema_rate = d.ema_rate
         c.training.n_iters = d.iterations
         c.optim.lr, c.optim.warmup = d.lr, d.warmup
@@ -101,20 +103,27 @@ def complete(workdir) -> bool:
     return int(state["step"]) >= config_of_checkpoint(path, state).training.n_iters
 
 
-def check_same_teacher(workdir, teacher: Teacher) -> None:
-    """A ValueError if a started student in workdir was distilled from another teacher checkpoint: resuming it would
-    mix two targets. (Its config's distill section may change on resume, so this is checked here.)"""
-    record = read_record(workdir)
-    if record is not None and ckpt.latest_checkpoint(workdir) is not None and record["teacher_step"] != teacher.step:
-        raise UsageError(f"{workdir} was started from the teacher's step {record['teacher_step']}, not {teacher.step} "
-                         f"({teacher.label}); resume with that checkpoint (--checkpoint) or delete {workdir}")
-
-
-def write_record(workdir, method: str, teacher: Teacher, **fields) -> None:
-    """Write the student record of `method` into workdir (made if missing), atomically."""
-    Path(workdir).mkdir(parents=True, exist_ok=True)
-    atomic_write_json(Path(workdir) / RECORD, {"method": method, "teacher": teacher.label,
-                                               "teacher_step": teacher.step, **fields})
+def claim_record(workdir, method: str, teacher: Teacher, is_main: bool = True, **fields) -> None:
+    """Write the record of the student `method` in workdir (its teacher and what defines it, `fields`), or, for a
+    student that has started training, refuse a teacher checkpoint or settings other than those it began with:
+    resuming would mix two objectives in one run, and the record would misdescribe it. Only is_main writes."""
+    wanted = json.loads(json.dumps({"method": method, "teacher": teacher.label, "teacher_step": teacher.step,
+                                    **fields}))
+    saved = read_record(workdir)
+    if saved is not None and ckpt.latest_checkpoint(workdir) is not None:
+        if saved["teacher_step"] != teacher.step:
+            raise UsageError(f"{workdir} was started from the teacher's step {saved['teacher_step']}, not "
+                             f"{teacher.step} ({teacher.label}); resume with that checkpoint (--checkpoint) or delete "
+                             f"{workdir}")
+        changed = [k for k in wanted if k != "teacher" and saved.get(k) != wanted[k]]
+        if changed:
+            was = ", ".join(f"{k}={saved.get(k)!r}" for k in changed if k not in ("times", "sigmas"))
+            raise UsageError(f"{workdir} was started with other distill settings ({', '.join(changed)} differ; it "
+                             f"has {was or 'other times'}); resume with those settings or delete {workdir}")
+        return
+    if is_main:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(workdir) / RECORD, wanted)
 
 
 def read_record(workdir) -> dict | None:
@@ -134,7 +143,8 @@ def sampler_times(sde: SDE, sampler: solvers.Sampler) -> Tensor | None:
     if grid is not None and not isinstance(grid, str):
         return solvers.grids.as_times(grid)
     name = grid or solvers.default_grid(sampler.solver, sampler.steps)
-    return solvers.time_grid(sde, sampler.steps, sampler.eps, name, sampler.options.get("rho", 7.0))
+    return solvers.time_grid(sde, sampler.steps, sampler.eps, name, sampler.options.get("rho", 7.0),
+                             sampler.options.get("shift", 1.0))
 
 
 class DistillResult(NamedTuple):
