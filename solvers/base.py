@@ -67,6 +67,11 @@ class Solver:
         return self.sde.denoise(x, self.score_at(x, t) if score is None else score, t)
 
 
+def by_steps(table, steps: int):
+    """The value of the first (most steps, value) pair of `table` (increasing) that covers `steps`."""
+    return next(value for most, value in table if steps <= most)
+
+
 class FixedStepSolver(Solver):
     """A solver on a time grid: `grid` names one of grids.GRIDS (with EDM's `rho`) or gives the times; `shift`
     offsets the log-SNR of a named grid's inner times by -log(shift) (grids.shift_times; 1: none).
@@ -80,7 +85,7 @@ class FixedStepSolver(Solver):
     @classmethod
     def grid_for(cls, steps: int) -> str:
         """The default grid at `steps` steps."""
-        return next(grid for most, grid in cls.default_grids if steps <= most)
+        return by_steps(cls.default_grids, steps)
 
     def __init__(self, sde: SDE, score: CountingScore, *, grid=None, rho: float = 7.0, shift: float = 1.0):
         super().__init__(sde, score)

@@ -13,7 +13,7 @@ import torch
 from scoresde.utils import Registry, UsageError
 
 from .adaptive import METHODS, integrate_adaptive
-from .base import FixedStepSolver, Solver, steps_of
+from .base import FixedStepSolver, Solver, by_steps, steps_of
 from .random import randn_like
 from .steps import ddim_coefficients
 
@@ -123,7 +123,7 @@ class DPMSolver(ODESolver):
     @classmethod
     def order_for(cls, steps: int) -> int:
         """The default order at `steps` steps (default_orders, read as default_grids)."""
-        return next(order for most, order in cls.default_orders if steps <= most)
+        return by_steps(cls.default_orders, steps)
 
     def top_order(self, steps: int) -> int:
         """The order of the multistep method on a grid of `steps` steps: the given one; else the default grid's

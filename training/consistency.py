@@ -29,8 +29,8 @@ from scoresde.run import precision
 from scoresde.run.builders import build_sde
 from scoresde.sde_lib import SDE, expand_as
 from scoresde.training import distributed
+from scoresde.training import progressive
 from scoresde.training import students
-from scoresde.training.loop import Trainer
 from scoresde.utils import Registry, UsageError
 
 Tensor = torch.Tensor
@@ -74,10 +74,6 @@ def _ddim(sde, score_fn, x, t, s):
     return y, slope, y + expand_as(sigma_of(sde, s) - sigma_of(sde, t), x) * slope
 
 
-def _ddim_step(sde, score_fn, x, t, s):
-    return expand_as(sde.alpha_bar(s), x) * _ddim(sde, score_fn, x, t, s)[2]
-
-
 def _heun_step(sde, score_fn, x, t, s):
     y, slope, y_euler = _ddim(sde, score_fn, x, t, s)
     a_s = expand_as(sde.alpha_bar(s), x)
@@ -85,7 +81,7 @@ def _heun_step(sde, score_fn, x, t, s):
     return a_s * (y + expand_as(0.5 * (sigma_of(sde, s) - sigma_of(sde, t)), x) * (slope + slope_s))
 
 
-TEACHER_STEPS = Registry("teacher step", {"heun": _heun_step, "ddim": _ddim_step})
+TEACHER_STEPS = Registry("teacher step", {"heun": _heun_step, "ddim": progressive.ddim_step})
 
 
 def teacher_step(sde: SDE, score_fn, x: Tensor, t: Tensor, s: Tensor, solver: str = "heun") -> Tensor:
@@ -131,7 +127,7 @@ def consistency_loss(student, target, teacher, sde: SDE, x: Tensor, times: Tenso
 
 
 # --- the student as a training run ----------------------------------------------------------------------------------
-class ConsistencyTrainer(Trainer):
+class ConsistencyTrainer(students.StudentTrainer):
     """A Trainer whose loss is consistency_loss against a fixed teacher on the discretisation `times`, with the
     target network theta^- <- mu theta^- + (1 - mu) theta after every update.
 
@@ -142,17 +138,15 @@ class ConsistencyTrainer(Trainer):
 
     def __init__(self, config: ml_collections.ConfigDict, workdir, teacher, times: Tensor, init: dict | None = None,
                  ctx: distributed.Context | None = None):
-        super().__init__(config, workdir, ctx)
+        super().__init__(config, workdir, init, ctx)
         self.teacher = teacher
         self.times = torch.as_tensor(times, dtype=torch.float64)
-        self.init = init
         self.target = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.target_network = precision.autocast_network(self.target, config.precision, self.device)
 
     def resume(self):
         path = super().resume()
-        if path is None:
-            students.start_from(self, self.init)
+        if path is None:        # the target network starts as the student started
             self.target.load_state_dict(self.model.state_dict())
         return path
 

@@ -26,7 +26,6 @@ from scoresde.solvers.steps import ddim_coefficients
 from scoresde.training import distributed
 from scoresde.training import students
 from scoresde.run.builders import build_sde
-from scoresde.training.loop import Trainer
 
 Tensor = torch.Tensor
 
@@ -34,9 +33,8 @@ METHOD = "progressive"
 # The paper's choice: an x- or v-prediction student, since eps-prediction turns a small network error into a large
 # x-error at low SNR, where the few-step student takes its first, longest steps.
 STUDENT_PARAMETERIZATIONS = ("v", "x0")
-# A sampler's grid is a student's when their times agree to round-off: the named grids at n steps are every other
-# time of the same grid at 2n (docs/math.md, "Progressive distillation").
-GRID_ATOL = 1e-9
+# A sampler's grid is a student's when their times agree to round-off (students.on_grid): the named grids at n steps
+# are every other time of the same grid at 2n (docs/math.md, "Progressive distillation").
 
 
 def snr(sde: SDE, t: Tensor) -> Tensor:
@@ -103,8 +101,8 @@ def distillation_loss(student, teacher, sde: SDE, x: Tensor, teacher_times: Tens
 
 
 # --- one round: the student as a training run -----------------------------------------------------------------------
-class StudentTrainer(Trainer):
-    """A Trainer whose loss is distillation_loss against a fixed teacher on its grid `teacher_times`.
+class ProgressiveTrainer(students.StudentTrainer):
+    """A student whose loss is distillation_loss against a fixed teacher on its grid `teacher_times`.
 
     init: the state dict the student starts from (the teacher's EMA network, Algorithm 2's "init student from
     teacher"); None starts from the config's random initialisation (a teacher without a network, e.g. an exact
@@ -113,16 +111,9 @@ class StudentTrainer(Trainer):
 
     def __init__(self, config: ml_collections.ConfigDict, workdir, teacher: Callable, teacher_times: Tensor,
                  init: dict | None = None, ctx: distributed.Context | None = None):
-        super().__init__(config, workdir, ctx)
+        super().__init__(config, workdir, init, ctx)
         self.teacher = teacher
         self.teacher_times = torch.as_tensor(teacher_times, dtype=torch.float64)
-        self.init = init
-
-    def resume(self):
-        path = super().resume()
-        if path is None:
-            students.start_from(self, self.init)
-        return path
 
     def loss(self, model, x, y, generator=None, reduce="mean", rows=None) -> Tensor:
         c = self.config
@@ -191,9 +182,7 @@ def check_sampler(record: dict, workdir, sde: SDE, sampler: solvers.Sampler) -> 
     A student's network has learnt a map between its grid's times, not a score, so any other solver, step count or
     grid gives wrong samples: refused rather than warned about.
     """
-    wanted = torch.tensor(record["times"], dtype=torch.float64)
-    got = students.sampler_times(sde, sampler) if sampler.solver == record["solver"] else None
-    if got is None or got.shape != wanted.shape or (got - wanted).abs().max() > GRID_ATOL:
+    if sampler.solver != record["solver"] or not students.on_grid(sde, sampler, record["times"]):
         raise UsageError(f"{workdir} is a progressive-distillation student, valid only with the {record['solver']} "
                          f"steps it was distilled for ({record['steps']} on the {record['grid']} grid, eps "
                          f"{record['eps']:g}), not with {sampler.describe()}; sample it with {sample_flags(record)}")
@@ -227,7 +216,7 @@ def distill(config: ml_collections.ConfigDict, workdir, ctx: distributed.Context
                 eps=c.sampling.eps, times=teacher_times[::2].tolist(), teacher_steps=2 * steps,
                 parameterization=c.model.parameterization, weighting=c.distill.weighting, sde=repr(sde))
             logging.info("distilling %s (%d DDIM steps) into %d steps in %s", teacher.label, 2 * steps, steps, here)
-            result = StudentTrainer(c, here, teacher.score_fn, teacher_times, teacher.init, ctx).run()
+            result = ProgressiveTrainer(c, here, teacher.score_fn, teacher_times, teacher.init, ctx).run()
             trained.append((f"{steps} steps", result))
             if result.interrupted:
                 return students.DistillResult(trained, here, "", "", True)

@@ -31,7 +31,6 @@ from scoresde.run.builders import build_sde
 from scoresde.sde_lib import SDE
 from scoresde.training import distributed
 from scoresde.training import students
-from scoresde.training.loop import Trainer
 from scoresde.utils import UsageError, atomic_write, atomic_write_json, derived_seed
 
 Tensor = torch.Tensor
@@ -43,8 +42,6 @@ MANIFEST = "manifest.json"
 # must not mix in. The number of pairs is not among them: a rerun asking for more adds shards.
 PAIR_IDENTITY = ("teacher", "teacher_step", "flow", "sde", "solver", "steps", "options", "eps", "shape", "seed",
                  "prior_std", "shard_size")
-# A sampler's grid is the one-step student's when its two times agree to round-off.
-GRID_ATOL = 1e-9
 
 
 # --- the pairs ------------------------------------------------------------------------------------------------------
@@ -198,7 +195,7 @@ def one_step_loss(score_fn, sde: SDE, pairs: Tensor, times: Tensor, reduce: str 
     return losses.mean() if reduce == "mean" else losses
 
 
-class ReflowTrainer(Trainer):
+class ReflowTrainer(students.StudentTrainer):
     """A Trainer whose examples are the pairs (train and test: the student has no held-out pairs, so its test loss
     is that of a fixed first part of them) and whose loss is reflow_loss, or one_step_loss on `times`.
 
@@ -208,16 +205,10 @@ class ReflowTrainer(Trainer):
 
     def __init__(self, config: ml_collections.ConfigDict, workdir, pairs: Pairs, init: dict | None = None,
                  ctx: distributed.Context | None = None, times: Tensor | None = None):
-        super().__init__(config, workdir, ctx)
+        super().__init__(config, workdir, init, ctx)
         items = PairDataset(pairs)
         self.data = dataclasses.replace(self.data, train=items, test=items)
-        self.init, self.times = init, times
-
-    def resume(self):
-        path = super().resume()
-        if path is None:
-            students.start_from(self, self.init)
-        return path
+        self.times = times
 
     def loss(self, model, x, y, generator=None, reduce="mean", rows=None) -> Tensor:
         if self.times is not None:
@@ -277,9 +268,7 @@ def one_step_times(sde: SDE, eps: float) -> Tensor:
 def check_sampler(record: dict, workdir, sde: SDE, sampler: solvers.Sampler) -> None:
     """A k-rectified flow takes any sampler; its one-step student only the one Euler step it was trained for."""
     if not is_score(record):
-        wanted = torch.tensor(record["times"], dtype=torch.float64)
-        got = students.sampler_times(sde, sampler) if sampler.solver == "euler" else None
-        if got is None or got.shape != wanted.shape or (got - wanted).abs().max() > GRID_ATOL:
+        if sampler.solver != "euler" or not students.on_grid(sde, sampler, record["times"]):
             raise UsageError(f"{workdir} is a one-step reflow student, valid only with one Euler step from T to eps "
                              f"{record['eps']:g}, not with {sampler.describe()}; sample it with --solver euler "
                              "--steps 1")

@@ -20,6 +20,7 @@ from scoresde.run import checkpoint as ckpt
 from scoresde.run import precision
 from scoresde.run.load import TRAINED_SECTIONS, config_of_checkpoint, load_run
 from scoresde.sde_lib import SDE
+from scoresde.training.loop import Trainer
 from scoresde.utils import UsageError, atomic_write_json
 
 Tensor = torch.Tensor
@@ -59,6 +60,32 @@ def start_from(trainer, init: dict | None) -> None:
     if init is not None:
         ckpt.load_module_state(trainer.model, init, "teacher network", "the teacher")
         ckpt.load_module_state(trainer.ema.module, init, "teacher network", "the teacher")
+
+
+class StudentTrainer(Trainer):
+    """A Trainer for a student: a fresh run starts from `init`, its teacher's network (None: the config's random
+    initialisation); a resumed one from its own checkpoint, so it resumes bit-exactly."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir, init: dict | None = None, ctx=None):
+        super().__init__(config, workdir, ctx)
+        self.init = init
+
+    def resume(self):
+        path = super().resume()
+        if path is None:
+            start_from(self, self.init)
+        return path
+
+
+# A sampler's grid is a student's when their times agree to round-off.
+GRID_ATOL = 1e-9
+
+
+def on_grid(sde: SDE, sampler: solvers.Sampler, times) -> bool:
+    """Whether fixed-step `sampler` steps through exactly `times` (a student's grid, to round-off GRID_ATOL)."""
+    wanted = torch.as_tensor(times, dtype=torch.float64)
+    got = sampler_times(sde, sampler)
+    return got is not None and got.shape == wanted.shape and bool((got - wanted).abs().max() <= GRID_ATOL)
 
 
 def method_dir(workdir, method: str) -> Path:
