@@ -184,6 +184,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     consistency.parameterization = "v"  # student output: v | x0 | edm (edm when the teacher has no network); an eps
     #                                     output would multiply its error by sigma(T) in f at high noise
     consistency.huber_c = 0.0           # c of the pseudo-Huber distance (0: 0.00054 sqrt(dimension))
+    consistency.continuous = True       # pairs of neighbouring levels at any position (False: at the N levels only,
+    #                                     as the paper; the student is then poor between them, docs/math.md)
     consistency.steps = 1               # consistency sampling steps of the student's snapshots and printed command
 
     config.metrics = quality = ml_collections.ConfigDict()

@@ -3,12 +3,13 @@ to map any point of the teacher's probability-flow ODE path to the path's endpoi
 generates a sample (solvers/consistency.py, Algorithm 1, takes one or a few).
 
 On EDM's rho = 7 discretisation sigma_1 = sigma(eps) < ... < sigma_N = sigma(T) (sigma = beta_bar/alpha_bar, so
-every SDE of sde_lib is distilled the same way), each update draws n uniformly, x_(n+1) = alpha_bar x_0 + beta_bar z
-at t_(n+1), takes ONE step of the teacher's ODE back to t_n (Heun in sigma as EDM, or DDIM), and pulls
-f_theta(x_(n+1), t_(n+1)) towards f_(theta^-)(x_hat_n, t_n) in the pseudo-Huber distance (Song & Dhariwal 2023),
-theta^- an EMA of theta with rate mu (the target network). The boundary f(y, sigma_min) = y is built into the
-student's preconditioning (models.Precond's sigma_min; docs/math.md, "Consistency distillation"), so the chain of
-targets is anchored at the data end. The student is a run in <workdir>/distill/consistency/ (training.students),
+every SDE of sde_lib is distilled the same way), each update draws a pair of neighbouring levels (n uniform in the
+paper; by default a position uniform between the levels, so that f is learnt at every time a multistep sampler may
+visit), x_(n+1) = alpha_bar x_0 + beta_bar z at t_(n+1), takes ONE step of the teacher's ODE back to t_n (Heun in
+sigma as EDM, or DDIM), and pulls f_theta(x_(n+1), t_(n+1)) towards f_(theta^-)(x_hat_n, t_n) in the pseudo-Huber
+distance (Song & Dhariwal 2023), theta^- an EMA of theta with rate mu (the target network). The boundary
+f(y, sigma_min) = y is built into the student's preconditioning (models.Precond's sigma_min; docs/math.md,
+"Consistency distillation"), so the chain of targets is anchored at the data end. The student is a run in <workdir>/distill/consistency/ (training.students),
 and check_sampler refuses every sampler but the consistency one.
 """
 from __future__ import annotations
@@ -59,6 +60,17 @@ def discretisation(sde: SDE, n: int, eps: float) -> Tensor:
     return solvers.time_grid(sde, n - 1, eps, "edm").flip(0)
 
 
+def level_times(sde: SDE, position: Tensor, n: int, eps: float, rho: float = 7.0) -> Tensor:
+    """t at the fractional position p in [0, n - 1] of the discretisation: sigma^(1/rho) = sigma_min^(1/rho) +
+    p/(n - 1) (sigma_max^(1/rho) - sigma_min^(1/rho)), so that p = 0, 1, ..., n - 1 are its levels t_1 .. t_N."""
+    position = position.to(torch.float64)
+    inv = (sigma_of(sde, torch.tensor([eps, sde.T], dtype=torch.float64)) ** (1 / rho)).to(position.device)
+    sigma = (inv[0] + position / (n - 1) * (inv[1] - inv[0])) ** rho
+    t = sde.t_of_log_snr(-torch.log(sigma)).clamp(eps, sde.T)
+    # The inversion is exact only to round-off; the boundary level must be eps itself.
+    return torch.where(position == 0, torch.full_like(t, eps), t)
+
+
 def sigma_min(sde: SDE, eps: float) -> float:
     """sigma(eps) as the preconditioning computes it (models.parameterization.Coefficients), so that the boundary
     weight is exactly 0 at t = eps."""
@@ -104,7 +116,8 @@ def huber_c(c: float, x: Tensor) -> float:
 
 
 def consistency_loss(student, target, teacher, sde: SDE, x: Tensor, times: Tensor, solver: str = "heun",
-                     c: float = 0.0, generator: torch.Generator | None = None, reduce: str = "mean") -> Tensor:
+                     c: float = 0.0, generator: torch.Generator | None = None, reduce: str = "mean",
+                     continuous: bool = False) -> Tensor:
     """d(f_theta(x_(n+1), t_(n+1)), f_(theta^-)(x_hat_n, t_n)) for data x, with n uniform per sample.
 
     student, target, teacher: score functions (x, t) -> score; f is their denoised estimate (x + beta_bar^2
@@ -112,8 +125,12 @@ def consistency_loss(student, target, teacher, sde: SDE, x: Tensor, times: Tenso
     t_N = T. c: the pseudo-Huber c (0: Song & Dhariwal's). reduce: "mean" over the batch, or "none".
     """
     times = times.to(x.device)
-    n = torch.randint(len(times) - 1, (x.shape[0],), generator=generator, device=x.device)
-    t, s = times[n + 1], times[n]
+    if continuous:
+        p = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=torch.float64) * (len(times) - 2)
+        t, s = level_times(sde, p + 1, len(times), float(times[0])), level_times(sde, p, len(times), float(times[0]))
+    else:
+        n = torch.randint(len(times) - 1, (x.shape[0],), generator=generator, device=x.device)
+        t, s = times[n + 1], times[n]
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     x_t = sde.perturb(x, noise, t)
     with torch.no_grad():
@@ -172,7 +189,7 @@ class ConsistencyTrainer(students.StudentTrainer):
         student = models.get_score_fn(model, self.sde, self.precond)
         target = models.get_score_fn(self.target_network, self.sde, self.precond)
         return consistency_loss(student, target, self.teacher, self.sde, x, self.times, d.teacher_solver,
-                                d.huber_c, generator=generator, reduce=reduce)
+                                d.huber_c, generator=generator, reduce=reduce, continuous=d.continuous)
 
 
 # --- the method ---------------------------------------------------------------------------------------------------
@@ -232,6 +249,15 @@ def check_sampler(record: dict, workdir, sde: SDE, sampler: solvers.Sampler) -> 
         raise UsageError(f"{workdir} is a consistency-distillation student for eps {record['eps']:g} (its boundary "
                          f"f(y, sigma(eps)) = y), not eps {sampler.eps:g}; sample it with {sample_flags(1)} and that "
                          f"eps")
+    if not record.get("continuous", False):
+        levels = torch.tensor(record["times"], dtype=torch.float64)
+        inner = students.sampler_times(sde, sampler)[1:-1]
+        off = [float(t) for t in inner if (levels - t).abs().min() > students.GRID_ATOL]
+        if off:
+            logging.warning("%s was trained at its %d levels only (distill.consistency.continuous=False), and the "
+                            "inner times %s are not among them, where its consistency function is poorer; pass "
+                            "--grid with inner times from the levels in %s", workdir, len(levels),
+                            ", ".join(f"{t:.4g}" for t in off), students.RECORD)
 
 
 def distill(config: ml_collections.ConfigDict, workdir, ctx: distributed.Context, teacher: students.Teacher
@@ -248,8 +274,9 @@ def distill(config: ml_collections.ConfigDict, workdir, ctx: distributed.Context
         students.claim_record(
             here, METHOD, teacher, ctx.is_main, N=d.N, times=times.tolist(), sigmas=sigma_of(sde, times).tolist(),
             sigma_min=c.model.consistency_sigma_min, eps=c.sampling.eps, teacher_solver=d.teacher_solver,
-            target_ema=d.target_ema, huber_c=d.huber_c or HUBER_C_PER_SQRT_DIM * math.sqrt(dimension),
-            parameterization=c.model.parameterization, sde=repr(sde))
+            continuous=d.continuous, target_ema=d.target_ema,
+            huber_c=d.huber_c or HUBER_C_PER_SQRT_DIM * math.sqrt(dimension), parameterization=c.model.parameterization,
+            sde=repr(sde))
         logging.info("distilling %s into a consistency student (%d noise levels, %s teacher steps) in %s",
                      teacher.label, d.N, d.teacher_solver, here)
         result = ConsistencyTrainer(c, here, teacher.score_fn, times, teacher.init, ctx).run()
