@@ -9,8 +9,8 @@ visit), x_(n+1) = alpha_bar x_0 + beta_bar z at t_(n+1), takes ONE step of the t
 sigma as EDM, or DDIM), and pulls f_theta(x_(n+1), t_(n+1)) towards f_(theta^-)(x_hat_n, t_n) in the pseudo-Huber
 distance (Song & Dhariwal 2023), theta^- an EMA of theta with rate mu (the target network). The boundary
 f(y, sigma_min) = y is built into the student's preconditioning (models.Precond's sigma_min; docs/math.md,
-"Consistency distillation"), so the chain of targets is anchored at the data end. The student is a run in <workdir>/distill/consistency/ (training.students),
-and check_sampler refuses every sampler but the consistency one.
+"Consistency distillation"), so the chain of targets is anchored at the data end. The student is a run in
+<workdir>/distill/consistency/ (training.students), and check_sampler refuses every sampler but the consistency one.
 """
 from __future__ import annotations
 
