@@ -189,11 +189,11 @@ COEFFICIENTS = {
 SIGMA_DATA = 0.5
 
 
-def consistency_weight(sigma: Tensor, sigma_min: float, sigma_data: float) -> Tensor:
-    """1 - c_skip of a consistency model (Song et al. 2023), (sigma - sigma_min)^2/((sigma - sigma_min)^2 + s_d^2):
-    exactly 0 at sigma = sigma_min, so that f(y, sigma_min) = y."""
-    d2 = (sigma - sigma_min) ** 2
-    return d2 / (d2 + sigma_data**2)
+def consistency_weight(sigma: Tensor, sigma_min: float) -> Tensor:
+    """1 - c_skip of a consistency model, (sigma - sigma_min)/sigma: exactly 0 at sigma = sigma_min, so that
+    f(y, sigma_min) = y, and f = y - (sigma - sigma_min) eps_hat, one DDIM step from sigma to sigma_min (docs/math.md,
+    "Consistency distillation")."""
+    return (sigma - sigma_min) / sigma
 
 
 class PrecondCoefficients(NamedTuple):
@@ -217,10 +217,13 @@ class Precond:
     (PARAMETERIZATIONS), which avoid cancellations such as 1 - c_skip near t = 0.
 
     sigma_min (None: none) makes it a consistency model (Song et al. 2023; docs/math.md, "Consistency
-    distillation"): f(y, sigma) = c_skip y + (1 - c_skip) D(y, sigma) with c_skip = s_d^2/((sigma - sigma_min)^2
-    + s_d^2), so f(y, sigma_min) = y exactly, and score = (1 - c_skip) (alpha_bar D - x_t)/beta_bar^2, so that
-    Tweedie's formula returns f. The paper's c_out F is (1 - c_skip) D here: F is the network's own denoiser, so a
-    student that starts from the weights of a teacher of the same parameterisation starts as its one-step denoiser.
+    distillation"): f(y, sigma) = c_skip y + (1 - c_skip) D(y, sigma) with c_skip = sigma_min/sigma, i.e.
+    f = y - (sigma - sigma_min) eps_hat, one DDIM step to sigma_min with the network's eps_hat = (y - D)/sigma; so
+    f(y, sigma_min) = y exactly, and score = (1 - c_skip) (alpha_bar D - x_t)/beta_bar^2, so that Tweedie's formula
+    returns f. The paper's c_skip = s_d^2/((sigma - sigma_min)^2 + s_d^2) would leave (1 - c_skip) D ~ (sigma -
+    sigma_min)^2 near sigma_min, where removing the noise needs an output hundreds of times the noise; here its
+    effective c_out is ~ sigma - sigma_min there, as the paper's. A student that starts from a teacher's weights
+    starts as the teacher's one DDIM jump to sigma_min.
     """
 
     def __init__(self, parameterization: str = "eps", noise_input: str = "t", sigma_data: float = SIGMA_DATA,
@@ -264,7 +267,7 @@ class Precond:
         c = Coefficients(sde, t)
         c_in, c_skip, c_out = COEFFICIENTS[self.parameterization](c, self.sigma_data)
         if self.sigma_min is not None:
-            w = consistency_weight(c.sigma, self.sigma_min, self.sigma_data)
+            w = consistency_weight(c.sigma, self.sigma_min)
             c_skip, c_out = (1 - w) + w * c_skip, w * c_out
         return PrecondCoefficients(c_in, c_skip, c_out, self.noise(c))
 
@@ -274,7 +277,7 @@ class Precond:
         score = self._to_score(net, x, c, self.sigma_data)
         if self.sigma_min is None:
             return score
-        return expand_as(consistency_weight(c.sigma, self.sigma_min, self.sigma_data), x) * score
+        return expand_as(consistency_weight(c.sigma, self.sigma_min), x) * score
 
     def __repr__(self) -> str:
         boundary = "" if self.sigma_min is None else f", sigma_min={self.sigma_min!r}"
