@@ -12,10 +12,11 @@ evaluated (its cost is then not re-measured).
 
 Equal budgets: every method gets --updates student updates at the teacher run's batch size: progressive
 distillation 16 -> 8 -> 4 -> 2 -> 1 steps spends them over its four rounds; reflow spends three quarters on the
-2-rectified flow (on 4000 pairs of the teacher's 20-step DPM-Solver) and one quarter on its one-step
-distillation; consistency distillation spends all of them on one
-student, sampled at 1, 2 and 4 steps. Teacher NFE counts the evaluations of the original teacher, one per sample (the
-later rounds of progressive distillation are taught by its own students, whose evaluations are not counted).
+2-rectified flow and one quarter on its one-step distillation, its pairs drawn by --pair_sampler with --pair_nfe
+teacher evaluations in all (by default 4000 pairs of 20-step DPM-Solver on its default grid); consistency
+distillation spends all of them on one student, sampled at 1, 2 and 4 steps. Teacher NFE counts the evaluations
+of the original teacher, one per sample (the later rounds of progressive distillation are taught by its own
+students, whose evaluations are not counted).
 
 Every row draws the same per-sample seeds (sample i from (seed, i)) so rows differ by their sampler alone. Columns:
 FD-digits2 and KID-digits2 x 10^3 of --n samples against the 1500 training digits (for --mixture: the energy
@@ -72,15 +73,31 @@ def copy_teacher(teacher: Path, out: Path) -> None:
     atomic_write(ckpt.checkpoint_dir(out) / newest.name, lambda tmp: shutil.copyfile(newest, tmp))
 
 
-def method_configs(c, updates: int) -> dict:
-    """Each method's config, from the config `c`, on the budget of `updates` student updates."""
+PAIR_SHARD = 1000
+
+
+def pair_sampler(spec: str) -> tuple[str, int, str]:
+    """SOLVER:STEPS[:GRID] -> (solver, steps, options) of the reflow pairs' sampler."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or not parts[1].isdigit() or int(parts[1]) < 1:
+        raise SystemExit(f"--pair_sampler {spec!r}: give SOLVER:STEPS or SOLVER:STEPS:GRID, e.g. dpm_solver:20")
+    return parts[0], int(parts[1]), f"grid={parts[2]}" if len(parts) == 3 else ""
+
+
+def method_configs(c, updates: int, pairs_from: str = "dpm_solver:20", pair_nfe: int = 80000) -> dict:
+    """Each method's config, from the config `c`, on the budget of `updates` student updates; reflow's pairs from
+    the sampler `pairs_from` (SOLVER:STEPS[:GRID]) with `pair_nfe` teacher evaluations in all."""
     out = {}
     progressive = _copy(c, method="progressive", start_steps=16, target_steps=1, iterations=updates // 4)
     out["progressive"] = progressive
     reflow = _copy(c, method="reflow", iterations=3 * updates // 4)
     r = reflow.distill.reflow
     r.one_step, r.one_step_iterations = True, updates // 4
-    r.pairs, r.shard_size, r.solver, r.steps, r.options = 4000, 1000, "dpm_solver", 20, ""
+    r.solver, r.steps, r.options = pair_sampler(pairs_from)
+    r.shard_size = PAIR_SHARD
+    r.pairs = pair_nfe // r.steps // PAIR_SHARD * PAIR_SHARD
+    if r.pairs < PAIR_SHARD:
+        raise SystemExit(f"--pair_nfe {pair_nfe} buys fewer than {PAIR_SHARD} pairs of {r.steps} steps")
     out["reflow"] = reflow
     out["consistency"] = _copy(c, method="consistency", iterations=updates)
     return out
@@ -111,6 +128,9 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--updates", type=int, default=2000, help="student updates per method")
     p.add_argument("--methods", default="progressive,reflow,consistency")
+    p.add_argument("--pair_sampler", default="dpm_solver:20", help="SOLVER:STEPS[:GRID] of the teacher that draws "
+                   "reflow's pairs")
+    p.add_argument("--pair_nfe", type=int, default=80000, help="teacher evaluations spent on reflow's pairs")
     p.add_argument("--n", type=int, default=2000, help="samples per row")
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
@@ -198,7 +218,7 @@ def main():
         add(f"teacher, best of {len(TEACHER_SAMPLERS)} ({best[1].solver}, {best[1].grid_label})", nfe,
             f"{best[2].nfe:.0f}", best[2].x)
 
-    for method, config in method_configs(base, a.updates).items():
+    for method, config in method_configs(base, a.updates, a.pair_sampler, a.pair_nfe).items():
         if method not in a.methods.split(","):
             continue
         counting = CountingTeacher(teacher.score_fn)
