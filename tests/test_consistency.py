@@ -239,6 +239,11 @@ def test_other_samplers_and_likelihoods_are_refused(tmp_path, caplog):
                               solvers.sampler("consistency", 2, grid=on_levels))
         assert caplog.text == ""
     config.distill.consistency.continuous = True
+    # A student whose weights were trained under another boundary form would be evaluated as another function.
+    record = students.read_record(here)
+    with pytest.raises(ValueError, match="trained under another boundary form .*distil it again"):
+        consistency.check_sampler({k: v for k, v in record.items() if k != "boundary"}, here, sde,
+                                  solvers.sampler("consistency", 1))
     # It cannot teach: its network is not a score.
     with pytest.raises(ValueError, match="is a consistency student.*cannot be used for teaching a student"):
         distill.distill(config, here)

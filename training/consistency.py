@@ -48,6 +48,8 @@ RANDOM_START_PARAMETERIZATION = "edm"
 # an error of eps_hat into sigma(T) times that error at the first step (sigma(T) = 150 for the VP-SDE), the one a
 # one-step sampler takes.
 STUDENT_PARAMETERIZATIONS = ("v", "x0", "edm")
+# The boundary form of models.Precond(sigma_min=...) that the student's weights were trained under, in its record.
+BOUNDARY = "c_skip = sigma_min/sigma"
 
 
 def sigma_of(sde: SDE, t: Tensor) -> Tensor:
@@ -245,6 +247,10 @@ def check_sampler(record: dict, workdir, sde: SDE, sampler: solvers.Sampler) -> 
         raise UsageError(f"{workdir} is a consistency-distillation student: its network maps a noisy point to the end "
                          f"of its ODE path and is not a score, so it is valid only with consistency sampling, not "
                          f"with {sampler.describe()}; sample it with {sample_flags(1)} (or --steps 2 or 4)")
+    if record.get("boundary") != BOUNDARY:
+        raise UsageError(f"{workdir} is a consistency-distillation student trained under another boundary form "
+                         f"({record.get('boundary', 'the paper c_skip = s_d^2/((sigma - sigma_min)^2 + s_d^2)')}) "
+                         f"than the one its network is evaluated with now ({BOUNDARY}); distil it again")
     if abs(sampler.eps - record["eps"]) > 1e-12:
         raise UsageError(f"{workdir} is a consistency-distillation student for eps {record['eps']:g} (its boundary "
                          f"f(y, sigma(eps)) = y), not eps {sampler.eps:g}; sample it with {sample_flags(1)} and that "
@@ -274,7 +280,7 @@ def distill(config: ml_collections.ConfigDict, workdir, ctx: distributed.Context
         students.claim_record(
             here, METHOD, teacher, ctx.is_main, N=d.N, times=times.tolist(), sigmas=sigma_of(sde, times).tolist(),
             sigma_min=c.model.consistency_sigma_min, eps=c.sampling.eps, teacher_solver=d.teacher_solver,
-            continuous=d.continuous, target_ema=d.target_ema,
+            boundary=BOUNDARY, continuous=d.continuous, target_ema=d.target_ema,
             huber_c=d.huber_c or HUBER_C_PER_SQRT_DIM * math.sqrt(dimension), parameterization=c.model.parameterization,
             sde=repr(sde))
         logging.info("distilling %s into a consistency student (%d noise levels, %s teacher steps) in %s",
