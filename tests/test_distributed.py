@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -278,3 +279,29 @@ def test_torchrun_two_ranks_train_sample_and_likelihood_end_to_end(tmp_path):
     # value up to the adaptive ODE's error (rtol = atol = 1e-5 on log p), whose steps depend on the batch.
     assert two["bits_per_dim"] == pytest.approx(one["bits_per_dim"], abs=1e-3)
     assert two["stderr"] == pytest.approx(one["stderr"], rel=1e-2)
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_distil_the_reflow_student_of_one_process(tmp_path):
+    helpers.cli("--mode", "train", "--workdir", tmp_path / "two", *TINY, "--config.training.n_iters=4")
+    shutil.copytree(tmp_path / "two", tmp_path / "one")
+    reflow = [*TINY, "--config.distill.method=reflow", "--config.distill.reflow.pairs=64",
+              "--config.distill.reflow.shard_size=32", "--config.distill.reflow.solver=euler",
+              "--config.distill.reflow.steps=4", "--config.distill.reflow.options=", "--config.distill.iterations=4",
+              "--config.distill.warmup=1"]
+    out = _torchrun("--mode", "distill", "--workdir", str(tmp_path / "two"), *reflow).stdout
+    assert out.count("sample it with") == 1     # printed once, by rank 0
+    helpers.cli("--mode", "distill", "--workdir", tmp_path / "one", *reflow)
+    student = Path("distill") / "reflow" / "2"
+    # Rank 0 draws every pair, with the noise of (seed, flow, shard): the same files as one process draws.
+    for i in range(2):
+        with np.load(tmp_path / "two" / student / "pairs" / f"shard_{i:05d}.npz") as a, \
+                np.load(tmp_path / "one" / student / "pairs" / f"shard_{i:05d}.npz") as b:
+            assert all(np.array_equal(a[k], b[k]) for k in ("z", "x"))
+    # Both ranks train on them: 2 x 16 rows give the one-process update of 32 (see the training test's tolerance).
+    two, _ = _params(tmp_path / "two" / student, 4)
+    one, _ = _params(tmp_path / "one" / student, 4)
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=0, atol=1e-6, msg=k)
+    assert any(not torch.equal(one[k], ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "one"))["model"][k])
+               for k in one)
