@@ -119,8 +119,9 @@ def huber_c(c: float, x: Tensor) -> float:
 
 def consistency_loss(student, target, teacher, sde: SDE, x: Tensor, times: Tensor, solver: str = "heun",
                      c: float = 0.0, generator: torch.Generator | None = None, reduce: str = "mean",
-                     continuous: bool = False) -> Tensor:
-    """d(f_theta(x_(n+1), t_(n+1)), f_(theta^-)(x_hat_n, t_n)) for data x, with n uniform per sample.
+                     continuous: bool = True) -> Tensor:
+    """d(f_theta(x_(n+1), t_(n+1)), f_(theta^-)(x_hat_n, t_n)) for data x, one pair of neighbouring levels per
+    sample.
 
     student, target, teacher: score functions (x, t) -> score; f is their denoised estimate (x + beta_bar^2
     score)/alpha_bar, so the distance is measured in y = x/alpha_bar, the data's scale. times: t_1 = eps < ... <
