@@ -181,8 +181,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
     consistency.N = 18                  # noise levels, EDM rho = 7 schedule from sigma(eps) to sigma(T) (CIFAR-10: 18)
     consistency.teacher_solver = "heun"  # the teacher's one ODE step between neighbouring levels: heun | ddim
     consistency.target_ema = 0.95       # EMA rate mu of the target network theta^- (CIFAR-10: 0.95)
-    consistency.parameterization = "v"  # student output: v | x0 | edm (edm when the teacher has no network); an eps
-    #                                     output would multiply its error by sigma(T) in f at high noise
+    consistency.parameterization = ""   # student output: v | x0 | edm | flow; "": the teacher's if one of them, else
+    #                                     v (edm when the teacher has no network); never eps, which would multiply its
+    #                                     error by sigma(T) in f at high noise
     consistency.huber_c = 0.0           # c of the pseudo-Huber distance (0: 0.00054 sqrt(dimension))
     consistency.continuous = True       # pairs of neighbouring levels at any position (False: at the N levels only,
     #                                     as the paper; the student is then poor between them, docs/math.md)

@@ -256,7 +256,18 @@ def test_other_samplers_and_likelihoods_are_refused(tmp_path, caplog):
         distill.distill(config, tmp_path / "b", teacher=students.Teacher(MIX.score_fn(sde), None, None, "exact", 0))
 
 
+@pytest.mark.parametrize("chosen, teacher_output, student_output", [
+    ("", "flow", "flow"), ("", "v", "v"), ("", "eps", "v"), ("", "score", "v"), ("x0", "flow", "x0")])
+def test_the_student_keeps_a_teachers_output_that_stays_of_the_datas_scale(chosen, teacher_output, student_output):
+    teacher = students.Teacher(None, None, {"weight": torch.zeros(1)}, "a network", 0)
+    assert consistency.student_parameterization(chosen, teacher_output, teacher) == student_output
+    # Without a teacher network the student starts from random weights under EDM's preconditioning.
+    exact = students.Teacher(None, None, None, "an exact score", 0)
+    assert consistency.student_parameterization(chosen, teacher_output, exact) == "edm"
+
+
 @pytest.mark.parametrize("setting, message", [
+    ("parameterization=eps", "parameterization='eps': the student predicts v | x0 | edm | flow"),
     ("N=1", "distill.consistency.N=1: must be an integer >= 2"),
     ("teacher_solver=rk45", "unknown teacher step 'rk45'"),
     ("target_ema=1.0", "target network's EMA rate mu must be in [0, 1)"),

@@ -43,11 +43,14 @@ HUBER_C_PER_SQRT_DIM = 0.00054
 # A student trained from a teacher without a network (an exact score) starts from random weights; EDM's
 # preconditioning keeps both its input and its denoised output of unit scale at every noise level.
 RANDOM_START_PARAMETERIZATION = "edm"
-# A student started from the teacher's weights reads its output as distill.consistency.parameterization, never eps,
-# whatever the teacher predicted: f = c_skip y + (1 - c_skip) D, and an eps-prediction's D = y - sigma eps_hat turns
-# an error of eps_hat into sigma(T) times that error at the first step (sigma(T) = 150 for the VP-SDE), the one a
-# one-step sampler takes.
-STUDENT_PARAMETERIZATIONS = ("v", "x0", "edm")
+# A student started from the teacher's weights keeps the teacher's parameterisation when it is one of these, so that
+# it starts as the teacher's DDIM jump to sigma_min, and reads its output as v otherwise
+# (distill.consistency.parameterization chooses): never eps, since f = c_skip y + (1 - c_skip) D and an
+# eps-prediction's D = y - sigma eps_hat turns an error of eps_hat into sigma(T) times that error at the first step
+# (sigma(T) = 150 for the VP-SDE), the one a one-step sampler takes; nor a score, for the same reason. The others'
+# D stays of the data's scale at every noise level.
+STUDENT_PARAMETERIZATIONS = ("v", "x0", "edm", "flow")
+OTHERWISE_PARAMETERIZATION = "v"
 # The boundary form of models.Precond(sigma_min=...) that the student's weights were trained under, in its record.
 BOUNDARY = "c_skip = sigma_min/sigma"
 
@@ -208,10 +211,10 @@ def check_config(config) -> None:
         if isinstance(d[key], bool) or not isinstance(d[key], int) or d[key] < low:
             raise UsageError(f"distill.consistency.{key}={d[key]!r}: must be an integer >= {low}")
     TEACHER_STEPS.canonical(d.teacher_solver)
-    if d.parameterization not in STUDENT_PARAMETERIZATIONS:
+    if d.parameterization not in ("", *STUDENT_PARAMETERIZATIONS):
         raise UsageError(f"distill.consistency.parameterization={d.parameterization!r}: the student predicts "
                          f"{' | '.join(STUDENT_PARAMETERIZATIONS)}, whose output stays of the data's scale at every "
-                         "noise level")
+                         "noise level (\"\": the teacher's if it is one of them, else v)")
     if not 0.0 <= d.target_ema < 1.0:
         raise UsageError(f"distill.consistency.target_ema={d.target_ema!r}: the target network's EMA rate mu must "
                          "be in [0, 1) (Song et al.: 0.95 for CIFAR-10)")
@@ -224,13 +227,24 @@ def student_dir(workdir) -> Path:
     return students.method_dir(workdir, METHOD)
 
 
+def student_parameterization(chosen: str, teacher_parameterization: str, teacher: students.Teacher) -> str:
+    """What the student's output is read as: edm from a random start; else `chosen`, or for "" the teacher's own
+    when it is one of STUDENT_PARAMETERIZATIONS, else v."""
+    if teacher.init is None:
+        return RANDOM_START_PARAMETERIZATION
+    if chosen:
+        return chosen
+    return teacher_parameterization if teacher_parameterization in STUDENT_PARAMETERIZATIONS \
+        else OTHERWISE_PARAMETERIZATION
+
+
 def student_config(config: ml_collections.ConfigDict, teacher: students.Teacher) -> ml_collections.ConfigDict:
     """The student's config: the teacher's sde, model and data with the boundary sigma(eps) in its preconditioning,
-    distill.consistency.parameterization (edm from a random start), distill's optimiser and EMA, and
-    consistency sampling (what its snapshots use)."""
+    student_parameterization's output, distill's optimiser and EMA, and consistency sampling (what its snapshots
+    use)."""
     c, d = students.inherit(config, teacher), config.distill.consistency
     with c.unlocked():
-        c.model.parameterization = RANDOM_START_PARAMETERIZATION if teacher.init is None else d.parameterization
+        c.model.parameterization = student_parameterization(d.parameterization, c.model.parameterization, teacher)
         c.model.consistency_sigma_min = sigma_min(build_sde(c), c.sampling.eps)
         c.sampling.solver, c.sampling.steps, c.sampling.grid, c.sampling.options = METHOD, d.steps, "", ""
     return c
